@@ -1,0 +1,196 @@
+//! The store errors. Every variant names the store (`location`: a registry repository or a
+//! folder) and what was asked of it, so a message is useful without further context.
+
+use airlock_oci::{Digest, ManifestError};
+
+/// A store result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong talking to a store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The manifest, tag or blob does not exist.
+    #[error("{what} not found in {location}")]
+    NotFound {
+        /// What was looked for, e.g. "manifest `v1`".
+        what: String,
+        /// The store.
+        location: String,
+    },
+    /// The registry refused our credentials or has none for us.
+    #[error("{action} {location}: {status} {reason}")]
+    Denied {
+        /// What was attempted, e.g. "pull from".
+        action: String,
+        /// The store.
+        location: String,
+        /// 401 or 403.
+        status: u16,
+        /// The registry's explanation, or ours.
+        reason: String,
+        /// The fix to print.
+        hint: String,
+    },
+    /// Bytes did not hash to the digest they were asked by.
+    #[error("digest mismatch for {expected} from {location}: the content hashes to {actual}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: Digest,
+        /// The digest of the bytes seen.
+        actual: Digest,
+        /// The store.
+        location: String,
+    },
+    /// A blob had more or fewer bytes than its descriptor says.
+    #[error("size mismatch for {digest} from {location}: expected {expected} bytes, got {actual}")]
+    SizeMismatch {
+        /// The blob.
+        digest: Digest,
+        /// The descriptor's size.
+        expected: u64,
+        /// The bytes seen.
+        actual: u64,
+        /// The store.
+        location: String,
+    },
+    /// A digest whose algorithm airlock cannot compute.
+    #[error("cannot verify {digest} in {location}: only sha256 and sha512 content can be verified")]
+    UnsupportedDigest {
+        /// The digest.
+        digest: String,
+        /// The store.
+        location: String,
+    },
+    /// The registry answered with an unexpected status.
+    #[error("{method} {url}: {status}{}", describe_body(.code, .message))]
+    Http {
+        /// HTTP method.
+        method: String,
+        /// The URL (never with credentials).
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The distribution-spec error code, if the body had one.
+        code: Option<String>,
+        /// The error message, if the body had one.
+        message: Option<String>,
+        /// Seconds the registry asked us to wait (`Retry-After`).
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The connection failed, timed out or was cut.
+    #[error("{method} {url}: connection failed")]
+    Transport {
+        /// HTTP method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A manifest could not be used.
+    #[error("bad manifest `{reference}` in {location}")]
+    Manifest {
+        /// The tag or digest.
+        reference: String,
+        /// The store.
+        location: String,
+        /// Why.
+        #[source]
+        source: ManifestError,
+    },
+    /// A file of an image-layout folder could not be read or written.
+    #[error("{action} `{path}`")]
+    Io {
+        /// What was attempted, e.g. "write blob".
+        action: String,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's content was not what the format requires.
+    #[error("malformed {what} `{path}`: {reason}")]
+    Malformed {
+        /// What the file is, e.g. "image layout index".
+        what: String,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Credentials could not be read or a helper failed.
+    #[error("credentials for `{registry}`: {reason}")]
+    Credentials {
+        /// The registry.
+        registry: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The registry's protocol was violated (a missing header, an unparsable answer).
+    #[error("{location}: {reason}")]
+    Protocol {
+        /// The store.
+        location: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// An operation retried until the limit; the last error is the source.
+    #[error("gave up after {attempts} attempts")]
+    Retried {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+fn describe_body(code: &Option<String>, message: &Option<String>) -> String {
+    match (code, message) {
+        (Some(code), Some(message)) => format!(" {code}: {message}"),
+        (Some(code), None) => format!(" {code}"),
+        (None, Some(message)) => format!(" {message}"),
+        (None, None) => String::new(),
+    }
+}
+
+impl Error {
+    /// Whether trying again may succeed: connection failures, 408, 429 and 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
+            Error::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            Error::Retried { .. } => false,
+            _ => false,
+        }
+    }
+
+    /// The delay the server asked for, if any.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether this is a "not found".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+
+    /// A fix to show the user, when one is known.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Denied { hint, .. } => Some(hint.clone()),
+            Error::Retried { source, .. } => source.hint(),
+            Error::Http { status: 429, .. } => Some("the registry is rate limiting; lower the concurrency or try later".into()),
+            Error::Transport { url, .. } if url.starts_with("https://") => {
+                Some("is the registry reachable? a registry serving plain HTTP needs `--plain-http`".into())
+            }
+            _ => None,
+        }
+    }
+}

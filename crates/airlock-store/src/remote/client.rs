@@ -1,0 +1,350 @@
+//! One registry's HTTP client: authentication (challenge, basic, bearer tokens per scope with a
+//! cache), a concurrency limit, and retries of transient failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::auth::{parse_challenge, Challenge, TokenResponse};
+use super::credentials::{Credential, CredentialFiles};
+use super::retry::{parse_retry_after, RetryPolicy};
+use crate::{Error, Result};
+
+/// The access a token is asked for, e.g. `repository:library/alpine:pull`; several are joined by
+/// spaces. An empty scope is the registry's base (`/v2/`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope(pub String);
+
+impl Scope {
+    /// Pull, or pull and push, on one repository.
+    pub fn repository(repository: &str, push: bool) -> Self {
+        let actions = if push { "pull,push" } else { "pull" };
+        Scope(format!("repository:{repository}:{actions}"))
+    }
+
+    /// This scope plus another.
+    pub fn and(&self, other: &Scope) -> Self {
+        Scope(format!("{} {}", self.0, other.0))
+    }
+}
+
+struct CachedToken {
+    value: String,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct AuthState {
+    challenge: Option<Challenge>,
+    tokens: HashMap<Scope, CachedToken>,
+}
+
+/// A client for one registry host, shared by every repository store on it.
+pub struct RegistryClient {
+    /// The registry as users name it, e.g. `docker.io`.
+    pub(crate) registry: String,
+    /// `http(s)://host[:port]`.
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    credential_files: Arc<CredentialFiles>,
+    explicit: Option<Credential>,
+    credentials: OnceCell<Option<Credential>>,
+    auth: Mutex<AuthState>,
+    limit: Arc<Semaphore>,
+    pub(crate) retry: RetryPolicy,
+}
+
+/// A request to build afresh for every attempt.
+pub(crate) type MakeRequest<'a> = &'a (dyn Fn() -> RequestBuilder + Send + Sync);
+
+impl RegistryClient {
+    pub(crate) fn new(
+        registry: String,
+        base: String,
+        http: reqwest::Client,
+        credential_files: Arc<CredentialFiles>,
+        explicit: Option<Credential>,
+        max_requests: usize,
+        retry: RetryPolicy,
+    ) -> Self {
+        RegistryClient {
+            registry,
+            base,
+            http,
+            credential_files,
+            explicit,
+            credentials: OnceCell::new(),
+            auth: Mutex::new(AuthState::default()),
+            limit: Arc::new(Semaphore::new(max_requests.max(1))),
+            retry,
+        }
+    }
+
+    async fn credentials(&self) -> Result<Option<Credential>> {
+        if let Some(explicit) = &self.explicit {
+            return Ok(Some(explicit.clone()));
+        }
+        self.credentials.get_or_try_init(|| self.credential_files.lookup(&self.registry)).await.cloned()
+    }
+
+    /// Sends a replayable request, authenticating on demand and retrying transient failures.
+    /// Returns any response that is not a 401, 403 or retried status; the caller reads its status.
+    pub(crate) async fn send(&self, scope: &Scope, location: &str, make: MakeRequest<'_>) -> Result<Response> {
+        let mut attempt = 0;
+        let mut reauthenticated = false;
+        loop {
+            attempt += 1;
+            let request = make();
+            let result = self.send_once(scope, request).await;
+            let failure = match result {
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
+                    reauthenticated = true;
+                    attempt -= 1;
+                    self.learn_challenge(&response, scope, location).await?;
+                    continue;
+                }
+                Ok(response) => match self.check(response, location).await {
+                    Ok(response) => return Ok(response),
+                    Err(error) => error,
+                },
+                Err(error) => error,
+            };
+            if !failure.is_transient() {
+                return Err(failure);
+            }
+            if attempt >= self.retry.attempts {
+                return Err(Error::Retried { attempts: attempt, source: Box::new(failure) });
+            }
+            let delay = self.retry.delay(attempt, failure.retry_after());
+            tracing::debug!(registry = %self.registry, attempt, ?delay, error = %failure, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Sends a request whose body cannot be replayed (a streamed upload). Authentication must
+    /// already be known for `scope`: call [`RegistryClient::send`] on the same scope first.
+    pub(crate) async fn send_streaming(&self, scope: &Scope, location: &str, request: RequestBuilder) -> Result<Response> {
+        let response = self.send_once(scope, request).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(denied(&response, location, "push to", "the token expired or was refused during an upload"));
+        }
+        self.check(response, location).await
+    }
+
+    async fn send_once(&self, scope: &Scope, request: RequestBuilder) -> Result<Response> {
+        let request = match self.authorization(scope, "").await? {
+            Some(value) => request.header(AUTHORIZATION, value),
+            None => request,
+        };
+        let request = request.build().map_err(|source| Error::Transport { method: "?".into(), url: self.base.clone(), source })?;
+        let method = request.method().to_string();
+        let url = request.url().to_string();
+        let _permit = self.limit.acquire().await.expect("the semaphore is never closed");
+        tracing::trace!(%method, %url, "request");
+        self.http.execute(request).await.map_err(|source| Error::Transport { method, url, source })
+    }
+
+    /// Turns 403 and retryable statuses into errors; passes everything else through.
+    async fn check(&self, response: Response, location: &str) -> Result<Response> {
+        let status = response.status().as_u16();
+        if status == 403 {
+            return Err(denied(&response, location, "access", "the credentials do not grant this"));
+        }
+        if matches!(status, 408 | 429 | 500..=599) {
+            return Err(http_error("request", response).await);
+        }
+        Ok(response)
+    }
+
+    /// The `Authorization` header for `scope`, fetching a token if the registry wants bearer
+    /// tokens and none is cached.
+    async fn authorization(&self, scope: &Scope, location: &str) -> Result<Option<HeaderValue>> {
+        let challenge = {
+            let state = self.auth.lock().expect("auth state lock");
+            let Some(challenge) = state.challenge.clone() else { return Ok(None) };
+            if let Some(token) = state.tokens.get(scope).filter(|t| t.expires > Instant::now()) {
+                return Ok(Some(bearer(&token.value)));
+            }
+            challenge
+        };
+        match challenge {
+            Challenge::Basic => match self.credentials().await? {
+                Some(Credential::Basic { username, password }) => Ok(Some(basic(&username, password.expose()))),
+                _ => Ok(None),
+            },
+            Challenge::Bearer { realm, service } => {
+                let token = self.fetch_token(&realm, service.as_deref(), scope, location).await?;
+                Ok(Some(bearer(&token)))
+            }
+        }
+    }
+
+    async fn learn_challenge(&self, response: &Response, scope: &Scope, location: &str) -> Result<()> {
+        let header = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
+        let Some(challenge) = header.and_then(parse_challenge) else {
+            return Err(denied(response, location, "access", "the registry demands authentication but sent no usable challenge"));
+        };
+        let had_credentials = self.credentials().await?.is_some();
+        let mut state = self.auth.lock().expect("auth state lock");
+        let repeated = state.challenge.as_ref() == Some(&challenge) && (challenge == Challenge::Basic || state.tokens.contains_key(scope));
+        if repeated {
+            let reason = if had_credentials { "the credentials were refused" } else { "authentication required" };
+            return Err(denied(response, location, "access", reason));
+        }
+        state.tokens.remove(scope);
+        state.challenge = Some(challenge);
+        Ok(())
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &Scope, location: &str) -> Result<String> {
+        let credentials = self.credentials().await?;
+        let mut query: Vec<(&str, &str)> = Vec::new();
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        for part in scope.0.split(' ').filter(|s| !s.is_empty()) {
+            query.push(("scope", part));
+        }
+        let make = || match &credentials {
+            Some(Credential::IdentityToken(token)) => {
+                let mut form = query.clone();
+                form.extend([("grant_type", "refresh_token"), ("client_id", "airlock"), ("refresh_token", token.expose())]);
+                self.http.post(realm).form(&form)
+            }
+            Some(Credential::Basic { username, password }) => {
+                self.http.get(realm).query(&query).basic_auth(username, Some(password.expose()))
+            }
+            None => self.http.get(realm).query(&query),
+        };
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let result = make().send().await.map_err(|source| Error::Transport { method: "GET".into(), url: realm.to_owned(), source });
+            let failure = match result {
+                Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500..=599) => http_error("GET", response).await,
+                Ok(response) => break response,
+                Err(error) => error,
+            };
+            if attempt >= self.retry.attempts {
+                return Err(Error::Retried { attempts: attempt, source: Box::new(failure) });
+            }
+            tokio::time::sleep(self.retry.delay(attempt, failure.retry_after())).await;
+        };
+        if matches!(response.status().as_u16(), 401 | 403) {
+            let reason = if credentials.is_some() { "the token service refused the credentials" } else { "the token service requires credentials" };
+            return Err(denied(&response, location_or(location, &self.registry), "authenticate to", reason));
+        }
+        if !response.status().is_success() {
+            return Err(http_error("GET", response).await);
+        }
+        let answer: TokenResponse = response.json().await.map_err(|e| Error::Protocol {
+            location: realm.to_owned(),
+            reason: format!("the token service answered malformed JSON: {e}"),
+        })?;
+        let value = answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| Error::Protocol {
+            location: realm.to_owned(),
+            reason: "the token service answered without a token".into(),
+        })?;
+        // Renew a little early so a token does not expire in the middle of a request.
+        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10));
+        let expires = Instant::now() + lifetime - Duration::from_secs(5);
+        let mut state = self.auth.lock().expect("auth state lock");
+        state.tokens.insert(scope.clone(), CachedToken { value: value.clone(), expires });
+        Ok(value)
+    }
+
+    /// Checks that the registry accepts our credentials (`airlock login`): `/v2/` and, for token
+    /// auth, a token without a repository scope.
+    pub(crate) async fn check_login(&self) -> Result<()> {
+        let url = format!("{}/v2/", self.base);
+        let scope = Scope(String::new());
+        let response = self.send(&scope, &self.registry, &|| self.http.get(&url)).await?;
+        if response.status().is_success() {
+            return Ok(());
+        }
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(denied(&response, &self.registry, "log in to", "the credentials were refused"));
+        }
+        Err(http_error("GET", response).await)
+    }
+}
+
+fn location_or<'a>(location: &'a str, registry: &'a str) -> &'a str {
+    if location.is_empty() {
+        registry
+    } else {
+        location
+    }
+}
+
+fn bearer(token: &str) -> HeaderValue {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}")).unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+    value.set_sensitive(true);
+    value
+}
+
+fn basic(username: &str, password: &str) -> HeaderValue {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
+}
+
+fn denied(response: &Response, location: &str, action: &str, reason: &str) -> Error {
+    let registry = response.url().host_str().unwrap_or("the registry").to_owned();
+    let registry = match response.url().port() {
+        Some(port) => format!("{registry}:{port}"),
+        None => registry,
+    };
+    Error::Denied {
+        action: action.to_owned(),
+        location: location.to_owned(),
+        status: response.status().as_u16(),
+        reason: reason.to_owned(),
+        hint: format!("check the credentials: `airlock login {registry}`, `--creds USER:PASSWORD`, or `--authfile FILE`"),
+    }
+}
+
+/// An error for an unexpected status, with the distribution-spec error code and message when the
+/// body has them. Reads at most 64 KiB of the body.
+pub(crate) async fn http_error(method: &str, response: Response) -> Error {
+    let status = response.status().as_u16();
+    let url = response.url().to_string();
+    let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+    let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    let (code, message) = match serde_json::from_slice::<Body>(&body) {
+        Ok(Body { errors }) if !errors.is_empty() => (errors[0].code.clone(), errors[0].message.clone()),
+        _ => (None, None),
+    };
+    Error::Http { method: method.to_owned(), url, status, code, message, retry_after }
+}
+
+/// Reads a body up to `limit` bytes; `None` when it is longer or the connection fails.
+pub(crate) async fn read_limited(mut response: Response, limit: usize) -> Option<Vec<u8>> {
+    if response.content_length().is_some_and(|len| len as usize > limit) {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+

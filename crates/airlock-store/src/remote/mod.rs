@@ -1,0 +1,602 @@
+//! A repository of a registry as a [`Store`], over the distribution-spec 1.1 HTTP API.
+//!
+//! [`Registries`] holds one [`client::RegistryClient`] per registry host, so tokens, the
+//! concurrency limit and the connection pool are shared by every repository of a registry.
+
+mod auth;
+mod client;
+pub mod credentials;
+pub mod retry;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use airlock_oci::{media_type, Descriptor, Digest, Manifest, RegistryRef};
+use async_trait::async_trait;
+use futures::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, RANGE};
+use reqwest::{Response, StatusCode};
+
+use self::client::{http_error, read_limited, RegistryClient, Scope};
+pub use self::credentials::{Credential, CredentialFiles};
+pub use self::retry::RetryPolicy;
+pub use self::secret::Secret;
+use crate::verify::verify_stream;
+use crate::{referrers_tag, BlobStream, Error, MountSource, PutManifestOutcome, Result, Store};
+
+/// Manifests larger than this are refused, as distribution does.
+const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
+/// Blobs up to this size are uploaded with one `PUT`; larger ones are streamed with `PATCH`.
+const MONOLITHIC_LIMIT: u64 = 8 * 1024 * 1024;
+
+/// How to reach registries.
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// Hosts spoken to over plain HTTP besides loopback ones (Docker's "insecure registries").
+    pub plain_http: Vec<String>,
+    /// Extra PEM CA certificates trusted besides the system roots.
+    pub ca_certs: Vec<PathBuf>,
+    /// Requests in flight per registry.
+    pub max_requests_per_registry: usize,
+    /// Retries of transient failures.
+    pub retry: RetryPolicy,
+    /// Credential files (`--authfile` or discovered).
+    pub credential_files: CredentialFiles,
+    /// Credentials given on the command line, per registry; they win over the files.
+    pub explicit_credentials: HashMap<String, Credential>,
+}
+
+impl RegistryOptions {
+    /// Defaults: plain HTTP only for loopback, system roots, 16 requests per registry.
+    pub fn new(credential_files: CredentialFiles) -> Self {
+        RegistryOptions {
+            plain_http: Vec::new(),
+            ca_certs: Vec::new(),
+            max_requests_per_registry: 16,
+            retry: RetryPolicy::default(),
+            credential_files,
+            explicit_credentials: HashMap::new(),
+        }
+    }
+}
+
+/// Which operations a store will be used for; decides the token scope asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reading only.
+    Pull,
+    /// Reading and writing.
+    Push,
+}
+
+/// The registries of one command: a client per host, created on first use.
+pub struct Registries {
+    options: RegistryOptions,
+    http: reqwest::Client,
+    credential_files: Arc<CredentialFiles>,
+    clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
+}
+
+impl Registries {
+    /// Builds the shared HTTP client (rustls with the system roots plus `ca_certs`).
+    pub fn new(options: RegistryOptions) -> Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            // reqwest drops `Authorization` when a redirect leaves the host (blob storage).
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .connect_timeout(std::time::Duration::from_secs(30))
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true);
+        for path in &options.ca_certs {
+            let io = |source| Error::Io { action: "read CA certificate".into(), path: path.display().to_string(), source };
+            let pem = std::fs::read(path).map_err(io)?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Malformed {
+                what: "CA certificate".into(),
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().map_err(|source| Error::Transport { method: "build".into(), url: String::new(), source })?;
+        let credential_files = Arc::new(options.credential_files.clone());
+        Ok(Registries { options, http, credential_files, clients: Mutex::new(HashMap::new()) })
+    }
+
+    fn client(&self, registry: &RegistryRef) -> Arc<RegistryClient> {
+        let mut clients = self.clients.lock().expect("clients lock");
+        clients
+            .entry(registry.registry.clone())
+            .or_insert_with(|| {
+                let host = registry.endpoint_host();
+                let scheme = if self.is_plain_http(&registry.registry) { "http" } else { "https" };
+                Arc::new(RegistryClient::new(
+                    registry.registry.clone(),
+                    format!("{scheme}://{host}"),
+                    self.http.clone(),
+                    self.credential_files.clone(),
+                    self.options.explicit_credentials.get(&registry.registry).cloned(),
+                    self.options.max_requests_per_registry,
+                    self.options.retry,
+                ))
+            })
+            .clone()
+    }
+
+    /// Plain HTTP for loopback addresses and `localhost` (as Docker does) and configured hosts.
+    fn is_plain_http(&self, registry: &str) -> bool {
+        if self.options.plain_http.iter().any(|h| h == registry) {
+            return true;
+        }
+        let host = match registry.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+            _ => registry,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        host == "localhost" || host.ends_with(".localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// A store for one repository.
+    pub fn store(&self, reference: &RegistryRef, access: Access) -> RemoteStore {
+        let client = self.client(reference);
+        RemoteStore {
+            location: format!("{}/{}", reference.registry, reference.repository),
+            scope: Scope::repository(&reference.repository, access == Access::Push),
+            repository: reference.repository.clone(),
+            client,
+            pending_uploads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks credentials against a registry (`airlock login`).
+    pub async fn check_login(&self, registry: &str) -> Result<()> {
+        let reference = RegistryRef { registry: registry.to_owned(), repository: "x".into(), tag: None, digest: None };
+        self.client(&reference).check_login().await
+    }
+}
+
+/// One repository of a registry.
+pub struct RemoteStore {
+    client: Arc<RegistryClient>,
+    repository: String,
+    scope: Scope,
+    location: String,
+    /// Upload sessions opened by a mount attempt that fell back to an upload.
+    pending_uploads: Mutex<HashMap<Digest, String>>,
+}
+
+impl fmt::Display for RemoteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.location)
+    }
+}
+
+impl RemoteStore {
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.client.base, self.repository)
+    }
+
+    /// Resolves a `Location` header (absolute or relative) against the registry.
+    fn upload_url(&self, response: &Response) -> Result<String> {
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| Error::Protocol {
+            location: self.location.clone(),
+            reason: format!("upload answer {} without a Location header", response.status()),
+        })?;
+        response.url().join(location).map(|url| url.to_string()).map_err(|e| Error::Protocol {
+            location: self.location.clone(),
+            reason: format!("invalid upload Location `{location}`: {e}"),
+        })
+    }
+
+    async fn send(&self, make: client::MakeRequest<'_>) -> Result<Response> {
+        self.client.send(&self.scope, &self.location, make).await
+    }
+
+    fn not_found(&self, what: String) -> Error {
+        Error::NotFound { what, location: self.location.clone() }
+    }
+
+    async fn unexpected(&self, method: &str, response: Response) -> Error {
+        http_error(method, response).await
+    }
+
+    async fn start_upload(&self, query: &str, scope: &Scope) -> Result<Response> {
+        let url = format!("{}?{query}", self.url("blobs/uploads/"));
+        let http = &self.client.http;
+        self.client.send(scope, &self.location, &|| http.post(&url).header(CONTENT_LENGTH, 0)).await
+    }
+
+    /// Adds `manifest` to the `sha256-<hex>` index of its subject, for registries without the
+    /// referrers API (distribution-spec 1.1 "referrers tag schema").
+    async fn update_referrers_tag(&self, manifest: &Manifest, subject: &Digest) -> Result<String> {
+        let tag = referrers_tag(subject);
+        let mut document = match self.get_manifest(&tag).await {
+            Ok(existing) => serde_json::from_slice::<serde_json::Value>(existing.bytes()).map_err(|e| Error::Protocol {
+                location: self.location.clone(),
+                reason: format!("referrers index `{tag}` is not JSON: {e}"),
+            })?,
+            Err(e) if e.is_not_found() => serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": []}),
+            Err(e) => return Err(e),
+        };
+        let entries = document.get_mut("manifests").and_then(|m| m.as_array_mut()).ok_or_else(|| Error::Protocol {
+            location: self.location.clone(),
+            reason: format!("referrers index `{tag}` has no `manifests` list"),
+        })?;
+        let digest = manifest.digest().to_string();
+        if entries.iter().any(|entry| entry.get("digest").and_then(|d| d.as_str()) == Some(&digest)) {
+            return Ok(tag);
+        }
+        entries.push(serde_json::to_value(manifest.descriptor()).expect("a descriptor serialises"));
+        let bytes = serde_json::to_vec(&document).expect("an index serialises");
+        let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::Manifest {
+            reference: tag.clone(),
+            location: self.location.clone(),
+            source,
+        })?;
+        self.put_manifest_bytes(&index, &tag).await?;
+        Ok(tag)
+    }
+
+    async fn put_manifest_bytes(&self, manifest: &Manifest, reference: &str) -> Result<Response> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let http = &self.client.http;
+        let body = bytes::Bytes::copy_from_slice(manifest.bytes());
+        let media_type = manifest.media_type().to_owned();
+        let response = self
+            .send(&|| http.put(&url).header(CONTENT_TYPE, media_type.as_str()).body(body.clone()))
+            .await?;
+        if response.status() != StatusCode::CREATED && !response.status().is_success() {
+            let status = response.status();
+            let error = self.unexpected("PUT", response).await;
+            if status == StatusCode::NOT_FOUND {
+                return Err(Error::Protocol { location: self.location.clone(), reason: format!("manifest {} refused: {error}", manifest.digest()) });
+            }
+            return Err(error);
+        }
+        if let Some(answered) = response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
+            if answered != manifest.digest().to_string() && manifest.digest().algorithm().as_ref() == "sha256" {
+                return Err(Error::Protocol {
+                    location: self.location.clone(),
+                    reason: format!("the registry stored manifest {} as {answered}: it changed the bytes", manifest.digest()),
+                });
+            }
+        }
+        Ok(response)
+    }
+
+    fn resuming_stream(&self, descriptor: &Descriptor, offset: u64, first: Response) -> BlobStream {
+        struct State {
+            body: Option<futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+            offset: u64,
+            resumes: u32,
+            client: Arc<RegistryClient>,
+            scope: Scope,
+            location: String,
+            url: String,
+            size: u64,
+        }
+        let state = State {
+            body: Some(first.bytes_stream().boxed()),
+            offset,
+            resumes: 0,
+            client: self.client.clone(),
+            scope: self.scope.clone(),
+            location: self.location.clone(),
+            url: self.url(&format!("blobs/{}", descriptor.digest())),
+            size: descriptor.size(),
+        };
+        Box::pin(futures::stream::unfold(state, |mut state| async move {
+            loop {
+                let body = state.body.as_mut()?;
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        state.offset += chunk.len() as u64;
+                        return Some((Ok(chunk), state));
+                    }
+                    None => return None,
+                    Some(Err(source)) => {
+                        let error = Error::Transport { method: "GET".into(), url: state.url.clone(), source };
+                        state.resumes += 1;
+                        if state.offset >= state.size || state.resumes >= state.client.retry.attempts {
+                            state.body = None;
+                            return Some((Err(error), state));
+                        }
+                        tracing::debug!(url = %state.url, offset = state.offset, %error, "blob download cut; resuming with Range");
+                        tokio::time::sleep(state.client.retry.delay(state.resumes, None)).await;
+                        let range = format!("bytes={}-", state.offset);
+                        let http = state.client.http.clone();
+                        let url = state.url.clone();
+                        let response = state.client.send(&state.scope, &state.location, &|| http.get(&url).header(RANGE, range.as_str())).await;
+                        match response {
+                            Ok(response) if response.status() == StatusCode::PARTIAL_CONTENT => {
+                                state.body = Some(response.bytes_stream().boxed());
+                            }
+                            Ok(response) => {
+                                let error = Error::Protocol {
+                                    location: state.location.clone(),
+                                    reason: format!("could not resume a blob download at byte {}: answered {}", state.offset, response.status()),
+                                };
+                                state.body = None;
+                                return Some((Err(error), state));
+                            }
+                            Err(error) => {
+                                state.body = None;
+                                return Some((Err(error), state));
+                            }
+                        }
+                    }
+                }
+            }
+        }))
+    }
+}
+
+fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn accept() -> String {
+    media_type::MANIFEST_TYPES.join(", ")
+}
+
+#[async_trait]
+impl Store for RemoteStore {
+    fn mount_source(&self) -> Option<MountSource> {
+        Some(MountSource { registry: self.client.registry.clone(), repository: self.repository.clone() })
+    }
+
+    async fn resolve(&self, reference: &str) -> Result<Descriptor> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let http = &self.client.http;
+        let accept = accept();
+        let response = self.send(&|| http.head(&url).header(ACCEPT, accept.as_str())).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Err(self.not_found(format!("manifest `{reference}`"))),
+            status if status.is_success() => {}
+            _ => return Err(self.unexpected("HEAD", response).await),
+        }
+        let digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
+        let media_type = header(&response, "content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_owned());
+        let size = response.content_length().filter(|len| *len > 0);
+        match (digest, media_type, size) {
+            (Some(digest), Some(media_type), Some(size)) if media_type::is_manifest(&media_type) => {
+                Ok(Descriptor::new(media_type.as_str().into(), size, digest))
+            }
+            // Some registries answer HEAD without a digest: fetch and hash instead.
+            _ => Ok(self.get_manifest(reference).await?.descriptor()),
+        }
+    }
+
+    async fn get_manifest(&self, reference: &str) -> Result<Manifest> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let http = &self.client.http;
+        let accept = accept();
+        let response = self.send(&|| http.get(&url).header(ACCEPT, accept.as_str())).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Err(self.not_found(format!("manifest `{reference}`"))),
+            status if status.is_success() => {}
+            _ => return Err(self.unexpected("GET", response).await),
+        }
+        let content_type = header(&response, "content-type").map(str::to_owned);
+        let answered_digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
+        let bytes = read_limited(response, MANIFEST_LIMIT).await.ok_or_else(|| Error::Protocol {
+            location: self.location.clone(),
+            reason: format!("manifest `{reference}` is larger than {MANIFEST_LIMIT} bytes or its download failed"),
+        })?;
+        let bad = |source| Error::Manifest { reference: reference.to_owned(), location: self.location.clone(), source };
+        // By digest the digest asked for is the truth; by tag the registry's claim is checked.
+        let expected = airlock_oci::parse_digest(reference).ok().or(answered_digest);
+        match expected {
+            Some(expected) => Manifest::parse_verified(bytes, content_type.as_deref(), &expected).map_err(bad),
+            None => Manifest::parse(bytes, content_type.as_deref()).map_err(bad),
+        }
+    }
+
+    async fn put_manifest(&self, manifest: &Manifest, tag: Option<&str>) -> Result<PutManifestOutcome> {
+        let digest = manifest.digest().to_string();
+        let response = self.put_manifest_bytes(manifest, tag.unwrap_or(&digest)).await?;
+        let mut outcome = PutManifestOutcome::default();
+        if let Some(subject) = manifest.subject() {
+            if header(&response, "oci-subject").is_none() {
+                outcome.referrers_tag_updated = Some(self.update_referrers_tag(manifest, subject.digest()).await?);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
+        let url = self.url(&format!("blobs/{digest}"));
+        let http = &self.client.http;
+        let response = self.send(&|| http.head(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            status if status.is_success() => Ok(true),
+            _ => Err(self.unexpected("HEAD", response).await),
+        }
+    }
+
+    async fn get_blob(&self, descriptor: &Descriptor, offset: u64) -> Result<BlobStream> {
+        let url = self.url(&format!("blobs/{}", descriptor.digest()));
+        let http = &self.client.http;
+        let range = format!("bytes={offset}-");
+        let response = self
+            .send(&|| {
+                let request = http.get(&url);
+                if offset > 0 {
+                    request.header(RANGE, range.as_str())
+                } else {
+                    request
+                }
+            })
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Err(self.not_found(format!("blob {}", descriptor.digest()))),
+            StatusCode::OK if offset == 0 => Ok(self.resuming_stream(descriptor, offset, response)),
+            StatusCode::PARTIAL_CONTENT => Ok(self.resuming_stream(descriptor, offset, response)),
+            _ => Err(self.unexpected("GET", response).await),
+        }
+    }
+
+    async fn put_blob(&self, descriptor: &Descriptor, body: BlobStream) -> Result<()> {
+        let pending = self.pending_uploads.lock().expect("pending uploads lock").remove(descriptor.digest());
+        let upload = match pending {
+            Some(url) => url,
+            None => {
+                let response = self.start_upload("", &self.scope).await?;
+                if response.status() != StatusCode::ACCEPTED {
+                    return Err(self.unexpected("POST", response).await);
+                }
+                self.upload_url(&response)?
+            }
+        };
+        let body = reqwest::Body::wrap_stream(verify_stream(descriptor, body, self.location.clone()));
+        let size = descriptor.size();
+        let separator = if upload.contains('?') { '&' } else { '?' };
+        let http = &self.client.http;
+        let final_url = if size <= MONOLITHIC_LIMIT {
+            let url = format!("{upload}{separator}digest={}", descriptor.digest());
+            let request = http
+                .put(&url)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .body(body);
+            let response = self.client.send_streaming(&self.scope, &self.location, request).await?;
+            return self.check_upload_done(descriptor, response).await;
+        } else {
+            let end = size.saturating_sub(1);
+            let request = http
+                .patch(&upload)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, size)
+                .header("content-range", format!("0-{end}"))
+                .body(body);
+            let response = self.client.send_streaming(&self.scope, &self.location, request).await?;
+            if response.status() != StatusCode::ACCEPTED {
+                return Err(self.unexpected("PATCH", response).await);
+            }
+            let next = self.upload_url(&response)?;
+            let separator = if next.contains('?') { '&' } else { '?' };
+            format!("{next}{separator}digest={}", descriptor.digest())
+        };
+        let response = self.send(&|| http.put(&final_url).header(CONTENT_LENGTH, 0)).await?;
+        self.check_upload_done(descriptor, response).await
+    }
+
+    async fn mount_blob(&self, descriptor: &Descriptor, from: &MountSource) -> Result<bool> {
+        if from.registry != self.client.registry || from.repository == self.repository {
+            return Ok(false);
+        }
+        let query = format!("mount={}&from={}", descriptor.digest(), from.repository);
+        let scope = self.scope.and(&Scope::repository(&from.repository, false));
+        let response = self.start_upload(&query, &scope).await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                // Not mounted (not there, or not allowed): keep the session for the upload.
+                let url = self.upload_url(&response)?;
+                self.pending_uploads.lock().expect("pending uploads lock").insert(descriptor.digest().clone(), url);
+                Ok(false)
+            }
+            _ => Err(self.unexpected("POST", response).await),
+        }
+    }
+
+    async fn list_tags(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            tags: Option<Vec<String>>,
+        }
+        let mut url = self.url("tags/list?n=1000");
+        let mut tags = Vec::new();
+        let http = &self.client.http;
+        loop {
+            let response = self.send(&|| http.get(&url)).await?;
+            match response.status() {
+                StatusCode::NOT_FOUND => return Err(self.not_found("repository".into())),
+                status if status.is_success() => {}
+                _ => return Err(self.unexpected("GET", response).await),
+            }
+            let next = header(&response, LINK.as_str())
+                .and_then(|link| link.split(',').find(|part| part.contains("rel=\"next\"") || part.contains("rel=next")))
+                .and_then(|part| part.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(target, _)| target.to_owned()))
+                .and_then(|target| response.url().join(&target).ok());
+            let page: Page = response.json().await.map_err(|e| Error::Protocol {
+                location: self.location.clone(),
+                reason: format!("malformed tag list: {e}"),
+            })?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(next) => url = next.to_string(),
+                None => return Ok(tags),
+            }
+        }
+    }
+
+    async fn referrers(&self, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+        let mut url = self.url(&format!("referrers/{subject}"));
+        if let Some(artifact_type) = artifact_type {
+            url = format!("{url}?artifactType={}", artifact_type.replace('+', "%2B").replace('/', "%2F"));
+        }
+        let http = &self.client.http;
+        let response = self.send(&|| http.get(&url).header(ACCEPT, media_type::OCI_INDEX)).await?;
+        let (manifests, filtered) = if response.status().is_success() {
+            let filtered = header(&response, "oci-filters-applied").is_some_and(|f| f.contains("artifactType"));
+            let bytes = read_limited(response, MANIFEST_LIMIT).await.unwrap_or_default();
+            let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::Manifest {
+                reference: format!("referrers of {subject}"),
+                location: self.location.clone(),
+                source,
+            })?;
+            let airlock_oci::ManifestKind::Index { manifests, .. } = index.kind().clone() else { unreachable!("parsed as an index") };
+            (manifests, filtered)
+        } else if matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) {
+            match self.get_manifest(&referrers_tag(subject)).await {
+                Ok(index) => match index.kind() {
+                    airlock_oci::ManifestKind::Index { manifests, .. } => (manifests.clone(), false),
+                    _ => (Vec::new(), false),
+                },
+                Err(e) if e.is_not_found() => (Vec::new(), false),
+                Err(e) => return Err(e),
+            }
+        } else {
+            return Err(self.unexpected("GET", response).await);
+        };
+        Ok(manifests
+            .into_iter()
+            .filter(|d| filtered || artifact_type.is_none_or(|t| d.artifact_type().as_ref().is_some_and(|a| a.to_string() == t)))
+            .collect())
+    }
+
+    async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        let url = self.url(&format!("manifests/{digest}"));
+        let http = &self.client.http;
+        let response = self.send(&|| http.delete(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Err(self.not_found(format!("manifest {digest}"))),
+            status if status.is_success() => Ok(()),
+            _ => Err(self.unexpected("DELETE", response).await),
+        }
+    }
+}
+
+impl RemoteStore {
+    async fn check_upload_done(&self, descriptor: &Descriptor, response: Response) -> Result<()> {
+        if response.status() != StatusCode::CREATED && response.status() != StatusCode::NO_CONTENT && !response.status().is_success() {
+            return Err(self.unexpected("PUT", response).await);
+        }
+        if let Some(answered) = header(&response, "docker-content-digest") {
+            if answered != descriptor.digest().to_string() {
+                return Err(Error::Protocol {
+                    location: self.location.clone(),
+                    reason: format!("uploaded {} but the registry stored {answered}", descriptor.digest()),
+                });
+            }
+        }
+        Ok(())
+    }
+}
