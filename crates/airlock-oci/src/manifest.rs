@@ -55,7 +55,8 @@ pub enum ManifestKind {
         layers: Vec<Descriptor>,
         /// The manifest this one refers to (signatures, SBOMs, attestations).
         subject: Option<Descriptor>,
-        /// The artifact type, or the config media type when none is set.
+        /// The artifact type, or the config media type when none is set and the config is not an
+        /// image config.
         artifact_type: Option<String>,
     },
     /// An index of manifests.
@@ -124,9 +125,16 @@ impl Manifest {
             }
         } else if media_type::is_manifest(&media_type) {
             let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| malformed(&media_type, e.to_string()))?;
+            // Image-spec: without `artifactType`, an artifact is typed by its config's media type;
+            // an ordinary image config makes it an image, not an artifact.
+            let config_type = manifest.config().media_type().to_string();
+            let is_image_config = matches!(
+                config_type.as_str(),
+                "application/vnd.oci.image.config.v1+json" | "application/vnd.docker.container.image.v1+json"
+            );
             let artifact_type = manifest.artifact_type().as_ref().map(|t| t.to_string());
             ManifestKind::Image {
-                artifact_type: artifact_type.or_else(|| Some(manifest.config().media_type().to_string())),
+                artifact_type: artifact_type.or_else(|| (!is_image_config).then_some(config_type)),
                 config: manifest.config().clone(),
                 layers: manifest.layers().clone(),
                 subject: manifest.subject().clone(),

@@ -1,0 +1,352 @@
+//! The walk: resolve, fetch, copy children depth first under one budget, write parents, tag last.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use airlock_oci::{filter_index, Descriptor, Digest, Manifest, ManifestKind, PlatformSpec};
+use airlock_store::{BlobStream, Store};
+use futures::future::{try_join_all, BoxFuture};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{OnceCell, Semaphore};
+
+use crate::CopyError;
+
+type Result<T, E = CopyError> = std::result::Result<T, E>;
+
+/// What a copy should do beyond the default (everything, referrers included).
+#[derive(Debug, Clone)]
+pub struct CopyOptions {
+    /// Copy only these platforms of an index (a new index, so a new digest). Empty: all.
+    pub platforms: Vec<PlatformSpec>,
+    /// Copy the referrers (signatures, SBOMs, attestations) of every manifest copied.
+    pub referrers: bool,
+    /// Blob transfers in flight at once, over the whole run.
+    pub concurrency: NonZeroUsize,
+    /// Move a destination tag that points at other content.
+    pub force: bool,
+    /// Attempts at one blob transfer when a store reports a transient failure.
+    pub blob_attempts: u32,
+}
+
+impl CopyOptions {
+    /// Everything, referrers included, 8 transfers at once, tags never moved silently.
+    pub fn new() -> Self {
+        CopyOptions { platforms: Vec::new(), referrers: true, concurrency: NonZeroUsize::new(8).expect("8 > 0"), force: false, blob_attempts: 3 }
+    }
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Observes a run, e.g. to draw progress bars. Called from many tasks at once.
+pub trait Progress: Send + Sync {
+    /// A blob transfer starts.
+    fn blob_started(&self, _descriptor: &Descriptor) {}
+    /// Bytes arrived for a blob in transfer; negative when a failed attempt's bytes are taken back.
+    fn bytes(&self, _delta: i64) {}
+    /// A blob is in place at the target (copied, mounted or already there).
+    fn blob_done(&self, _descriptor: &Descriptor, _how: BlobAction) {}
+    /// A manifest was written to the target.
+    fn manifest_written(&self, _digest: &Digest) {}
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// How a blob reached the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobAction {
+    /// Streamed from the source.
+    Copied,
+    /// Mounted from another repository of the same registry.
+    Mounted,
+    /// The target had it.
+    Skipped,
+}
+
+/// What one copy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// The digest of the manifest written (a new one when platforms were filtered).
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The digest of the source manifest.
+    pub source_digest: Digest,
+    /// Tags written at the target.
+    pub tags: Vec<String>,
+    /// Manifests written (referrers included).
+    pub manifests_written: u64,
+    /// Manifests the target already had.
+    pub manifests_present: u64,
+    /// Blobs streamed.
+    pub blobs_copied: u64,
+    /// Blobs mounted.
+    pub blobs_mounted: u64,
+    /// Blobs already present.
+    pub blobs_skipped: u64,
+    /// Bytes streamed.
+    pub bytes_copied: u64,
+    /// Referrer manifests copied.
+    pub referrers_copied: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    manifests_written: AtomicU64,
+    manifests_present: AtomicU64,
+    blobs_copied: AtomicU64,
+    blobs_mounted: AtomicU64,
+    blobs_skipped: AtomicU64,
+    bytes_copied: AtomicU64,
+    referrers_copied: AtomicU64,
+}
+
+type BlobCell = Arc<OnceCell<std::result::Result<(), Arc<CopyError>>>>;
+
+/// One run of copies sharing a concurrency budget and a record of the blobs already moved.
+pub struct Copier {
+    options: CopyOptions,
+    budget: Arc<Semaphore>,
+    progress: Arc<dyn Progress>,
+    /// (target, digest) → the transfer, so concurrent copies of one blob wait for the first.
+    blobs: Mutex<HashMap<(String, Digest), BlobCell>>,
+}
+
+struct Run<'a> {
+    copier: &'a Copier,
+    source: &'a dyn Store,
+    target: &'a dyn Store,
+    counters: Counters,
+}
+
+impl Copier {
+    /// A run with these options, reporting to `progress`.
+    pub fn new(options: CopyOptions, progress: Arc<dyn Progress>) -> Self {
+        let budget = Arc::new(Semaphore::new(options.concurrency.get()));
+        Copier { options, budget, progress, blobs: Mutex::new(HashMap::new()) }
+    }
+
+    /// Copies `reference` (a tag or digest) of `source` to `target`, then points each of `tags`
+    /// at it. With no tags the content is written by digest only.
+    ///
+    /// # Cancel safety
+    /// Dropping the future leaves the target consistent: whatever was written is complete and
+    /// verified, and no tag was moved before everything it reaches was written.
+    pub async fn copy(&self, source: &dyn Store, reference: &str, target: &dyn Store, tags: &[String]) -> Result<CopyReport> {
+        let run = Run { copier: self, source, target, counters: Counters::default() };
+        let original = source.get_manifest(reference).await?;
+        let source_digest = original.digest().clone();
+        let manifest = self.select_platforms(original, source, reference)?;
+        let filtered = manifest.digest() != &source_digest;
+
+        // Refuse early, before moving any byte, when a tag would be moved.
+        if !self.options.force {
+            for tag in tags {
+                match target.resolve(tag).await {
+                    Ok(existing) if existing.digest() != manifest.digest() => {
+                        return Err(CopyError::TagExists {
+                            tag: tag.clone(),
+                            target: target.to_string(),
+                            existing: existing.digest().clone(),
+                            incoming: manifest.digest().clone(),
+                        })
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+
+        run.copy_tree(&manifest, !filtered).await?;
+        for tag in tags {
+            target.put_manifest(&manifest, Some(tag)).await?;
+            tracing::info!(target = %target, %tag, digest = %manifest.digest(), "tagged");
+        }
+        let counters = &run.counters;
+        Ok(CopyReport {
+            digest: manifest.digest().clone(),
+            media_type: manifest.media_type().to_owned(),
+            size: manifest.bytes().len() as u64,
+            source_digest,
+            tags: tags.to_vec(),
+            manifests_written: counters.manifests_written.load(Ordering::Relaxed),
+            manifests_present: counters.manifests_present.load(Ordering::Relaxed),
+            blobs_copied: counters.blobs_copied.load(Ordering::Relaxed),
+            blobs_mounted: counters.blobs_mounted.load(Ordering::Relaxed),
+            blobs_skipped: counters.blobs_skipped.load(Ordering::Relaxed),
+            bytes_copied: counters.bytes_copied.load(Ordering::Relaxed),
+            referrers_copied: counters.referrers_copied.load(Ordering::Relaxed),
+        })
+    }
+
+    fn select_platforms(&self, manifest: Manifest, source: &dyn Store, reference: &str) -> Result<Manifest> {
+        if self.options.platforms.is_empty() || !manifest.is_index() {
+            return Ok(manifest);
+        }
+        let wrap = |error| CopyError::Store(airlock_store::Error::Manifest { reference: reference.to_owned(), location: source.to_string(), source: error });
+        match filter_index(&manifest, &self.options.platforms).map_err(wrap)? {
+            Some(bytes) => Manifest::parse(bytes, Some(manifest.media_type())).map_err(wrap),
+            None => {
+                let ManifestKind::Index { manifests, .. } = manifest.kind() else { unreachable!("checked is_index") };
+                let available: Vec<String> = manifests
+                    .iter()
+                    .filter_map(|d| d.platform().as_ref())
+                    .map(|p| {
+                        let mut text = format!("{}/{}", p.os(), p.architecture());
+                        if let Some(variant) = p.variant() {
+                            text = format!("{text}/{variant}");
+                        }
+                        text
+                    })
+                    .collect();
+                let wanted: Vec<String> = self.options.platforms.iter().map(ToString::to_string).collect();
+                Err(CopyError::NoPlatform { source_ref: format!("{source}:{reference}"), wanted: wanted.join(", "), available: available.join(", ") })
+            }
+        }
+    }
+}
+
+impl Run<'_> {
+    /// Copies everything `manifest` reaches, then the manifest by digest, then (when asked) its
+    /// referrers. `with_referrers` is false for a filtered index, whose digest is new and so has
+    /// no referrers at the source.
+    fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool) -> BoxFuture<'b, Result<()>> {
+        async move {
+            let present = match self.target.resolve(&manifest.digest().to_string()).await {
+                Ok(_) => true,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e.into()),
+            };
+            if present {
+                // A registry accepts a manifest only once everything it lists is there, and so
+                // does this engine when it writes a folder: the subtree is in place.
+                self.counters.manifests_present.fetch_add(1, Ordering::Relaxed);
+            } else {
+                match manifest.kind() {
+                    ManifestKind::Index { manifests, .. } => {
+                        try_join_all(manifests.iter().map(|child| self.copy_child(child))).await?;
+                    }
+                    ManifestKind::Image { config, layers, .. } => {
+                        let blobs = std::iter::once(config).chain(layers.iter());
+                        try_join_all(blobs.map(|blob| self.copy_blob(blob))).await?;
+                    }
+                }
+                self.target.put_manifest(manifest, None).await?;
+                self.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
+                self.copier.progress.manifest_written(manifest.digest());
+            }
+            if with_referrers && self.copier.options.referrers {
+                self.copy_referrers(manifest.digest()).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// An index entry: a manifest to walk, or (rarely) a plain blob.
+    async fn copy_child(&self, child: &Descriptor) -> Result<()> {
+        let media_type = child.media_type().to_string();
+        if !airlock_oci::media_type::is_manifest(&media_type) {
+            return self.copy_blob(child).await;
+        }
+        let manifest = self.source.get_manifest(&child.digest().to_string()).await?;
+        self.copy_tree(&manifest, true).await
+    }
+
+    async fn copy_referrers(&self, subject: &Digest) -> Result<()> {
+        let referrers = self.source.referrers(subject, None).await?;
+        for referrer in referrers {
+            let manifest = self.source.get_manifest(&referrer.digest().to_string()).await?;
+            self.copy_tree(&manifest, true).await?;
+            self.counters.referrers_copied.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Puts one blob in place at the target, once per run and target whatever the number of
+    /// images sharing it.
+    async fn copy_blob(&self, descriptor: &Descriptor) -> Result<()> {
+        let key = (self.target.to_string(), descriptor.digest().clone());
+        let cell = self.copier.blobs.lock().expect("blob map lock").entry(key).or_default().clone();
+        let mut first = false;
+        let outcome = cell
+            .get_or_init(|| {
+                first = true;
+                async { self.transfer_blob(descriptor).await.map_err(Arc::new) }
+            })
+            .await;
+        match outcome {
+            Ok(()) => {
+                if !first {
+                    self.counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(error) => Err(CopyError::Shared(error.clone())),
+        }
+    }
+
+    async fn transfer_blob(&self, descriptor: &Descriptor) -> Result<()> {
+        let progress = &self.copier.progress;
+        if self.target.blob_exists(descriptor.digest()).await? {
+            self.counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+            progress.blob_done(descriptor, BlobAction::Skipped);
+            return Ok(());
+        }
+        if let Some(from) = self.source.mount_source() {
+            if self.target.mount_blob(descriptor, &from).await? {
+                self.counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                progress.blob_done(descriptor, BlobAction::Mounted);
+                return Ok(());
+            }
+        }
+        let _permit = self.copier.budget.acquire().await.expect("the budget is never closed");
+        progress.blob_started(descriptor);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let moved = Arc::new(AtomicU64::new(0));
+            let result = async {
+                let body = self.source.get_blob(descriptor, 0).await?;
+                let body = counted(body, progress.clone(), moved.clone());
+                self.target.put_blob(descriptor, body).await
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    self.counters.blobs_copied.fetch_add(1, Ordering::Relaxed);
+                    self.counters.bytes_copied.fetch_add(descriptor.size(), Ordering::Relaxed);
+                    progress.blob_done(descriptor, BlobAction::Copied);
+                    return Ok(());
+                }
+                Err(error) if error.is_transient() && attempt < self.copier.options.blob_attempts => {
+                    tracing::debug!(digest = %descriptor.digest(), attempt, %error, "retrying blob transfer");
+                    // Take back what the failed attempt counted so the bar stays true.
+                    progress.bytes(-(moved.load(Ordering::Relaxed) as i64));
+                    tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+/// Reports each chunk to the progress observer as it passes.
+fn counted(body: BlobStream, progress: Arc<dyn Progress>, moved: Arc<AtomicU64>) -> BlobStream {
+    Box::pin(body.inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            progress.bytes(chunk.len() as i64);
+        }
+    }))
+}

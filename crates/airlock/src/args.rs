@@ -1,0 +1,166 @@
+//! The command line, as clap derives it. `--help` is generated from the doc comments here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// airlock: copy, inspect and gate OCI images and artifacts between registries and folders.
+///
+/// References: `[registry/]repository[:tag][@digest]` (Docker Hub when no registry is named:
+/// `alpine` is `docker.io/library/alpine:latest`), also `docker://REF`, `oci://HOST/REPO[:tag|@digest]`,
+/// and `ocidir://PATH[:tag|@digest]` for an OCI image-layout folder.
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Output format: `text` for people, `json` for scripts (one JSON document on stdout).
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Log more: `-v` info, `-vv` debug, `-vvv` trace (to stderr; `AIRLOCK_LOG` takes a filter).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars and no summary lines.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Credentials file to read and write instead of `REGISTRY_AUTH_FILE`, podman's `auth.json` and
+    /// Docker's `config.json`.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub authfile: Option<PathBuf>,
+    /// Extra PEM CA certificate(s) to trust besides the system roots; repeatable.
+    #[arg(long = "ca-cert", global = true, value_name = "FILE")]
+    pub ca_certs: Vec<PathBuf>,
+    /// Speak plain HTTP to this registry (HOST[:PORT]); loopback registries always are; repeatable.
+    #[arg(long = "plain-http", global = true, value_name = "HOST")]
+    pub plain_http: Vec<String>,
+    /// Blob transfers in flight at once.
+    #[arg(long, global = true, default_value_t = 8, value_name = "N")]
+    pub jobs: usize,
+    /// HTTP requests in flight at once per registry.
+    #[arg(long, global = true, default_value_t = 16, value_name = "N")]
+    pub max_requests: usize,
+    /// Attempts per request on connection errors, 408, 429 and 5xx (with backoff and `Retry-After`).
+    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy an image, index or artifact and everything beneath it, byte for byte.
+    ///
+    /// Digests are preserved: the destination holds the same manifest bytes as the source.
+    /// Referrers (signatures, SBOMs, attestations) come along unless `--no-referrers`.
+    /// The destination tag defaults to the source's; `-t` adds more. Tags are written last, so a
+    /// failed or interrupted copy never leaves a tag pointing at missing content.
+    Copy(CopyArgs),
+    /// Show a manifest: its digest, media type, platforms or layers.
+    Inspect(InspectArgs),
+    /// List the tags of a repository.
+    Tags(TagsArgs),
+    /// Print the digest a reference resolves to.
+    Digest(DigestArgs),
+    /// Store credentials for a registry (in the `--authfile`, `REGISTRY_AUTH_FILE` or Docker's config.json).
+    Login(LoginArgs),
+    /// Remove stored credentials for a registry.
+    Logout(LogoutArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// What to copy.
+    pub source: String,
+    /// Where to: a repository with an optional tag, or an `ocidir://` folder.
+    pub destination: String,
+    /// Extra tags to point at the copy (as `az acr import -t`); repeatable.
+    #[arg(short = 't', long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Move destination tags that point at other content (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
+    /// Copy only these platforms of an index: `os/arch[/variant]`, comma separated or repeated.
+    /// The copy is a new index listing only them, so its digest differs from the source's.
+    #[arg(long, value_delimiter = ',', value_name = "PLATFORM")]
+    pub platform: Vec<String>,
+    /// Do not copy referrers (signatures, SBOMs, attestations).
+    #[arg(long)]
+    pub no_referrers: bool,
+    #[command(flatten)]
+    pub creds: CredsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CredsArgs {
+    /// Credentials for the source registry, `USER:PASSWORD` (overrides stored ones).
+    #[arg(long, value_name = "USER:PASSWORD", hide_default_value = true)]
+    pub src_creds: Option<String>,
+    /// Credentials for the destination registry, `USER:PASSWORD`.
+    #[arg(long, value_name = "USER:PASSWORD", hide_default_value = true)]
+    pub dest_creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The image, index or artifact.
+    pub reference: String,
+    /// Print the manifest's bytes exactly as stored.
+    #[arg(long, conflicts_with = "config")]
+    pub raw: bool,
+    /// Print the image's config blob.
+    #[arg(long)]
+    pub config: bool,
+    /// Credentials, `USER:PASSWORD` (overrides stored ones).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TagsArgs {
+    /// The repository (a tag or digest in it is ignored).
+    pub repository: String,
+    /// Credentials, `USER:PASSWORD`.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DigestArgs {
+    /// The image, index or artifact.
+    pub reference: String,
+    /// Credentials, `USER:PASSWORD`.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The registry, HOST[:PORT].
+    pub registry: String,
+    /// User name.
+    #[arg(short, long)]
+    pub username: String,
+    /// Password; prefer `--password-stdin`, which keeps it out of the process list.
+    #[arg(short, long, conflicts_with = "password_stdin", hide_default_value = true)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// The registry, HOST[:PORT].
+    pub registry: String,
+}

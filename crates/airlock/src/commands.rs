@@ -1,0 +1,395 @@
+//! One function per subcommand: build the stores, call the library, render.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_copy::{CopyError, CopyOptions, Copier};
+use airlock_oci::{ManifestKind, PlatformSpec, Reference, RegistryRef};
+use airlock_store::layout::LayoutStore;
+use airlock_store::remote::{Access, Credential, CredentialFiles, Registries, RegistryOptions, RetryPolicy, Secret};
+use airlock_store::Store;
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::args::{Cli, Command, CopyArgs, DigestArgs, Global, InspectArgs, LoginArgs, LogoutArgs, Output, TagsArgs};
+use crate::output;
+
+/// A failed command: the error chain, an optional fix, and the exit code.
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+    pub exit_code: u8,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(error: E) -> Self {
+        let error = error.into();
+        let hint = hint_of(&error);
+        Failure { error, hint, exit_code: 1 }
+    }
+}
+
+fn hint_of(error: &anyhow::Error) -> Option<String> {
+    error.chain().find_map(|cause| {
+        if let Some(copy) = cause.downcast_ref::<CopyError>() {
+            return copy.hint();
+        }
+        cause.downcast_ref::<airlock_store::Error>().and_then(airlock_store::Error::hint)
+    })
+}
+
+fn usage(message: String) -> Failure {
+    Failure { error: anyhow::anyhow!(message), hint: Some("see `airlock --help`".into()), exit_code: 2 }
+}
+
+type Result<T, E = Failure> = std::result::Result<T, E>;
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Copy(args) => copy(global, args).await,
+        Command::Inspect(args) => inspect(global, args).await,
+        Command::Tags(args) => tags(global, args).await,
+        Command::Digest(args) => digest(global, args).await,
+        Command::Login(args) => login(global, args).await,
+        Command::Logout(args) => logout(global, args).await,
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+fn parse_reference(text: &str) -> Result<Reference> {
+    text.parse::<Reference>().map_err(|e| Failure {
+        hint: Some("a reference is `[registry/]repository[:tag][@digest]`, `oci://host/repo[:tag]` or `ocidir://PATH[:tag]`".into()),
+        error: e.into(),
+        exit_code: 2,
+    })
+}
+
+fn parse_creds(text: Option<&str>) -> Result<Option<Credential>> {
+    let Some(text) = text else { return Ok(None) };
+    let Some((username, password)) = text.split_once(':') else {
+        return Err(usage("credentials must be given as `USER:PASSWORD`".into()));
+    };
+    Ok(Some(Credential::Basic { username: username.to_owned(), password: Secret::new(password) }))
+}
+
+/// The registries of this command, with credentials given on the command line attached.
+fn registries(global: &Global, explicit: &[(&Reference, Option<Credential>)]) -> Result<Registries> {
+    let mut options = RegistryOptions::new(CredentialFiles::discover(global.authfile.as_deref()));
+    options.plain_http = global.plain_http.clone();
+    options.ca_certs = global.ca_certs.clone();
+    options.max_requests_per_registry = global.max_requests.max(1);
+    options.retry = RetryPolicy { attempts: global.retries.max(1), ..RetryPolicy::default() };
+    for (reference, credential) in explicit {
+        if let (Reference::Registry(registry), Some(credential)) = (reference, credential) {
+            options.explicit_credentials.insert(registry.registry.clone(), credential.clone());
+        }
+    }
+    Ok(Registries::new(options)?)
+}
+
+fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
+    match reference {
+        Reference::Registry(registry) => Arc::new(registries.store(registry, access)),
+        Reference::Layout(layout) => Arc::new(LayoutStore::new(&layout.path)),
+    }
+}
+
+#[derive(Serialize)]
+struct CopyOutput {
+    source: String,
+    destination: String,
+    digest: String,
+    source_digest: String,
+    media_type: String,
+    size: u64,
+    tags: Vec<String>,
+    manifests_written: u64,
+    manifests_present: u64,
+    blobs_copied: u64,
+    blobs_mounted: u64,
+    blobs_skipped: u64,
+    bytes_copied: u64,
+    referrers_copied: u64,
+}
+
+async fn copy(global: &Global, args: &CopyArgs) -> Result<()> {
+    let source = parse_reference(&args.source)?;
+    let destination = parse_reference(&args.destination)?;
+    if destination.digest().is_some() {
+        return Err(usage(format!("destination `{}` names a digest; name a repository and optionally a tag", args.destination)));
+    }
+    let platforms = args
+        .platform
+        .iter()
+        .map(|p| p.parse::<PlatformSpec>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(e.to_string()))?;
+    for tag in &args.tags {
+        parse_reference(&format!("x:{tag}"))?;
+    }
+    let registries = registries(
+        global,
+        &[(&source, parse_creds(args.creds.src_creds.as_deref())?), (&destination, parse_creds(args.creds.dest_creds.as_deref())?)],
+    )?;
+    let source_store = open(&registries, &source, Access::Pull);
+    let target_store = open(&registries, &destination, Access::Push);
+
+    // The destination's own tag, else the source's tag, then the extra ones.
+    let mut tags: Vec<String> = destination.tag().or(source.tag()).map(str::to_owned).into_iter().collect();
+    if tags.is_empty() && source.digest().is_none() {
+        tags.push(airlock_oci::DEFAULT_TAG.to_owned());
+    }
+    for tag in &args.tags {
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+    }
+
+    let mut options = CopyOptions::new();
+    options.platforms = platforms;
+    options.referrers = !args.no_referrers;
+    options.force = args.force;
+    options.concurrency = std::num::NonZeroUsize::new(global.jobs.max(1)).expect("at least 1");
+    let show_bars = !global.quiet && global.verbose == 0 && global.output == Output::Text;
+    let progress = crate::progress::Bars::for_terminal(show_bars);
+    let copier = Copier::new(options, progress);
+    let report = copier
+        .copy(source_store.as_ref(), &source.tag_or_digest(), target_store.as_ref(), &tags)
+        .await
+        .with_context(|| format!("cannot copy `{source}` to `{}`", target_store))?;
+    drop(copier);
+
+    let destination_name = target_store.to_string();
+    match global.output {
+        Output::Json => output::json(&CopyOutput {
+            source: source.to_string(),
+            destination: destination_name,
+            digest: report.digest.to_string(),
+            source_digest: report.source_digest.to_string(),
+            media_type: report.media_type,
+            size: report.size,
+            tags: report.tags,
+            manifests_written: report.manifests_written,
+            manifests_present: report.manifests_present,
+            blobs_copied: report.blobs_copied,
+            blobs_mounted: report.blobs_mounted,
+            blobs_skipped: report.blobs_skipped,
+            bytes_copied: report.bytes_copied,
+            referrers_copied: report.referrers_copied,
+        }),
+        Output::Text if !global.quiet => {
+            let tags = if report.tags.is_empty() { "(by digest only)".to_owned() } else { report.tags.join(", ") };
+            output::data(&format!(
+                "Copied {source} to {destination_name}\n  digest:    {}\n  tags:      {tags}\n  blobs:     {} copied ({}), {} mounted, {} already there\n  manifests: {} written, {} already there, {} referrers",
+                report.digest,
+                report.blobs_copied,
+                output::bytes(report.bytes_copied),
+                report.blobs_mounted,
+                report.blobs_skipped,
+                report.manifests_written,
+                report.manifests_present,
+                report.referrers_copied,
+            ));
+            if report.digest != report.source_digest {
+                output::note(&format!("note: the platform subset is a new index; the source's digest is {}", report.source_digest));
+            }
+        }
+        Output::Text => {}
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct InspectOutput {
+    reference: String,
+    digest: String,
+    media_type: String,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    manifests: Vec<InspectEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    config: Option<InspectEntry>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<InspectEntry>,
+}
+
+#[derive(Serialize)]
+struct InspectEntry {
+    digest: String,
+    media_type: String,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    platform: Option<String>,
+}
+
+fn entry(descriptor: &airlock_oci::Descriptor) -> InspectEntry {
+    InspectEntry {
+        digest: descriptor.digest().to_string(),
+        media_type: descriptor.media_type().to_string(),
+        size: descriptor.size(),
+        platform: descriptor.platform().as_ref().map(|p| {
+            let mut text = format!("{}/{}", p.os(), p.architecture());
+            if let Some(variant) = p.variant() {
+                text.push('/');
+                text.push_str(variant);
+            }
+            text
+        }),
+    }
+}
+
+async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
+    let store = open(&registries, &reference, Access::Pull);
+    let manifest = store
+        .get_manifest(&reference.tag_or_digest())
+        .await
+        .with_context(|| format!("cannot inspect `{reference}`"))?;
+    if args.raw {
+        output::raw(manifest.bytes());
+        return Ok(());
+    }
+    if args.config {
+        let ManifestKind::Image { config, .. } = manifest.kind() else {
+            return Err(usage(format!("`{reference}` is an index; inspect one of its manifests for a config")));
+        };
+        let mut body = airlock_store::verify::verify_stream(config, store.get_blob(config, 0).await?, store.to_string());
+        let mut bytes = Vec::with_capacity(config.size() as usize);
+        use futures::StreamExt as _;
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.with_context(|| format!("cannot read the config of `{reference}`"))?);
+        }
+        output::raw(&bytes);
+        return Ok(());
+    }
+    let (manifests, config, layers, artifact_type) = match manifest.kind() {
+        ManifestKind::Index { manifests, artifact_type, .. } => (manifests.iter().map(entry).collect(), None, vec![], artifact_type.clone()),
+        ManifestKind::Image { config, layers, artifact_type, .. } => (vec![], Some(entry(config)), layers.iter().map(entry).collect(), artifact_type.clone()),
+    };
+    let report = InspectOutput {
+        reference: reference.to_string(),
+        digest: manifest.digest().to_string(),
+        media_type: manifest.media_type().to_owned(),
+        size: manifest.bytes().len() as u64,
+        artifact_type,
+        subject: manifest.subject().map(|s| s.digest().to_string()),
+        manifests,
+        config,
+        layers,
+    };
+    match global.output {
+        Output::Json => output::json(&report),
+        Output::Text => {
+            let mut text = format!("Name:       {}\nDigest:     {}\nMediaType:  {}\nSize:       {}\n", report.reference, report.digest, report.media_type, report.size);
+            if let Some(artifact_type) = &report.artifact_type {
+                text.push_str(&format!("Type:       {artifact_type}\n"));
+            }
+            if let Some(subject) = &report.subject {
+                text.push_str(&format!("Subject:    {subject}\n"));
+            }
+            if !report.manifests.is_empty() {
+                text.push_str("Manifests:\n");
+                for m in &report.manifests {
+                    text.push_str(&format!("  {:<16} {}  {}\n", m.platform.as_deref().unwrap_or("-"), m.digest, output::bytes(m.size)));
+                }
+            }
+            if let Some(config) = &report.config {
+                text.push_str(&format!("Config:     {}  {}\n", config.digest, config.media_type));
+                text.push_str(&format!("Layers ({}, {} in all):\n", report.layers.len(), output::bytes(report.layers.iter().map(|l| l.size).sum())));
+                for layer in &report.layers {
+                    text.push_str(&format!("  {}  {:>10}  {}\n", layer.digest, output::bytes(layer.size), layer.media_type));
+                }
+            }
+            output::data(&text);
+        }
+    }
+    Ok(())
+}
+
+async fn tags(global: &Global, args: &TagsArgs) -> Result<()> {
+    let reference = parse_reference(&args.repository)?;
+    let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
+    let store = open(&registries, &reference, Access::Pull);
+    let tags = store.list_tags().await.with_context(|| format!("cannot list the tags of `{store}`"))?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({ "repository": store.to_string(), "tags": tags })),
+        Output::Text => {
+            if !tags.is_empty() {
+                output::data(&tags.join("\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn digest(global: &Global, args: &DigestArgs) -> Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
+    let store = open(&registries, &reference, Access::Pull);
+    let descriptor = store.resolve(&reference.tag_or_digest()).await.with_context(|| format!("cannot resolve `{reference}`"))?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({
+            "reference": reference.to_string(),
+            "digest": descriptor.digest().to_string(),
+            "media_type": descriptor.media_type().to_string(),
+            "size": descriptor.size(),
+        })),
+        Output::Text => output::data(&descriptor.digest().to_string()),
+    }
+    Ok(())
+}
+
+fn registry_host(text: &str) -> Result<String> {
+    let trimmed = text.trim_start_matches("https://").trim_start_matches("http://").trim_end_matches('/');
+    let reference: RegistryRef = format!("{trimmed}/x").parse().map_err(|e: airlock_oci::ReferenceError| usage(format!("invalid registry `{text}`: {}", e.reason)))?;
+    Ok(reference.registry)
+}
+
+async fn login(global: &Global, args: &LoginArgs) -> Result<()> {
+    let registry = registry_host(&args.registry)?;
+    let password = match (&args.password, args.password_stdin) {
+        (Some(password), false) => password.clone(),
+        (None, true) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+        _ => return Err(usage("give the password with `--password-stdin` (or `-p`)".into())),
+    };
+    let credential = Credential::Basic { username: args.username.clone(), password: Secret::new(password) };
+    let files = CredentialFiles::discover(global.authfile.as_deref());
+    let mut options = RegistryOptions::new(files.clone());
+    options.plain_http = global.plain_http.clone();
+    options.ca_certs = global.ca_certs.clone();
+    options.explicit_credentials.insert(registry.clone(), credential.clone());
+    let registries = Registries::new(options)?;
+    registries.check_login(&registry).await.with_context(|| format!("cannot log in to `{registry}`"))?;
+    let path = files.save(&registry, &credential).await?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({"registry": registry, "authfile": path.display().to_string()})),
+        Output::Text if !global.quiet => output::data(&format!("Login Succeeded (credentials for {registry} stored in {})", path.display())),
+        Output::Text => {}
+    }
+    Ok(())
+}
+
+async fn logout(global: &Global, args: &LogoutArgs) -> Result<()> {
+    let registry = registry_host(&args.registry)?;
+    let files = CredentialFiles::discover(global.authfile.as_deref());
+    let changed = files.remove(&registry).await?;
+    if changed.is_empty() {
+        return Err(Failure { error: anyhow::anyhow!("not logged in to `{registry}`"), hint: None, exit_code: 1 });
+    }
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({"registry": registry, "authfiles": changed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()})),
+        Output::Text if !global.quiet => output::data(&format!("Removed login credentials for {registry}")),
+        Output::Text => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The only module that prints. stdout carries data (text or `-o json`); stderr carries errors,
+//! hints and progress. A closed stdout (`airlock tags x | head`) ends the run quietly.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::io::Write;
+
+/// Prints data lines to stdout.
+pub fn data(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let result = stdout.write_all(text.as_bytes()).and_then(|()| {
+        if text.ends_with('\n') || text.is_empty() {
+            Ok(())
+        } else {
+            stdout.write_all(b"\n")
+        }
+    });
+    exit_on_broken_pipe(result.and_then(|()| stdout.flush()));
+}
+
+/// Prints bytes exactly (`inspect --raw`).
+pub fn raw(bytes: &[u8]) {
+    let mut stdout = std::io::stdout().lock();
+    exit_on_broken_pipe(stdout.write_all(bytes).and_then(|()| stdout.flush()));
+}
+
+/// Prints one JSON document.
+pub fn json(value: &impl serde::Serialize) {
+    data(&serde_json::to_string_pretty(value).expect("CLI output serialises"));
+}
+
+fn exit_on_broken_pipe(result: std::io::Result<()>) {
+    if let Err(error) = result {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// `error: …`, one `caused by:` line per source, then the hint after a blank line.
+pub fn error(error: &anyhow::Error, hint: Option<&str>) {
+    let mut text = format!("error: {error}\n");
+    for cause in error.chain().skip(1) {
+        text.push_str(&format!("  caused by: {cause}\n"));
+    }
+    if let Some(hint) = hint {
+        text.push_str(&format!("\nhint: {hint}\n"));
+    }
+    eprint!("{text}");
+}
+
+/// A line for people on stderr (notes that are not data).
+pub fn note(text: &str) {
+    eprintln!("{text}");
+}
+
+/// `1.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

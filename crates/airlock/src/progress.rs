@@ -1,0 +1,55 @@
+//! Progress bars for a terminal, drawn with indicatif from the copy engine's callbacks.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use airlock_copy::{BlobAction, Progress};
+use airlock_oci::{Descriptor, Digest};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// One bar of bytes (with rate and ETA) and a count of blobs, on stderr.
+pub struct Bars {
+    bar: ProgressBar,
+}
+
+impl Bars {
+    /// Bars when stderr is a terminal and the user wants them; none in pipes, `-q`, `-v` or JSON.
+    pub fn for_terminal(wanted: bool) -> Arc<dyn Progress> {
+        if !wanted || !std::io::stderr().is_terminal() {
+            return Arc::new(airlock_copy::NoProgress);
+        }
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Arc::new(Bars { bar })
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Bars {
+    fn blob_started(&self, descriptor: &Descriptor) {
+        self.bar.inc_length(descriptor.size());
+    }
+    fn bytes(&self, delta: i64) {
+        if delta >= 0 {
+            self.bar.inc(delta as u64);
+        } else {
+            self.bar.set_position(self.bar.position().saturating_sub(delta.unsigned_abs()));
+        }
+    }
+    fn blob_done(&self, _descriptor: &Descriptor, _how: BlobAction) {
+        let done = self.bar.message();
+        let count = done.split(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) + 1;
+        self.bar.set_message(format!("{count} blobs"));
+    }
+    fn manifest_written(&self, _digest: &Digest) {}
+}
