@@ -33,7 +33,7 @@ pub enum CopyError {
         available: String,
     },
     /// A failure already reported by the task that first met it (a blob shared by two images).
-    #[error("{0}")]
+    #[error(transparent)]
     Shared(Arc<CopyError>),
 }
 

@@ -28,6 +28,7 @@ const CHUNK: usize = 256 * 1024;
 /// An OCI image-layout folder as a [`Store`].
 pub struct LayoutStore {
     root: PathBuf,
+    created: tokio::sync::OnceCell<()>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -44,7 +45,7 @@ struct IndexFile {
 impl LayoutStore {
     /// A store over `root`; nothing is created until something is written.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        LayoutStore { root: root.into() }
+        LayoutStore { root: root.into(), created: tokio::sync::OnceCell::new() }
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -139,6 +140,10 @@ impl LayoutStore {
 
     /// Creates `oci-layout`, `index.json` and `blobs/` when missing.
     async fn ensure_layout(&self) -> Result<()> {
+        self.created.get_or_try_init(|| self.create_layout()).await.map(|_| ())
+    }
+
+    async fn create_layout(&self) -> Result<()> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
             let io = |action: &str, path: &Path| {
@@ -210,7 +215,9 @@ fn lock(root: &Path) -> Result<std::fs::File> {
 /// file, never a part of one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let mut file = std::fs::File::create(&temp)?;
     file.write_all(bytes)?;
     file.sync_all()?;

@@ -16,36 +16,59 @@ pub fn verify_stream(descriptor: &Descriptor, body: BlobStream, location: String
         let error = Error::UnsupportedDigest { digest: expected.to_string(), location };
         return Box::pin(futures::stream::once(async move { Err(error) }));
     };
-    let state = (body, Some(hasher), 0u64);
-    Box::pin(futures::stream::unfold(state, move |(mut body, hasher, mut seen)| {
+    struct State {
+        body: BlobStream,
+        /// `None` once the digest was checked or an error was yielded.
+        hasher: Option<DigestHasher>,
+        seen: u64,
+        done: bool,
+    }
+    let state = State { body, hasher: Some(hasher), seen: 0, done: false };
+    Box::pin(futures::stream::unfold(state, move |mut state| {
         let expected = expected.clone();
         let location = location.clone();
         async move {
-            let mut hasher = hasher?;
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    seen += chunk.len() as u64;
-                    if seen > expected_size {
-                        let error = Error::SizeMismatch { digest: expected, expected: expected_size, actual: seen, location };
-                        return Some((Err(error), (body, None, seen)));
-                    }
-                    hasher.update(&chunk);
-                    Some((Ok(chunk), (body, Some(hasher), seen)))
-                }
-                Some(Err(error)) => Some((Err(error), (body, None, seen))),
-                None if seen != expected_size => {
-                    let error = Error::SizeMismatch { digest: expected, expected: expected_size, actual: seen, location };
-                    Some((Err(error), (body, None, seen)))
-                }
-                None => {
-                    let actual = hasher.finish();
-                    if actual == expected {
-                        None
-                    } else {
-                        Some((Err(Error::DigestMismatch { expected, actual, location }), (body, None, seen)))
-                    }
-                }
+            if state.done {
+                return None;
             }
+            let size_mismatch = |actual| Error::SizeMismatch { digest: expected.clone(), expected: expected_size, actual, location: location.clone() };
+            let item = match state.body.next().await {
+                Some(Ok(chunk)) => {
+                    state.seen += chunk.len() as u64;
+                    match state.hasher.as_mut() {
+                        Some(hasher) if state.seen <= expected_size => {
+                            hasher.update(&chunk);
+                            // Checked as the last byte arrives, before that chunk is passed on: a
+                            // writer that stops reading at `size` bytes (an HTTP body with a
+                            // Content-Length) never receives the end of corrupt content.
+                            if state.seen == expected_size {
+                                let actual = state.hasher.take().expect("checked above").finish();
+                                if actual != expected {
+                                    Err(Error::DigestMismatch { expected, actual, location })
+                                } else {
+                                    Ok(chunk)
+                                }
+                            } else {
+                                Ok(chunk)
+                            }
+                        }
+                        _ => Err(size_mismatch(state.seen)),
+                    }
+                }
+                Some(Err(error)) => Err(error),
+                None if state.seen == expected_size && state.hasher.is_none() => return None,
+                None if expected_size == 0 && state.seen == 0 => {
+                    let actual = state.hasher.take().expect("no bytes seen").finish();
+                    state.done = true;
+                    if actual == expected {
+                        return None;
+                    }
+                    return Some((Err(Error::DigestMismatch { expected, actual, location }), state));
+                }
+                None => Err(size_mismatch(state.seen)),
+            };
+            state.done = item.is_err();
+            Some((item, state))
         }
     }))
 }

@@ -101,10 +101,14 @@ impl RegistryClient {
             let request = make();
             let result = self.send_once(scope, request).await;
             let failure = match result {
-                Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !reauthenticated => {
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                    if reauthenticated {
+                        let reason = if self.credentials().await?.is_some() { "the credentials were refused" } else { "authentication required" };
+                        return Err(denied(&response, location, "access", reason));
+                    }
                     reauthenticated = true;
                     attempt -= 1;
-                    self.learn_challenge(&response, scope, location).await?;
+                    self.learn_challenge(&response, scope, location)?;
                     continue;
                 }
                 Ok(response) => match self.check(response, location).await {
@@ -183,18 +187,13 @@ impl RegistryClient {
         }
     }
 
-    async fn learn_challenge(&self, response: &Response, scope: &Scope, location: &str) -> Result<()> {
+    /// Records the scheme a `401` asks for; a cached token for `scope` was evidently refused.
+    fn learn_challenge(&self, response: &Response, scope: &Scope, location: &str) -> Result<()> {
         let header = response.headers().get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok());
         let Some(challenge) = header.and_then(parse_challenge) else {
             return Err(denied(response, location, "access", "the registry demands authentication but sent no usable challenge"));
         };
-        let had_credentials = self.credentials().await?.is_some();
         let mut state = self.auth.lock().expect("auth state lock");
-        let repeated = state.challenge.as_ref() == Some(&challenge) && (challenge == Challenge::Basic || state.tokens.contains_key(scope));
-        if repeated {
-            let reason = if had_credentials { "the credentials were refused" } else { "authentication required" };
-            return Err(denied(response, location, "access", reason));
-        }
         state.tokens.remove(scope);
         state.challenge = Some(challenge);
         Ok(())

@@ -1,1 +1,9 @@
-fn main(){}
+//! airlock's integration tests: the built binary against real registries and tools.
+
+mod harness;
+
+mod auth;
+mod copy;
+mod errors;
+mod faults;
+mod layout;

@@ -1,0 +1,130 @@
+//! Authentication against real registries: htpasswd basic auth and Docker token auth.
+
+use base64::Engine as _;
+
+use crate::harness::fixtures::{image, layer, push};
+use crate::harness::token::{TokenIssuer, User};
+use crate::harness::{skopeo_digest, Airlock, Auth, Registry};
+
+const SECRET: &str = "s3cr3t-Pa55word";
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+#[test]
+fn htpasswd_registry_with_right_wrong_and_no_credentials() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::Htpasswd(vec![("alice", SECRET)]));
+    let img = image("amd64", &[layer(60, 20_000)]);
+    push(&source.host(), "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+
+    let anonymous = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v1")]).code(1);
+    assert!(anonymous.stderr.contains("401") && anonymous.stderr.contains(&target.at("app")), "{}", anonymous.stderr);
+    assert!(anonymous.stderr.contains("hint: check the credentials"), "{}", anonymous.stderr);
+
+    let wrong = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v1"), "--dest-creds", "alice:not-the-password"]).code(1);
+    assert!(wrong.stderr.contains("credentials were refused"), "{}", wrong.stderr);
+    assert!(!target.has_manifest("app", "v1", Some(("alice", SECRET))));
+
+    let right = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v1"), "--dest-creds", &format!("alice:{SECRET}"), "-vvv"]).success();
+    assert!(target.has_manifest("app", "v1", Some(("alice", SECRET))));
+    for run in [&anonymous, &wrong, &right] {
+        assert!(!run.stderr.contains(SECRET) && !run.stdout.contains(SECRET), "secret leaked:\n{}", run.stderr);
+        assert!(!run.stderr.contains(&basic("alice", SECRET)[6..]), "encoded secret leaked");
+    }
+}
+
+#[test]
+fn login_stores_credentials_that_later_commands_use_and_logout_removes_them() {
+    let registry = Registry::start(Auth::Htpasswd(vec![("alice", SECRET)]));
+    let img = image("amd64", &[layer(61, 1000)]);
+    push(&registry.host(), "app", &img, Some("v1"), Some(&basic("alice", SECRET)));
+    let airlock = Airlock::new();
+    let authfile = airlock.authfile();
+    let authfile = authfile.to_str().unwrap();
+
+    airlock.run_with_stdin(&["login", &registry.host(), "-u", "alice", "--password-stdin", "--authfile", authfile], Some("wrong\n")).code(1);
+    assert!(!airlock.authfile().exists(), "a refused login must not write credentials");
+    let login = airlock.run_with_stdin(&["login", &registry.host(), "-u", "alice", "--password-stdin", "--authfile", authfile], Some(&format!("{SECRET}\n"))).success();
+    assert!(login.stdout.contains("Login Succeeded"));
+    assert!(!login.stdout.contains(SECRET) && !login.stderr.contains(SECRET));
+
+    // skopeo reads what airlock wrote.
+    let digest = crate::harness::skopeo(&["inspect", "--raw", "--tls-verify=false", "--authfile", authfile, &format!("docker://{}", registry.at("app:v1"))]).success();
+    assert_eq!(crate::harness::sha256(&digest.stdout_bytes), img.digest);
+    let digest = airlock.run(&["digest", &registry.at("app:v1"), "--authfile", authfile]).success();
+    assert_eq!(digest.stdout.trim(), img.digest);
+
+    airlock.run(&["logout", &registry.host(), "--authfile", authfile]).success();
+    airlock.run(&["digest", &registry.at("app:v1"), "--authfile", authfile]).code(1);
+    airlock.run(&["logout", &registry.host(), "--authfile", authfile]).code(1).stderr_has("not logged in");
+}
+
+#[test]
+fn docker_config_json_is_read_from_docker_config() {
+    let registry = Registry::start(Auth::Htpasswd(vec![("alice", SECRET)]));
+    let img = image("amd64", &[layer(62, 1000)]);
+    push(&registry.host(), "app", &img, Some("v1"), Some(&basic("alice", SECRET)));
+    let airlock = Airlock::new();
+    let docker = airlock.path(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{SECRET}"));
+    std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
+    let digest = airlock.run(&["digest", &registry.at("app:v1")]).success();
+    assert_eq!(digest.stdout.trim(), img.digest);
+}
+
+fn token_registry() -> Registry {
+    let issuer = TokenIssuer::start(
+        vec![
+            ("alice", User { password: SECRET, grants: vec![("", vec!["pull", "push"])] }),
+            ("bob", User { password: "bobs-password", grants: vec![("bob/", vec!["pull", "push"])] }),
+        ],
+        vec![("refresh-token-of-alice", "alice")],
+        vec!["public/"],
+    );
+    Registry::start(Auth::Token(issuer))
+}
+
+#[test]
+fn token_auth_scopes_each_repository() {
+    let registry = token_registry();
+    let issuer = registry.token.clone().unwrap();
+    let admin = |repository: &str| format!("Bearer {}", issuer.sign("admin", &[(repository.to_owned(), vec!["pull".into(), "push".into()])]));
+    let img = image("amd64", &[layer(63, 30_000)]);
+    push(&registry.host(), "public/base", &img, Some("v1"), Some(&admin("public/base")));
+    push(&registry.host(), "alice/private", &img, Some("v1"), Some(&admin("alice/private")));
+    let airlock = Airlock::new();
+
+    // Anonymous pull where the issuer allows it, refused elsewhere.
+    let public = airlock.run(&["digest", &registry.at("public/base:v1")]).success();
+    assert_eq!(public.stdout.trim(), img.digest);
+    airlock.run(&["digest", &registry.at("alice/private:v1")]).code(1).stderr_has("hint:");
+
+    // bob may write bob/*, and his token for it does not open alice's repository.
+    let bob = "bob:bobs-password";
+    airlock.run(&["copy", &registry.at("public/base:v1"), &registry.at("bob/base:v1"), "--src-creds", bob, "--dest-creds", bob]).success();
+    assert_eq!(skopeo_digest(&format!("docker://{}", registry.at("public/base:v1"))), img.digest);
+    let denied = airlock.run(&["copy", &registry.at("public/base:v1"), &registry.at("alice/base:v1"), "--src-creds", bob, "--dest-creds", bob]).code(1);
+    assert!(denied.stderr.contains("alice/base"), "{}", denied.stderr);
+    airlock.run(&["digest", &registry.at("alice/private:v1"), "--creds", bob]).code(1);
+
+    // alice's password and alice's refresh token (identitytoken) both work.
+    let digest = airlock.run(&["digest", &registry.at("alice/private:v1"), "--creds", &format!("alice:{SECRET}")]).success();
+    assert_eq!(digest.stdout.trim(), img.digest);
+    let authfile = airlock.authfile();
+    std::fs::write(&authfile, format!(r#"{{"auths":{{"{}":{{"identitytoken":"refresh-token-of-alice"}}}}}}"#, registry.host())).unwrap();
+    let digest = airlock.run(&["digest", &registry.at("alice/private:v1"), "--authfile", authfile.to_str().unwrap()]).success();
+    assert_eq!(digest.stdout.trim(), img.digest);
+
+    // login through the token service, then copy with the stored credentials.
+    let login_file = airlock.path("login.json");
+    let login_file = login_file.to_str().unwrap();
+    airlock.run(&["login", &registry.host(), "-u", "alice", "-p", SECRET, "--authfile", login_file]).success();
+    airlock.run(&["login", &registry.host(), "-u", "alice", "-p", "nope", "--authfile", login_file]).code(1).stderr_has("refused");
+    let report = airlock.run(&["copy", &registry.at("alice/private:v1"), &registry.at("alice/copy:v1"), "--authfile", login_file, "-o", "json"]).success().json();
+    assert_eq!(report["digest"], img.digest);
+    assert_eq!(report["blobs_mounted"], 2, "mount from alice/private with a token scoped to both repositories");
+}

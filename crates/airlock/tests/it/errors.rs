@@ -1,0 +1,52 @@
+//! Bad input and missing content: clear errors, the right exit codes, nothing lost.
+
+use crate::harness::fixtures::{image, layer, push};
+use crate::harness::{Airlock, Auth, Registry};
+
+#[test]
+fn malformed_references_are_usage_errors_naming_the_problem() {
+    let airlock = Airlock::new();
+    let run = airlock.run(&["copy", "Alpine:3", "localhost:5000/x"]).code(2);
+    assert!(run.stderr.contains("invalid reference `Alpine:3`") && run.stderr.contains("lowercase"), "{}", run.stderr);
+    airlock.run(&["inspect", "alpine@sha256:1234"]).code(2).stderr_has("64 hex digits");
+    airlock.run(&["copy", "a", "b", "--platform", "linux"]).code(2).stderr_has("os/arch");
+    airlock.run(&["copy", "a", "b@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"]).code(2).stderr_has("names a digest");
+    airlock.run(&["copy", "only-one-argument"]).code(2);
+    airlock.run(&["frobnicate"]).code(2);
+}
+
+#[test]
+fn missing_tags_and_repositories_are_named() {
+    let registry = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(80, 100)]);
+    push(&registry.host(), "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    let run = airlock.run(&["copy", &registry.at("app:nope"), &registry.at("other:nope")]).code(1);
+    assert!(run.stderr.contains(&format!("manifest `nope` not found in {}", registry.at("app"))), "{}", run.stderr);
+    airlock.run(&["digest", &registry.at("ghost:v1")]).code(1).stderr_has("not found");
+    airlock.run(&["tags", &registry.at("ghost")]).code(1).stderr_has("not found");
+}
+
+#[test]
+fn unreachable_registry_is_a_clear_failure() {
+    let port = crate::harness::registry::free_port();
+    let run = Airlock::new().run(&["digest", &format!("127.0.0.1:{port}/app:v1"), "--retries", "2"]).code(1);
+    assert!(run.stderr.contains("connection failed") && run.stderr.contains(&port.to_string()), "{}", run.stderr);
+}
+
+#[test]
+fn inspect_shows_raw_bytes_config_and_json() {
+    let registry = Registry::start(Auth::None);
+    let img = image("arm64", &[layer(81, 100)]);
+    push(&registry.host(), "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    let raw = airlock.run(&["inspect", "--raw", &registry.at("app:v1")]).success();
+    assert_eq!(raw.stdout_bytes, img.manifest);
+    let config = airlock.run(&["inspect", "--config", &registry.at("app:v1")]).success();
+    assert_eq!(config.stdout_bytes, img.blobs[0].bytes);
+    let json = airlock.run(&["inspect", &registry.at("app:v1"), "-o", "json"]).success().json();
+    assert_eq!(json["digest"], img.digest);
+    assert_eq!(json["layers"][0]["digest"], img.blobs[1].digest);
+    let text = airlock.run(&["inspect", &registry.at("app:v1")]).success();
+    assert!(text.stdout.contains(&img.digest) && text.stdout.contains("Layers (1"), "{}", text.stdout);
+}

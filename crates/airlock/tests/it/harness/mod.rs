@@ -1,0 +1,172 @@
+//! The one harness of the integration tests: real `docker-registry` servers on loopback ports in
+//! temp dirs (stopped on drop), a token issuer and a fault-injecting proxy in-process, fixtures
+//! pushed with plain HTTP (not airlock's code), and the built `airlock` binary.
+//!
+//! A component that is missing fails the test with the package to install; nothing is skipped.
+
+#![allow(dead_code)]
+
+pub mod fixtures;
+pub mod proxy;
+pub mod registry;
+pub mod token;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use fixtures::Fixture;
+pub use proxy::{Fault, FaultProxy};
+pub use registry::{Auth, Registry};
+
+/// Fails with the package to install when `tool` is not on PATH.
+pub fn require(tool: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(tool);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{tool}` is not installed; these tests need it: `apt-get install {package}` (README's test command installs it)");
+}
+
+/// The result of running a command, printed in full when an expectation fails.
+pub struct Run {
+    pub command: String,
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_bytes: Vec<u8>,
+}
+
+impl Run {
+    fn from(command: String, output: Output) -> Run {
+        Run {
+            command,
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            stdout_bytes: output.stdout,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("command: {}\nstatus: {}\nstdout:\n{}\nstderr:\n{}", self.command, self.status, self.stdout, self.stderr)
+    }
+
+    /// Panics unless the command exited 0.
+    #[track_caller]
+    pub fn success(self) -> Run {
+        assert_eq!(self.status, 0, "expected success\n{}", self.describe());
+        self
+    }
+
+    /// Panics unless the command exited with `code`.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Run {
+        assert_eq!(self.status, code, "expected exit code {code}\n{}", self.describe());
+        self
+    }
+
+    /// Panics unless stderr contains `text`.
+    #[track_caller]
+    pub fn stderr_has(self, text: &str) -> Run {
+        assert!(self.stderr.contains(text), "expected stderr to contain {text:?}\n{}", self.describe());
+        self
+    }
+
+    /// stdout parsed as JSON.
+    #[track_caller]
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON: {e}\n{}", self.describe()))
+    }
+}
+
+/// A sandbox for running the built binary: its own HOME and credential files.
+pub struct Airlock {
+    pub home: tempfile::TempDir,
+}
+
+impl Airlock {
+    pub fn new() -> Airlock {
+        Airlock { home: tempfile::tempdir().expect("temp dir") }
+    }
+
+    pub fn authfile(&self) -> PathBuf {
+        self.home.path().join("auth.json")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.home.path().join(name)
+    }
+
+    /// Runs `airlock ARGS` with a clean environment for credentials.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_airlock"));
+        command
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.home.path().join(".docker"))
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("AIRLOCK_LOG")
+            .env("NO_COLOR", "1");
+        run_command(command, stdin)
+    }
+}
+
+pub fn run_command(mut command: Command, stdin: Option<&str>) -> Run {
+    use std::io::Write;
+    let description = format!("{command:?}");
+    command.stdin(if stdin.is_some() { std::process::Stdio::piped() } else { std::process::Stdio::null() });
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+    if let Some(input) = stdin {
+        child.stdin.take().expect("piped stdin").write_all(input.as_bytes()).expect("write stdin");
+    }
+    let output = child.wait_with_output().unwrap_or_else(|e| panic!("cannot wait for {description}: {e}"));
+    Run::from(description, output)
+}
+
+/// Runs skopeo (TLS off: the test registries are plain HTTP on loopback).
+pub fn skopeo(args: &[&str]) -> Run {
+    // skopeo reads policy.json; give it an accept-anything policy of its own.
+    let policy = std::env::temp_dir().join("airlock-test-skopeo-policy.json");
+    if !policy.exists() {
+        std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).expect("write policy");
+    }
+    let mut full = vec!["--policy".to_owned(), policy.display().to_string()];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let mut command = Command::new(require("skopeo", "skopeo"));
+    command.args(&full);
+    run_command(command, None)
+}
+
+/// `sha256:<hex>` of bytes, computed here, not by airlock.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+/// The digest of what skopeo reads raw at `reference` (`docker://…` or `oci:…`).
+pub fn skopeo_digest(reference: &str) -> String {
+    let run = if reference.starts_with("docker://") {
+        skopeo(&["inspect", "--raw", "--tls-verify=false", reference])
+    } else {
+        skopeo(&["inspect", "--raw", reference])
+    };
+    sha256(&run.success().stdout_bytes)
+}
+
+/// A new temp folder.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}

@@ -1,0 +1,220 @@
+//! A fault-injecting HTTP proxy in front of a registry: it forwards every request, records it,
+//! and on demand cuts a blob download mid-stream, answers a status (429 with `Retry-After`, 500)
+//! or flips a byte of blob bodies.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+
+/// The tokio runtime the in-process servers run on.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"))
+}
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// The first blob GET without `Range` of a blob longer than `after` bytes sends at most
+    /// `after` bytes, then the connection breaks.
+    CutBlobOnce { after: usize },
+    /// The next `times` requests whose path contains `path` get `status` (with `Retry-After`).
+    Status { path: &'static str, status: u16, times: usize, retry_after: Option<u64> },
+    /// Every blob GET body has its first byte flipped.
+    FlipBlobBytes,
+    /// Tag lists are served in pages of at most this many tags with `Link` headers, as
+    /// distribution 3, Docker Hub and GHCR do (Debian's distribution 2.8 does not paginate).
+    LimitPageSize(usize),
+}
+
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: String,
+    pub path: String,
+    pub range: Option<String>,
+    pub status: u16,
+    pub at: Instant,
+}
+
+struct ProxyState {
+    upstream: String,
+    me: String,
+    client: reqwest::Client,
+    faults: Mutex<Vec<Fault>>,
+    log: Mutex<Vec<Logged>>,
+}
+
+pub struct FaultProxy {
+    pub port: u16,
+    state: Arc<ProxyState>,
+}
+
+impl FaultProxy {
+    /// A proxy on a free loopback port forwarding to `upstream` (`127.0.0.1:PORT`).
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(ProxyState {
+            upstream: upstream.to_owned(),
+            me: format!("127.0.0.1:{port}"),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
+            faults: Mutex::new(Vec::new()),
+            log: Mutex::new(Vec::new()),
+        });
+        let router = axum::Router::new().fallback(forward).with_state(state.clone());
+        runtime().spawn(async move { axum::serve(listener, router).await });
+        FaultProxy { port, state }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn at(&self, repository_and_tag: &str) -> String {
+        format!("{}/{repository_and_tag}", self.host())
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state.faults.lock().unwrap().push(fault);
+    }
+
+    pub fn log(&self) -> Vec<Logged> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    pub fn clear_log(&self) {
+        self.state.log.lock().unwrap().clear();
+    }
+}
+
+fn record(state: &ProxyState, method: &str, path: &str, range: Option<String>, status: u16) {
+    state.log.lock().unwrap().push(Logged { method: method.into(), path: path.into(), range, status, at: Instant::now() });
+}
+
+async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
+    let range = request.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let is_blob_get = method == "GET" && path.contains("/blobs/sha") && !path.contains("/uploads/");
+
+    // A status fault answers without asking upstream.
+    let status_fault = {
+        let mut faults = state.faults.lock().unwrap();
+        let hit = faults.iter_mut().find_map(|fault| match fault {
+            Fault::Status { path: wanted, status, times, retry_after } if *times > 0 && path.contains(*wanted) => {
+                *times -= 1;
+                Some((*status, *retry_after))
+            }
+            _ => None,
+        });
+        hit
+    };
+    if let Some((status, retry_after)) = status_fault {
+        record(&state, method.as_str(), &path, range, status);
+        let body = format!(r#"{{"errors":[{{"code":"TOOMANYREQUESTS","message":"injected {status}"}}]}}"#);
+        let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert("retry-after", HeaderValue::from_str(&seconds.to_string()).unwrap());
+        }
+        return response;
+    }
+
+    let limit = state.faults.lock().unwrap().iter().find_map(|f| match f {
+        Fault::LimitPageSize(n) => Some(*n),
+        _ => None,
+    });
+    if let (Some(limit), true) = (limit, path.contains("/tags/list")) {
+        return paginate_tags(&state, &path, limit, range).await;
+    }
+    let mut upstream = state.client.request(method.clone(), format!("http://{}{path}", state.upstream));
+    for (name, value) in request.headers() {
+        if name != "host" && name != "connection" {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let body = request.into_body().into_data_stream();
+    let upstream = upstream.body(reqwest::Body::wrap_stream(body));
+    let answer = match upstream.send().await {
+        Ok(answer) => answer,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = answer.status();
+    record(&state, method.as_str(), &path, range.clone(), status.as_u16());
+    let mut response = Response::builder().status(status.as_u16());
+    for (name, value) in answer.headers() {
+        if name == "location" {
+            let rewritten = value.to_str().unwrap_or("").replace(&state.upstream, &state.me);
+            response = response.header(name, rewritten);
+        } else if name != "connection" && name != "transfer-encoding" {
+            response = response.header(name, value);
+        }
+    }
+    let (cut, flip) = {
+        let mut faults = state.faults.lock().unwrap();
+        let mut cut = None;
+        let mut flip = false;
+        if is_blob_get && status.is_success() {
+            let length = answer.content_length().unwrap_or(0) as usize;
+            if range.is_none() {
+                if let Some(idx) = faults.iter().position(|f| matches!(f, Fault::CutBlobOnce { after } if length > *after)) {
+                    if let Fault::CutBlobOnce { after } = faults.remove(idx) {
+                        cut = Some(after);
+                    }
+                }
+            }
+            flip = faults.iter().any(|f| matches!(f, Fault::FlipBlobBytes));
+        }
+        (cut, flip)
+    };
+    let mut sent = 0usize;
+    let mut flipped = !flip;
+    let stream = answer.bytes_stream().map(move |chunk| -> Result<Bytes, std::io::Error> {
+        let mut chunk = chunk.map_err(std::io::Error::other)?;
+        if !flipped && !chunk.is_empty() {
+            let mut bytes = chunk.to_vec();
+            bytes[0] ^= 0xff;
+            chunk = Bytes::from(bytes);
+            flipped = true;
+        }
+        if let Some(after) = cut {
+            if sent + chunk.len() > after {
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected cut"));
+            }
+        }
+        sent += chunk.len();
+        Ok(chunk)
+    });
+    response.body(Body::from_stream(stream)).unwrap_or_else(|e| (StatusCode::BAD_GATEWAY, e.to_string()).into_response())
+}
+
+/// Serves `/v2/NAME/tags/list?n=&last=` in pages from the upstream's full list.
+async fn paginate_tags(state: &ProxyState, path: &str, limit: usize, range: Option<String>) -> Response {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let param = |key: &str| query.split('&').find_map(|pair| pair.strip_prefix(&format!("{key}="))).map(str::to_owned);
+    let n = param("n").and_then(|n| n.parse::<usize>().ok()).unwrap_or(limit).min(limit);
+    let last = param("last");
+    let full = match state.client.get(format!("http://{}{base}", state.upstream)).send().await {
+        Ok(answer) if answer.status().is_success() => answer.json::<serde_json::Value>().await.unwrap_or_default(),
+        Ok(answer) => {
+            record(state, "GET", path, range, answer.status().as_u16());
+            return (StatusCode::from_u16(answer.status().as_u16()).unwrap(), answer.text().await.unwrap_or_default()).into_response();
+        }
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let mut tags: Vec<String> = full["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_owned)).collect();
+    tags.sort();
+    let rest: Vec<String> = tags.into_iter().filter(|t| last.as_ref().is_none_or(|l| t > l)).collect();
+    let page: Vec<String> = rest.iter().take(n).cloned().collect();
+    record(state, "GET", path, range, 200);
+    let mut response = axum::Json(serde_json::json!({"name": full["name"], "tags": page})).into_response();
+    if rest.len() > page.len() {
+        let link = format!("<{base}?n={n}&last={}>; rel=\"next\"", page.last().expect("a non-empty page"));
+        response.headers_mut().insert("link", HeaderValue::from_str(&link).unwrap());
+    }
+    response
+}

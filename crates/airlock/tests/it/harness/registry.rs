@@ -1,0 +1,166 @@
+//! A real CNCF distribution registry (`docker-registry`, Debian's package) on a loopback port.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::token::TokenIssuer;
+use super::require;
+
+/// How the registry authenticates.
+pub enum Auth {
+    /// Anyone may pull and push.
+    None,
+    /// htpasswd basic auth (bcrypt) with these users.
+    Htpasswd(Vec<(&'static str, &'static str)>),
+    /// Docker token auth through an in-process issuer.
+    Token(TokenIssuer),
+}
+
+pub struct Registry {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+    pub token: Option<TokenIssuer>,
+}
+
+impl Registry {
+    pub fn start(auth: Auth) -> Registry {
+        let binary = require("docker-registry", "docker-registry");
+        let dir = super::tempdir();
+        let (auth_yaml, token) = match auth {
+            Auth::None => (String::new(), None),
+            Auth::Htpasswd(users) => {
+                let htpasswd = require("htpasswd", "apache2-utils");
+                let file = dir.path().join("htpasswd");
+                let mut lines = String::new();
+                for (user, password) in users {
+                    let out = Command::new(&htpasswd).args(["-Bbn", user, password]).output().expect("run htpasswd");
+                    assert!(out.status.success(), "htpasswd failed");
+                    lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
+                    lines.push('\n');
+                }
+                std::fs::write(&file, lines).expect("write htpasswd");
+                (format!("auth:\n  htpasswd:\n    realm: airlock-test\n    path: {}\n", file.display()), None)
+            }
+            Auth::Token(issuer) => (
+                format!(
+                    "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                    issuer.realm(),
+                    super::token::SERVICE,
+                    super::token::ISSUER,
+                    issuer.cert_path().display()
+                ),
+                Some(issuer),
+            ),
+        };
+        for _ in 0..20 {
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n{auth_yaml}",
+                    root = dir.path().join("data").display()
+                ),
+            )
+            .expect("write registry config");
+            let log = std::fs::File::create(dir.path().join("registry.log")).expect("log file");
+            let mut child = Command::new(&binary)
+                .arg("serve")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start docker-registry: {e}"));
+            if wait_ready(port, &mut child) {
+                return Registry { port, child, dir, token };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("docker-registry did not start; log:\n{}", std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default());
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT/REPO`
+    pub fn at(&self, repository_and_tag: &str) -> String {
+        format!("{}/{repository_and_tag}", self.host())
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.host())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Whether a manifest exists, asked with plain HTTP (no airlock code), with the admin
+    /// credentials where the registry needs them.
+    pub fn has_manifest(&self, repository: &str, reference: &str, basic: Option<(&str, &str)>) -> bool {
+        let client = reqwest::blocking_free_get(&self.url(&format!("/v2/{repository}/manifests/{reference}")), basic, self.token.as_ref(), repository);
+        client == 200
+    }
+}
+
+/// A GET answered synchronously; returns the status (no reqwest blocking feature needed).
+mod reqwest {
+    pub fn blocking_free_get(url: &str, basic: Option<(&str, &str)>, token: Option<&super::TokenIssuer>, repository: &str) -> u16 {
+        let url = url.to_owned();
+        let header = match (basic, token) {
+            (Some((user, password)), _) => {
+                use base64::Engine as _;
+                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))))
+            }
+            (None, Some(issuer)) => Some(format!("Bearer {}", issuer.sign("admin", &[(repository.to_owned(), vec!["pull".into()])]))),
+            (None, None) => None,
+        };
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let client = ::reqwest::Client::new();
+                let mut request = client.get(&url).header("accept", airlock_media_types());
+                if let Some(header) = header {
+                    request = request.header("authorization", header);
+                }
+                request.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+            })
+        })
+        .join()
+        .expect("request thread")
+    }
+
+    fn airlock_media_types() -> &'static str {
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json"
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn wait_ready(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
