@@ -11,6 +11,7 @@ use futures::future::{try_join_all, BoxFuture};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OnceCell, Semaphore};
 
+use crate::error::{PlatformMiss, TagConflict};
 use crate::CopyError;
 
 type Result<T, E = CopyError> = std::result::Result<T, E>;
@@ -153,12 +154,12 @@ impl Copier {
             for tag in tags {
                 match target.resolve(tag).await {
                     Ok(existing) if existing.digest() != manifest.digest() => {
-                        return Err(CopyError::TagExists {
+                        return Err(CopyError::TagExists(Box::new(TagConflict {
                             tag: tag.clone(),
                             target: target.to_string(),
                             existing: existing.digest().clone(),
                             incoming: manifest.digest().clone(),
-                        })
+                        })))
                     }
                     Ok(_) => {}
                     Err(e) if e.is_not_found() => {}
@@ -193,7 +194,7 @@ impl Copier {
         if self.options.platforms.is_empty() || !manifest.is_index() {
             return Ok(manifest);
         }
-        let wrap = |error| CopyError::Store(airlock_store::Error::Manifest { reference: reference.to_owned(), location: source.to_string(), source: error });
+        let wrap = |error| CopyError::Store(airlock_store::Error::from(airlock_store::ErrorKind::Manifest { reference: reference.to_owned(), location: source.to_string(), source: error }));
         match filter_index(&manifest, &self.options.platforms).map_err(wrap)? {
             Some(bytes) => Manifest::parse(bytes, Some(manifest.media_type())).map_err(wrap),
             None => {
@@ -210,7 +211,11 @@ impl Copier {
                     })
                     .collect();
                 let wanted: Vec<String> = self.options.platforms.iter().map(ToString::to_string).collect();
-                Err(CopyError::NoPlatform { source_ref: format!("{source}:{reference}"), wanted: wanted.join(", "), available: available.join(", ") })
+                Err(CopyError::NoPlatform(Box::new(PlatformMiss {
+                    source_ref: format!("{source}:{reference}"),
+                    wanted: wanted.join(", "),
+                    available: available.join(", "),
+                })))
             }
         }
     }
@@ -222,7 +227,7 @@ impl Run<'_> {
     /// no referrers at the source.
     fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool) -> BoxFuture<'b, Result<()>> {
         async move {
-            let present = match self.target.resolve(&manifest.digest().to_string()).await {
+            let present = match self.target.resolve(manifest.digest().as_ref()).await {
                 Ok(_) => true,
                 Err(e) if e.is_not_found() => false,
                 Err(e) => return Err(e.into()),
@@ -259,14 +264,14 @@ impl Run<'_> {
         if !airlock_oci::media_type::is_manifest(&media_type) {
             return self.copy_blob(child).await;
         }
-        let manifest = self.source.get_manifest(&child.digest().to_string()).await?;
+        let manifest = self.source.get_manifest(child.digest().as_ref()).await?;
         self.copy_tree(&manifest, true).await
     }
 
     async fn copy_referrers(&self, subject: &Digest) -> Result<()> {
         let referrers = self.source.referrers(subject, None).await?;
         for referrer in referrers {
-            let manifest = self.source.get_manifest(&referrer.digest().to_string()).await?;
+            let manifest = self.source.get_manifest(referrer.digest().as_ref()).await?;
             self.copy_tree(&manifest, true).await?;
             self.counters.referrers_copied.fetch_add(1, Ordering::Relaxed);
         }

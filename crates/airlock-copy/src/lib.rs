@@ -20,4 +20,4 @@ mod engine;
 mod error;
 
 pub use engine::{BlobAction, CopyOptions, CopyReport, Copier, NoProgress, Progress};
-pub use error::CopyError;
+pub use error::{CopyError, PlatformMiss, TagConflict};

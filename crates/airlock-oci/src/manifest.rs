@@ -45,6 +45,8 @@ pub struct Manifest {
 }
 
 /// What a manifest points at.
+// One per manifest held, never in a hot collection: boxing the config would only add a pointer hop.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ManifestKind {
     /// An image manifest (or an artifact manifest using the image manifest format).

@@ -6,10 +6,22 @@ use airlock_oci::{Digest, ManifestError};
 /// A store result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// What went wrong talking to a store.
+/// What went wrong talking to a store. Boxed, so a `Result` stays one pointer wide on the hot
+/// paths; [`Error::kind`] tells the cases apart.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Error(Box<ErrorKind>);
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error(Box::new(kind))
+    }
+}
+
+/// The cases of [`Error`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ErrorKind {
     /// The manifest, tag or blob does not exist.
     #[error("{what} not found in {location}")]
     NotFound {
@@ -144,7 +156,7 @@ pub enum Error {
         attempts: u32,
         /// The last failure.
         #[source]
-        source: Box<Error>,
+        source: Error,
     },
 }
 
@@ -158,36 +170,40 @@ fn describe_body(code: &Option<String>, message: &Option<String>) -> String {
 }
 
 impl Error {
+    /// Which case this is.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.0
+    }
+
     /// Whether trying again may succeed: connection failures, 408, 429 and 5xx.
     pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
-            Error::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
-            Error::Retried { .. } => false,
+        match self.kind() {
+            ErrorKind::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
+            ErrorKind::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
             _ => false,
         }
     }
 
     /// The delay the server asked for, if any.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
-        match self {
-            Error::Http { retry_after, .. } => *retry_after,
+        match self.kind() {
+            ErrorKind::Http { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
 
     /// Whether this is a "not found".
     pub fn is_not_found(&self) -> bool {
-        matches!(self, Error::NotFound { .. })
+        matches!(self.kind(), ErrorKind::NotFound { .. })
     }
 
     /// A fix to show the user, when one is known.
     pub fn hint(&self) -> Option<String> {
-        match self {
-            Error::Denied { hint, .. } => Some(hint.clone()),
-            Error::Retried { source, .. } => source.hint(),
-            Error::Http { status: 429, .. } => Some("the registry is rate limiting; lower the concurrency or try later".into()),
-            Error::Transport { url, .. } if url.starts_with("https://") => {
+        match self.kind() {
+            ErrorKind::Denied { hint, .. } => Some(hint.clone()),
+            ErrorKind::Retried { source, .. } => source.hint(),
+            ErrorKind::Http { status: 429, .. } => Some("the registry is rate limiting; lower the concurrency or try later".into()),
+            ErrorKind::Transport { url, .. } if url.starts_with("https://") => {
                 Some("is the registry reachable? a registry serving plain HTTP needs `--plain-http`".into())
             }
             _ => None,

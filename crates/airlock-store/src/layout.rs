@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::verify::verify_stream;
-use crate::{BlobStream, Error, PutManifestOutcome, Result, Store};
+use crate::{BlobStream, Error, ErrorKind, PutManifestOutcome, Result, Store};
 
 /// The annotation that carries a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -55,7 +55,7 @@ impl LayoutStore {
     fn io(&self, action: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
         let action = action.to_owned();
         let path = path.display().to_string();
-        move |source| Error::Io { action, path, source }
+        move |source| Error::from(ErrorKind::Io { action, path, source })
     }
 
     async fn find(&self, reference: &str) -> Result<Descriptor> {
@@ -76,7 +76,7 @@ impl LayoutStore {
             .into_iter()
             .rev()
             .find(|d| d.annotations().as_ref().and_then(|a| a.get(REF_NAME)).is_some_and(|name| name == reference))
-            .ok_or_else(|| Error::NotFound { what: format!("tag `{reference}`"), location: self.to_string() })
+            .ok_or_else(|| Error::from(ErrorKind::NotFound { what: format!("tag `{reference}`"), location: self.to_string() }))
     }
 
     async fn read_index_async(&self) -> Result<IndexFile> {
@@ -86,14 +86,14 @@ impl LayoutStore {
 
     fn not_found_or(&self, error: std::io::Error, what: &str, path: &Path) -> Error {
         if error.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { what: what.to_owned(), location: self.to_string() }
+            Error::from(ErrorKind::NotFound { what: what.to_owned(), location: self.to_string() })
         } else {
             self.io("read", path)(error)
         }
     }
 
     fn bad_manifest(&self, reference: &str, source: airlock_oci::ManifestError) -> Error {
-        Error::Manifest { reference: reference.to_owned(), location: self.to_string(), source }
+        Error::from(ErrorKind::Manifest { reference: reference.to_owned(), location: self.to_string(), source })
     }
 
     /// Writes `bytes` as a blob; used for manifests, which are small and already in memory.
@@ -149,7 +149,7 @@ impl LayoutStore {
             let io = |action: &str, path: &Path| {
                 let action = action.to_owned();
                 let path = path.display().to_string();
-                move |source| Error::Io { action, path, source }
+                move |source| Error::from(ErrorKind::Io { action, path, source })
             };
             std::fs::create_dir_all(root.join("blobs")).map_err(io("create folder", &root))?;
             let marker = root.join("oci-layout");
@@ -180,7 +180,7 @@ impl LayoutStore {
             change(&mut index.manifests);
             let path = root.join("index.json");
             let bytes = serde_json::to_vec(&index).expect("an index serialises");
-            write_atomic(&path, &bytes).map_err(|source| Error::Io { action: "write".into(), path: path.display().to_string(), source })
+            write_atomic(&path, &bytes).map_err(|source| Error::from(ErrorKind::Io { action: "write".into(), path: path.display().to_string(), source }))
         })
         .await
         .expect("index update does not panic")
@@ -194,18 +194,18 @@ fn read_index(root: &Path) -> Result<IndexFile> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok(IndexFile { schema_version: 2, media_type: Some(media_type::OCI_INDEX.into()), manifests: vec![], rest: Default::default() })
         }
-        Err(source) => return Err(Error::Io { action: "read".into(), path: path.display().to_string(), source }),
+        Err(source) => return Err(Error::from(ErrorKind::Io { action: "read".into(), path: path.display().to_string(), source })),
     };
-    serde_json::from_slice(&bytes).map_err(|e| Error::Malformed {
+    serde_json::from_slice(&bytes).map_err(|e| Error::from(ErrorKind::Malformed {
         what: "image layout index".into(),
         path: path.display().to_string(),
         reason: e.to_string(),
-    })
+    }))
 }
 
 fn lock(root: &Path) -> Result<std::fs::File> {
     let path = root.join(".airlock.lock");
-    let io = |source| Error::Io { action: "lock".into(), path: path.display().to_string(), source };
+    let io = |source| Error::from(ErrorKind::Io { action: "lock".into(), path: path.display().to_string(), source });
     let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
     file.lock().map_err(io)?;
     Ok(file)
@@ -307,7 +307,7 @@ impl Store for LayoutStore {
                         buffer.truncate(n);
                         Some((Ok(bytes::Bytes::from(buffer)), Some(file)))
                     }
-                    Err(source) => Some((Err(Error::Io { action: "read".into(), path, source }), None)),
+                    Err(source) => Some((Err(Error::from(ErrorKind::Io { action: "read".into(), path, source })), None)),
                 }
             }
         })))
@@ -349,7 +349,7 @@ impl Store for LayoutStore {
             }
             let path = self.blob_path(entry.digest());
             let Ok(bytes) = tokio::fs::read(&path).await else { continue };
-            let Ok(manifest) = Manifest::parse_verified(bytes, Some(&entry.media_type().to_string()), entry.digest()) else { continue };
+            let Ok(manifest) = Manifest::parse_verified(bytes, Some(entry.media_type().as_ref()), entry.digest()) else { continue };
             if manifest.subject().is_some_and(|s| s.digest() == subject) {
                 let descriptor = manifest.descriptor();
                 let wanted = artifact_type.is_none_or(|t| descriptor.artifact_type().as_ref().is_some_and(|a| a.to_string() == t));
@@ -362,7 +362,7 @@ impl Store for LayoutStore {
     }
 
     async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
-        self.find(&digest.to_string()).await?;
+        self.find(digest.as_ref()).await?;
         let digest = digest.clone();
         self.update_index(move |manifests| manifests.retain(|d| d.digest() != &digest)).await
     }
@@ -383,7 +383,7 @@ mod tests {
         let store = LayoutStore::new(dir.path());
         let descriptor = Descriptor::new("x".into(), 5, digest_of(b"hello", None));
         let err = store.put_blob(&descriptor, stream(b"hellO")).await.unwrap_err();
-        assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+        assert!(matches!(err.kind(), crate::ErrorKind::DigestMismatch { .. }), "{err}");
         assert!(!store.blob_exists(descriptor.digest()).await.unwrap());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("blobs/sha256")).unwrap().collect();
         assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
@@ -408,7 +408,7 @@ mod tests {
         assert_eq!(store.list_tags().await.unwrap(), vec!["v1", "v2"]);
         let back = store.get_manifest("v1").await.unwrap();
         assert_eq!(back.bytes(), body.as_bytes());
-        assert_eq!(store.resolve(&manifest.digest().to_string()).await.unwrap().digest(), manifest.digest());
+        assert_eq!(store.resolve(manifest.digest().as_ref()).await.unwrap().digest(), manifest.digest());
         let missing = store.get_manifest("nope").await.unwrap_err().to_string();
         assert!(missing.contains("tag `nope` not found in ocidir://"), "{missing}");
     }

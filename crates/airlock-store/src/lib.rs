@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::Stream;
 
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 
 /// A blob body: chunks arrive as they are read, and memory stays bounded by the chunk size.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;

@@ -340,7 +340,7 @@ async fn digest(global: &Global, args: &DigestArgs) -> Result<()> {
             "media_type": descriptor.media_type().to_string(),
             "size": descriptor.size(),
         })),
-        Output::Text => output::data(&descriptor.digest().to_string()),
+        Output::Text => output::data(descriptor.digest().as_ref()),
     }
     Ok(())
 }

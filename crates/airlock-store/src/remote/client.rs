@@ -12,7 +12,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use super::auth::{parse_challenge, Challenge, TokenResponse};
 use super::credentials::{Credential, CredentialFiles};
 use super::retry::{parse_retry_after, RetryPolicy};
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// The access a token is asked for, e.g. `repository:library/alpine:pull`; several are joined by
 /// spaces. An empty scope is the registry's base (`/v2/`).
@@ -121,7 +121,7 @@ impl RegistryClient {
                 return Err(failure);
             }
             if attempt >= self.retry.attempts {
-                return Err(Error::Retried { attempts: attempt, source: Box::new(failure) });
+                return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: failure }));
             }
             let delay = self.retry.delay(attempt, failure.retry_after());
             tracing::debug!(registry = %self.registry, attempt, ?delay, error = %failure, "retrying");
@@ -144,12 +144,12 @@ impl RegistryClient {
             Some(value) => request.header(AUTHORIZATION, value),
             None => request,
         };
-        let request = request.build().map_err(|source| Error::Transport { method: "?".into(), url: self.base.clone(), source })?;
+        let request = request.build().map_err(|source| Error::from(ErrorKind::Transport { method: "?".into(), url: self.base.clone(), source }))?;
         let method = request.method().to_string();
         let url = request.url().to_string();
         let _permit = self.limit.acquire().await.expect("the semaphore is never closed");
         tracing::trace!(%method, %url, "request");
-        self.http.execute(request).await.map_err(|source| Error::Transport { method, url, source })
+        self.http.execute(request).await.map_err(|source| Error::from(ErrorKind::Transport { method, url, source }))
     }
 
     /// Turns 403 and retryable statuses into errors; passes everything else through.
@@ -222,14 +222,14 @@ impl RegistryClient {
         let mut attempt = 0;
         let response = loop {
             attempt += 1;
-            let result = make().send().await.map_err(|source| Error::Transport { method: "GET".into(), url: realm.to_owned(), source });
+            let result = make().send().await.map_err(|source| Error::from(ErrorKind::Transport { method: "GET".into(), url: realm.to_owned(), source }));
             let failure = match result {
                 Ok(response) if matches!(response.status().as_u16(), 408 | 429 | 500..=599) => http_error("GET", response).await,
                 Ok(response) => break response,
                 Err(error) => error,
             };
             if attempt >= self.retry.attempts {
-                return Err(Error::Retried { attempts: attempt, source: Box::new(failure) });
+                return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: failure }));
             }
             tokio::time::sleep(self.retry.delay(attempt, failure.retry_after())).await;
         };
@@ -240,14 +240,14 @@ impl RegistryClient {
         if !response.status().is_success() {
             return Err(http_error("GET", response).await);
         }
-        let answer: TokenResponse = response.json().await.map_err(|e| Error::Protocol {
+        let answer: TokenResponse = response.json().await.map_err(|e| Error::from(ErrorKind::Protocol {
             location: realm.to_owned(),
             reason: format!("the token service answered malformed JSON: {e}"),
-        })?;
-        let value = answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| Error::Protocol {
+        }))?;
+        let value = answer.token.or(answer.access_token).filter(|t| !t.is_empty()).ok_or_else(|| Error::from(ErrorKind::Protocol {
             location: realm.to_owned(),
             reason: "the token service answered without a token".into(),
-        })?;
+        }))?;
         // Renew a little early so a token does not expire in the middle of a request.
         let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(10));
         let expires = Instant::now() + lifetime - Duration::from_secs(5);
@@ -300,13 +300,13 @@ fn denied(response: &Response, location: &str, action: &str, reason: &str) -> Er
         Some(port) => format!("{registry}:{port}"),
         None => registry,
     };
-    Error::Denied {
+    Error::from(ErrorKind::Denied {
         action: action.to_owned(),
         location: location.to_owned(),
         status: response.status().as_u16(),
         reason: reason.to_owned(),
         hint: format!("check the credentials: `airlock login {registry}`, `--creds USER:PASSWORD`, or `--authfile FILE`"),
-    }
+    })
 }
 
 /// An error for an unexpected status, with the distribution-spec error code and message when the
@@ -329,7 +329,7 @@ pub(crate) async fn http_error(method: &str, response: Response) -> Error {
         Ok(Body { errors }) if !errors.is_empty() => (errors[0].code.clone(), errors[0].message.clone()),
         _ => (None, None),
     };
-    Error::Http { method: method.to_owned(), url, status, code, message, retry_after }
+    Error::from(ErrorKind::Http { method: method.to_owned(), url, status, code, message, retry_after })
 }
 
 /// Reads a body up to `limit` bytes; `None` when it is longer or the connection fails.

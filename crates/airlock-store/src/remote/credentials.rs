@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::secret::Secret;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Credentials for one registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +133,7 @@ fn keys_for(registry: &str) -> Vec<String> {
 }
 
 fn malformed(registry: &str, path: &Path, reason: &str) -> Error {
-    Error::Credentials { registry: registry.into(), reason: format!("`{}`: {reason}", path.display()) }
+    Error::from(ErrorKind::Credentials { registry: registry.into(), reason: format!("`{}`: {reason}", path.display()) })
 }
 
 async fn read_config(path: &Path, registry: &str) -> Result<Option<Map<String, Value>>> {
@@ -208,7 +208,7 @@ async fn lookup_in(config: &Map<String, Value>, path: &Path, registry: &str) -> 
 /// Runs `docker-credential-<helper> get` with the registry on stdin.
 async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>> {
     let program = format!("docker-credential-{helper}");
-    let fail = |reason: String| Error::Credentials { registry: registry.into(), reason };
+    let fail = |reason: String| Error::from(ErrorKind::Credentials { registry: registry.into(), reason });
     let mut child = tokio::process::Command::new(&program)
         .arg("get")
         .stdin(std::process::Stdio::piped())

@@ -26,7 +26,7 @@ pub use self::credentials::{Credential, CredentialFiles};
 pub use self::retry::RetryPolicy;
 pub use self::secret::Secret;
 use crate::verify::verify_stream;
-use crate::{referrers_tag, BlobStream, Error, MountSource, PutManifestOutcome, Result, Store};
+use crate::{referrers_tag, BlobStream, Error, ErrorKind, MountSource, PutManifestOutcome, Result, Store};
 
 /// Manifests larger than this are refused, as distribution does.
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
@@ -92,18 +92,18 @@ impl Registries {
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true);
         for path in &options.ca_certs {
-            let io = |source| Error::Io { action: "read CA certificate".into(), path: path.display().to_string(), source };
+            let io = |source| Error::from(ErrorKind::Io { action: "read CA certificate".into(), path: path.display().to_string(), source });
             let pem = std::fs::read(path).map_err(io)?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Malformed {
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::from(ErrorKind::Malformed {
                 what: "CA certificate".into(),
                 path: path.display().to_string(),
                 reason: e.to_string(),
-            })?;
+            }))?;
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let http = builder.build().map_err(|source| Error::Transport { method: "build".into(), url: String::new(), source })?;
+        let http = builder.build().map_err(|source| Error::from(ErrorKind::Transport { method: "build".into(), url: String::new(), source }))?;
         let credential_files = Arc::new(options.credential_files.clone());
         Ok(Registries { options, http, credential_files, clients: Mutex::new(HashMap::new()) })
     }
@@ -183,14 +183,14 @@ impl RemoteStore {
 
     /// Resolves a `Location` header (absolute or relative) against the registry.
     fn upload_url(&self, response: &Response) -> Result<String> {
-        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| Error::Protocol {
+        let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| Error::from(ErrorKind::Protocol {
             location: self.location.clone(),
             reason: format!("upload answer {} without a Location header", response.status()),
-        })?;
-        response.url().join(location).map(|url| url.to_string()).map_err(|e| Error::Protocol {
+        }))?;
+        response.url().join(location).map(|url| url.to_string()).map_err(|e| Error::from(ErrorKind::Protocol {
             location: self.location.clone(),
             reason: format!("invalid upload Location `{location}`: {e}"),
-        })
+        }))
     }
 
     async fn send(&self, make: client::MakeRequest<'_>) -> Result<Response> {
@@ -198,7 +198,7 @@ impl RemoteStore {
     }
 
     fn not_found(&self, what: String) -> Error {
-        Error::NotFound { what, location: self.location.clone() }
+        Error::from(ErrorKind::NotFound { what, location: self.location.clone() })
     }
 
     async fn unexpected(&self, method: &str, response: Response) -> Error {
@@ -216,28 +216,28 @@ impl RemoteStore {
     async fn update_referrers_tag(&self, manifest: &Manifest, subject: &Digest) -> Result<String> {
         let tag = referrers_tag(subject);
         let mut document = match self.get_manifest(&tag).await {
-            Ok(existing) => serde_json::from_slice::<serde_json::Value>(existing.bytes()).map_err(|e| Error::Protocol {
+            Ok(existing) => serde_json::from_slice::<serde_json::Value>(existing.bytes()).map_err(|e| Error::from(ErrorKind::Protocol {
                 location: self.location.clone(),
                 reason: format!("referrers index `{tag}` is not JSON: {e}"),
-            })?,
+            }))?,
             Err(e) if e.is_not_found() => serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": []}),
             Err(e) => return Err(e),
         };
-        let entries = document.get_mut("manifests").and_then(|m| m.as_array_mut()).ok_or_else(|| Error::Protocol {
+        let entries = document.get_mut("manifests").and_then(|m| m.as_array_mut()).ok_or_else(|| Error::from(ErrorKind::Protocol {
             location: self.location.clone(),
             reason: format!("referrers index `{tag}` has no `manifests` list"),
-        })?;
+        }))?;
         let digest = manifest.digest().to_string();
         if entries.iter().any(|entry| entry.get("digest").and_then(|d| d.as_str()) == Some(&digest)) {
             return Ok(tag);
         }
         entries.push(serde_json::to_value(manifest.descriptor()).expect("a descriptor serialises"));
         let bytes = serde_json::to_vec(&document).expect("an index serialises");
-        let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::Manifest {
+        let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::from(ErrorKind::Manifest {
             reference: tag.clone(),
             location: self.location.clone(),
             source,
-        })?;
+        }))?;
         self.put_manifest_bytes(&index, &tag).await?;
         Ok(tag)
     }
@@ -254,16 +254,16 @@ impl RemoteStore {
             let status = response.status();
             let error = self.unexpected("PUT", response).await;
             if status == StatusCode::NOT_FOUND {
-                return Err(Error::Protocol { location: self.location.clone(), reason: format!("manifest {} refused: {error}", manifest.digest()) });
+                return Err(Error::from(ErrorKind::Protocol { location: self.location.clone(), reason: format!("manifest {} refused: {error}", manifest.digest()) }));
             }
             return Err(error);
         }
         if let Some(answered) = response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()) {
             if answered != manifest.digest().to_string() && manifest.digest().algorithm().as_ref() == "sha256" {
-                return Err(Error::Protocol {
+                return Err(Error::from(ErrorKind::Protocol {
                     location: self.location.clone(),
                     reason: format!("the registry stored manifest {} as {answered}: it changed the bytes", manifest.digest()),
-                });
+                }));
             }
         }
         Ok(response)
@@ -300,7 +300,7 @@ impl RemoteStore {
                     }
                     None => return None,
                     Some(Err(source)) => {
-                        let error = Error::Transport { method: "GET".into(), url: state.url.clone(), source };
+                        let error = Error::from(ErrorKind::Transport { method: "GET".into(), url: state.url.clone(), source });
                         state.resumes += 1;
                         if state.offset >= state.size || state.resumes >= state.client.retry.attempts {
                             state.body = None;
@@ -317,10 +317,10 @@ impl RemoteStore {
                                 state.body = Some(response.bytes_stream().boxed());
                             }
                             Ok(response) => {
-                                let error = Error::Protocol {
+                                let error = Error::from(ErrorKind::Protocol {
                                     location: state.location.clone(),
                                     reason: format!("could not resume a blob download at byte {}: answered {}", state.offset, response.status()),
-                                };
+                                });
                                 state.body = None;
                                 return Some((Err(error), state));
                             }
@@ -384,11 +384,11 @@ impl Store for RemoteStore {
         }
         let content_type = header(&response, "content-type").map(str::to_owned);
         let answered_digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
-        let bytes = read_limited(response, MANIFEST_LIMIT).await.ok_or_else(|| Error::Protocol {
+        let bytes = read_limited(response, MANIFEST_LIMIT).await.ok_or_else(|| Error::from(ErrorKind::Protocol {
             location: self.location.clone(),
             reason: format!("manifest `{reference}` is larger than {MANIFEST_LIMIT} bytes or its download failed"),
-        })?;
-        let bad = |source| Error::Manifest { reference: reference.to_owned(), location: self.location.clone(), source };
+        }))?;
+        let bad = |source| Error::from(ErrorKind::Manifest { reference: reference.to_owned(), location: self.location.clone(), source });
         // By digest the digest asked for is the truth; by tag the registry's claim is checked.
         let expected = airlock_oci::parse_digest(reference).ok().or(answered_digest);
         match expected {
@@ -525,10 +525,10 @@ impl Store for RemoteStore {
                 .and_then(|link| link.split(',').find(|part| part.contains("rel=\"next\"") || part.contains("rel=next")))
                 .and_then(|part| part.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(target, _)| target.to_owned()))
                 .and_then(|target| response.url().join(&target).ok());
-            let page: Page = response.json().await.map_err(|e| Error::Protocol {
+            let page: Page = response.json().await.map_err(|e| Error::from(ErrorKind::Protocol {
                 location: self.location.clone(),
                 reason: format!("malformed tag list: {e}"),
-            })?;
+            }))?;
             tags.extend(page.tags.unwrap_or_default());
             match next {
                 Some(next) => url = next.to_string(),
@@ -547,11 +547,11 @@ impl Store for RemoteStore {
         let (manifests, filtered) = if response.status().is_success() {
             let filtered = header(&response, "oci-filters-applied").is_some_and(|f| f.contains("artifactType"));
             let bytes = read_limited(response, MANIFEST_LIMIT).await.unwrap_or_default();
-            let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::Manifest {
+            let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::from(ErrorKind::Manifest {
                 reference: format!("referrers of {subject}"),
                 location: self.location.clone(),
                 source,
-            })?;
+            }))?;
             let airlock_oci::ManifestKind::Index { manifests, .. } = index.kind().clone() else { unreachable!("parsed as an index") };
             (manifests, filtered)
         } else if matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) {
@@ -591,10 +591,10 @@ impl RemoteStore {
         }
         if let Some(answered) = header(&response, "docker-content-digest") {
             if answered != descriptor.digest().to_string() {
-                return Err(Error::Protocol {
+                return Err(Error::from(ErrorKind::Protocol {
                     location: self.location.clone(),
                     reason: format!("uploaded {} but the registry stored {answered}", descriptor.digest()),
-                });
+                }));
             }
         }
         Ok(())
