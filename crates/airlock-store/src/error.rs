@@ -178,7 +178,8 @@ impl Error {
     /// Whether trying again may succeed: connection failures, 408, 429 and 5xx.
     pub fn is_transient(&self) -> bool {
         match self.kind() {
-            ErrorKind::Transport { source, .. } => !source.is_builder() && !source.is_redirect(),
+            // A certificate the TLS stack refused stays refused.
+            ErrorKind::Transport { source, .. } => !source.is_builder() && !source.is_redirect() && !chain_mentions(source, "certificate"),
             ErrorKind::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
             _ => false,
         }
@@ -203,10 +204,26 @@ impl Error {
             ErrorKind::Denied { hint, .. } => Some(hint.clone()),
             ErrorKind::Retried { source, .. } => source.hint(),
             ErrorKind::Http { status: 429, .. } => Some("the registry is rate limiting; lower the concurrency or try later".into()),
+            ErrorKind::Transport { source, .. } if chain_mentions(source, "certificate") => {
+                Some("the registry's certificate is not trusted; pass its CA with `--ca-cert FILE`".into())
+            }
             ErrorKind::Transport { url, .. } if url.starts_with("https://") => {
                 Some("is the registry reachable? a registry serving plain HTTP needs `--plain-http`".into())
             }
             _ => None,
         }
     }
+}
+
+/// Whether any error in the `source()` chain says `needle`; the TLS stack's errors have no
+/// stable types to match on.
+pub(crate) fn chain_mentions(error: &(dyn std::error::Error + 'static), needle: &str) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.to_string().contains(needle) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }

@@ -88,9 +88,9 @@ fn registries(global: &Global, explicit: &[(&Reference, Option<Credential>)]) ->
     Ok(Registries::new(options)?)
 }
 
-fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
+async fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
     match reference {
-        Reference::Registry(registry) => Arc::new(registries.store(registry, access)),
+        Reference::Registry(registry) => Arc::new(registries.store(registry, access).await),
         Reference::Layout(layout) => Arc::new(LayoutStore::new(&layout.path)),
     }
 }
@@ -132,8 +132,8 @@ async fn copy(global: &Global, args: &CopyArgs) -> Result<()> {
         global,
         &[(&source, parse_creds(args.creds.src_creds.as_deref())?), (&destination, parse_creds(args.creds.dest_creds.as_deref())?)],
     )?;
-    let source_store = open(&registries, &source, Access::Pull);
-    let target_store = open(&registries, &destination, Access::Push);
+    let source_store = open(&registries, &source, Access::Pull).await;
+    let target_store = open(&registries, &destination, Access::Push).await;
 
     // The destination's own tag, else the source's tag, then the extra ones.
     let mut tags: Vec<String> = destination.tag().or(source.tag()).map(str::to_owned).into_iter().collect();
@@ -246,7 +246,7 @@ fn entry(descriptor: &airlock_oci::Descriptor) -> InspectEntry {
 async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
-    let store = open(&registries, &reference, Access::Pull);
+    let store = open(&registries, &reference, Access::Pull).await;
     let manifest = store
         .get_manifest(&reference.tag_or_digest())
         .await
@@ -315,7 +315,7 @@ async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
 async fn tags(global: &Global, args: &TagsArgs) -> Result<()> {
     let reference = parse_reference(&args.repository)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
-    let store = open(&registries, &reference, Access::Pull);
+    let store = open(&registries, &reference, Access::Pull).await;
     let tags = store.list_tags().await.with_context(|| format!("cannot list the tags of `{store}`"))?;
     match global.output {
         Output::Json => output::json(&serde_json::json!({ "repository": store.to_string(), "tags": tags })),
@@ -331,7 +331,7 @@ async fn tags(global: &Global, args: &TagsArgs) -> Result<()> {
 async fn digest(global: &Global, args: &DigestArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
-    let store = open(&registries, &reference, Access::Pull);
+    let store = open(&registries, &reference, Access::Pull).await;
     let descriptor = store.resolve(&reference.tag_or_digest()).await.with_context(|| format!("cannot resolve `{reference}`"))?;
     match global.output {
         Output::Json => output::json(&serde_json::json!({

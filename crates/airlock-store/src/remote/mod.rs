@@ -78,7 +78,7 @@ pub struct Registries {
     options: RegistryOptions,
     http: reqwest::Client,
     credential_files: Arc<CredentialFiles>,
-    clients: Mutex<HashMap<String, Arc<RegistryClient>>>,
+    clients: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<Arc<RegistryClient>>>>>,
 }
 
 impl Registries {
@@ -108,42 +108,47 @@ impl Registries {
         Ok(Registries { options, http, credential_files, clients: Mutex::new(HashMap::new()) })
     }
 
-    fn client(&self, registry: &RegistryRef) -> Arc<RegistryClient> {
-        let mut clients = self.clients.lock().expect("clients lock");
-        clients
-            .entry(registry.registry.clone())
-            .or_insert_with(|| {
-                let host = registry.endpoint_host();
-                let scheme = if self.is_plain_http(&registry.registry) { "http" } else { "https" };
-                Arc::new(RegistryClient::new(
-                    registry.registry.clone(),
-                    format!("{scheme}://{host}"),
-                    self.http.clone(),
-                    self.credential_files.clone(),
-                    self.options.explicit_credentials.get(&registry.registry).cloned(),
-                    self.options.max_requests_per_registry,
-                    self.options.retry,
-                ))
-            })
-            .clone()
+    async fn client(&self, registry: &RegistryRef) -> Arc<RegistryClient> {
+        let cell = self.clients.lock().expect("clients lock").entry(registry.registry.clone()).or_default().clone();
+        cell.get_or_init(|| async {
+            let host = registry.endpoint_host();
+            let scheme = self.scheme(&registry.registry, host).await;
+            Arc::new(RegistryClient::new(
+                registry.registry.clone(),
+                format!("{scheme}://{host}"),
+                self.http.clone(),
+                self.credential_files.clone(),
+                self.options.explicit_credentials.get(&registry.registry).cloned(),
+                self.options.max_requests_per_registry,
+                self.options.retry,
+            ))
+        })
+        .await
+        .clone()
     }
 
-    /// Plain HTTP for loopback addresses and `localhost` (as Docker does) and configured hosts.
-    fn is_plain_http(&self, registry: &str) -> bool {
+    /// HTTPS, except for hosts the user named with `--plain-http`, and for loopback hosts that do
+    /// not speak TLS: as Docker does for `localhost`, HTTPS is tried first and plain HTTP used
+    /// when the server answers the TLS handshake with something else.
+    async fn scheme(&self, registry: &str, host: &str) -> &'static str {
         if self.options.plain_http.iter().any(|h| h == registry) {
-            return true;
+            return "http";
         }
-        let host = match registry.rsplit_once(':') {
-            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-            _ => registry,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        host == "localhost" || host.ends_with(".localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        if !is_loopback(registry) {
+            return "https";
+        }
+        let probe = self.http.get(format!("https://{host}/v2/")).timeout(std::time::Duration::from_secs(5)).send().await;
+        match probe {
+            Ok(_) => "https",
+            // A TLS server whose certificate we do not trust: keep HTTPS so the error says so.
+            Err(error) if crate::error::chain_mentions(&error, "certificate") => "https",
+            Err(_) => "http",
+        }
     }
 
     /// A store for one repository.
-    pub fn store(&self, reference: &RegistryRef, access: Access) -> RemoteStore {
-        let client = self.client(reference);
+    pub async fn store(&self, reference: &RegistryRef, access: Access) -> RemoteStore {
+        let client = self.client(reference).await;
         RemoteStore {
             location: format!("{}/{}", reference.registry, reference.repository),
             scope: Scope::repository(&reference.repository, access == Access::Push),
@@ -156,7 +161,7 @@ impl Registries {
     /// Checks credentials against a registry (`airlock login`).
     pub async fn check_login(&self, registry: &str) -> Result<()> {
         let reference = RegistryRef { registry: registry.to_owned(), repository: "x".into(), tag: None, digest: None };
-        self.client(&reference).check_login().await
+        self.client(&reference).await.check_login().await
     }
 }
 
@@ -334,6 +339,16 @@ impl RemoteStore {
             }
         }))
     }
+}
+
+/// `localhost`, `*.localhost` and loopback addresses, with or without a port.
+fn is_loopback(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.ends_with(".localhost") || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn header<'a>(response: &'a Response, name: &str) -> Option<&'a str> {

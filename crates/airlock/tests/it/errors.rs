@@ -50,3 +50,22 @@ fn inspect_shows_raw_bytes_config_and_json() {
     let text = airlock.run(&["inspect", &registry.at("app:v1")]).success();
     assert!(text.stdout.contains(&img.digest) && text.stdout.contains("Layers (1"), "{}", text.stdout);
 }
+
+#[test]
+fn tls_registries_need_their_ca_and_work_with_it() {
+    let plain = Registry::start(Auth::None);
+    let tls = Registry::start_tls();
+    let img = image("amd64", &[layer(82, 5000)]);
+    push(&plain.host(), "app", &img, Some("v1"), None);
+    let cert_dir = tls.ca_cert().parent().unwrap().display().to_string();
+    crate::harness::skopeo(&["copy", "--preserve-digests", "--src-tls-verify=false", "--dest-cert-dir", &cert_dir, &format!("docker://{}", plain.at("app:v1")), &format!("docker://{}", tls.at("app:v1"))]).success();
+
+    let airlock = Airlock::new();
+    let untrusted = airlock.run(&["digest", &tls.at("app:v1"), "--retries", "1"]).code(1);
+    assert!(untrusted.stderr.contains("https://") && untrusted.stderr.contains("--ca-cert"), "{}", untrusted.stderr);
+    let ca = tls.ca_cert().display().to_string();
+    let trusted = airlock.run(&["digest", &tls.at("app:v1"), "--ca-cert", &ca]).success();
+    assert_eq!(trusted.stdout.trim(), img.digest);
+    let copied = airlock.run(&["copy", &tls.at("app:v1"), &plain.at("back:v1"), "--ca-cert", &ca, "-o", "json"]).success().json();
+    assert_eq!(copied["digest"], img.digest);
+}

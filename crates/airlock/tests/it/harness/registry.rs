@@ -26,6 +26,21 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(auth: Auth) -> Registry {
+        Self::start_with(auth, false)
+    }
+
+    /// A registry serving HTTPS with a self-signed certificate for 127.0.0.1 (`ca_cert()`).
+    pub fn start_tls() -> Registry {
+        Self::start_with(Auth::None, true)
+    }
+
+    /// The CA (here: the certificate itself) of a TLS registry, in `ca.crt` of its own folder, as
+    /// skopeo's `--cert-dir` wants it.
+    pub fn ca_cert(&self) -> std::path::PathBuf {
+        self.dir.path().join("certs/ca.crt")
+    }
+
+    fn start_with(auth: Auth, tls: bool) -> Registry {
         let binary = require("docker-registry", "docker-registry");
         let dir = super::tempdir();
         let (auth_yaml, token) = match auth {
@@ -54,13 +69,33 @@ impl Registry {
                 Some(issuer),
             ),
         };
+        let tls_yaml = if tls {
+            // A CA (in certs/ca.crt, for skopeo's --cert-dir and airlock's --ca-cert) and a leaf
+            // for 127.0.0.1 signed by it (in server/); webpki refuses a CA used as the leaf.
+            let openssl = require("openssl", "openssl");
+            let (certs, server) = (dir.path().join("certs"), dir.path().join("server"));
+            std::fs::create_dir_all(&certs).unwrap();
+            std::fs::create_dir_all(&server).unwrap();
+            let run = |args: &[&str]| {
+                let out = Command::new(&openssl).args(args).current_dir(dir.path()).output().expect("run openssl");
+                assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            };
+            let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+            run(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=airlock-test-ca", "-keyout", "server/ca.key", "-out", "certs/ca.crt"]].concat());
+            run(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "server/key.pem", "-out", "server/leaf.csr"]].concat());
+            std::fs::write(server.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+            run(&["x509", "-req", "-in", "server/leaf.csr", "-CA", "certs/ca.crt", "-CAkey", "server/ca.key", "-CAcreateserial", "-days", "2", "-extfile", "server/san.ext", "-out", "server/leaf.crt"]);
+            format!("  tls:\n    certificate: {}\n    key: {}\n", server.join("leaf.crt").display(), server.join("key.pem").display())
+        } else {
+            String::new()
+        };
         for _ in 0..20 {
             let port = free_port();
             let config = dir.path().join("config.yml");
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n{auth_yaml}",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n{tls_yaml}{auth_yaml}",
                     root = dir.path().join("data").display()
                 ),
             )
