@@ -128,3 +128,54 @@ fn token_auth_scopes_each_repository() {
     assert_eq!(report["digest"], img.digest);
     assert_eq!(report["blobs_mounted"], 2, "mount from alice/private with a token scoped to both repositories");
 }
+
+#[test]
+fn credential_helpers_are_run_with_the_docker_protocol() {
+    let registry = Registry::start(Auth::Htpasswd(vec![("helper-user", SECRET)]));
+    let img = image("amd64", &[layer(64, 1000)]);
+    push(&registry.host(), "app", &img, Some("v1"), Some(&basic("helper-user", SECRET)));
+    let airlock = Airlock::new();
+    // A helper that answers for this registry only, and records what it was asked.
+    let bin = airlock.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-airlocktest");
+    let asked = airlock.path("asked");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" > {asked}\n[ \"$server\" = {host} ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"ServerURL\":\"{host}\",\"Username\":\"helper-user\",\"Secret\":\"{SECRET}\"}}'\n",
+            asked = asked.display(),
+            host = registry.host()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = airlock.path("helper.json");
+    std::fs::write(&config, format!(r#"{{"credHelpers":{{"{}":"airlocktest"}}}}"#, registry.host())).unwrap();
+
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"));
+    command.args(["digest", &registry.at("app:v1"), "--authfile", config.to_str().unwrap()]).env("PATH", path).env("HOME", airlock.home.path());
+    let run = crate::harness::run_command(command, None).success();
+    assert_eq!(run.stdout.trim(), img.digest);
+    assert_eq!(std::fs::read_to_string(&asked).unwrap().trim(), registry.host());
+}
+
+#[test]
+fn json_output_and_help_never_show_secrets() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::Htpasswd(vec![("alice", SECRET)]));
+    let img = image("amd64", &[layer(65, 1000)]);
+    push(&source.host(), "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    let creds = format!("alice:{SECRET}");
+    let run = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v1"), "--dest-creds", &creds, "-o", "json", "-vv"]).success();
+    assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
+    let failed = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v2"), "--dest-creds", "alice:wrong-Secret-42", "-o", "json", "-vvv"]).code(1);
+    assert!(!failed.stdout.contains("wrong-Secret-42") && !failed.stderr.contains("wrong-Secret-42"), "{}", failed.stderr);
+    for command in [&["copy", "--help"][..], &["login", "--help"][..]] {
+        let help = airlock.run(command).success();
+        assert!(help.stdout.contains("USER:PASSWORD") || help.stdout.contains("--password-stdin"));
+    }
+}

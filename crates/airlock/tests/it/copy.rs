@@ -168,3 +168,22 @@ fn tags_lists_every_page() {
     tags.sort();
     assert_eq!(tags, expected);
 }
+
+#[test]
+fn the_oci_referrers_api_is_used_where_the_registry_has_it() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(21, 1000)]);
+    push(&source.host(), "signed", &img, Some("v1"), None);
+    let signature = referrer(&img, "application/vnd.dev.cosign.artifact.sig.v1+json", b"sig");
+    push_referrers(&source.host(), "signed", &img, &[&signature], None);
+    let api = crate::harness::FaultProxy::start(&source.host());
+    api.inject(crate::harness::Fault::ServeReferrers);
+
+    let report = Airlock::new().run(&["copy", &api.at("signed:v1"), &target.at("signed:v1"), "-o", "json"]).success().json();
+    assert_eq!(report["referrers_copied"], 1);
+    let log = api.log();
+    assert!(log.iter().any(|r| r.path.contains("/referrers/") && r.status == 200));
+    assert!(!log.iter().any(|r| r.path.contains("/manifests/sha256-")), "the tag schema was used although the API answered");
+    assert!(target.has_manifest("signed", &signature.digest, None));
+}

@@ -8,12 +8,15 @@ use crate::harness::{skopeo_digest, Airlock, Auth, Fault, FaultProxy, Registry};
 fn a_download_cut_mid_stream_resumes_with_range() {
     let source = Registry::start(Auth::None);
     let target = Registry::start(Auth::None);
-    let img = image("amd64", &[layer(70, 3 * 1024 * 1024)]);
+    // Above 8 MiB, so the upload is a streamed PATCH rather than one PUT.
+    let img = image("amd64", &[layer(70, 9 * 1024 * 1024)]);
     push(&source.host(), "big", &img, Some("v1"), None);
     let proxy = FaultProxy::start(&source.host());
     proxy.inject(Fault::CutBlobOnce { after: 1024 * 1024 });
+    let target_side = FaultProxy::start(&target.host());
 
-    let report = Airlock::new().run(&["copy", &proxy.at("big:v1"), &target.at("big:v1"), "-o", "json"]).success().json();
+    let report = Airlock::new().run(&["copy", &proxy.at("big:v1"), &target_side.at("big:v1"), "-o", "json"]).success().json();
+    assert!(target_side.log().iter().any(|r| r.method == "PATCH" && r.status == 202), "a large blob is streamed with PATCH");
     assert_eq!(report["digest"], img.digest);
     let resumed: Vec<_> = proxy.log().into_iter().filter(|r| r.range.is_some()).collect();
     assert_eq!(resumed.len(), 1, "one ranged GET resumes the cut download: {:?}", proxy.log());
@@ -92,4 +95,62 @@ fn flipped_bytes_fail_the_copy_and_no_tag_is_written() {
             assert_eq!(crate::harness::sha256(&std::fs::read(&path).unwrap()), blob.digest, "corrupt blob stored");
         }
     }
+}
+
+#[test]
+fn a_copy_killed_mid_way_leaves_no_tag_and_a_rerun_completes() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(74, 2 * 1024 * 1024), layer(75, 2 * 1024 * 1024), layer(76, 1000)]);
+    push(&source.host(), "app", &img, Some("v1"), None);
+    let proxy = FaultProxy::start(&source.host());
+    proxy.inject(Fault::Throttle { bytes_per_second: 1024 * 1024 });
+
+    let airlock = Airlock::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["copy", &proxy.at("app:v1"), &target.at("app:v1"), "-q"])
+        .env("HOME", airlock.home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while proxy.blob_bytes_sent() < 1024 * 1024 {
+        assert!(std::time::Instant::now() < deadline, "the copy never got a megabyte through the proxy");
+        assert!(child.try_wait().unwrap().is_none(), "the copy ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!target.has_manifest("app", "v1", None), "killed mid-way, yet the tag exists");
+    assert!(!target.has_manifest("app", &img.digest, None));
+
+    proxy.clear_faults();
+    let report = airlock.run(&["copy", &proxy.at("app:v1"), &target.at("app:v1"), "-o", "json"]).success().json();
+    assert_eq!(report["digest"], img.digest);
+    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:v1"))), img.digest);
+}
+
+#[test]
+fn redirected_blob_downloads_do_not_carry_credentials_to_the_other_host() {
+    let source = Registry::start(Auth::Htpasswd(vec![("alice", "pw")]));
+    let storage = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(77, 30_000)]);
+    let basic = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:pw"));
+    push(&source.host(), "app", &img, Some("v1"), Some(&basic));
+    // The "object storage" holds the same blobs, without auth.
+    push(&storage.host(), "app", &img, Some("v1"), None);
+    let blob_host = FaultProxy::start(&storage.host());
+    let proxy = FaultProxy::start(&source.host());
+    proxy.inject(Fault::RedirectBlobsTo(blob_host.host()));
+
+    let report = Airlock::new().run(&["copy", &proxy.at("app:v1"), &target.at("app:v1"), "--src-creds", "alice:pw", "-o", "json"]).success().json();
+    assert_eq!(report["digest"], img.digest);
+    let redirected: Vec<_> = proxy.log().into_iter().filter(|r| r.status == 307).collect();
+    assert_eq!(redirected.len(), 2, "config and layer were redirected");
+    assert!(redirected.iter().all(|r| r.authorization), "the registry itself gets the credentials");
+    let fetched: Vec<_> = blob_host.log().into_iter().filter(|r| r.path.contains("/blobs/")).collect();
+    assert_eq!(fetched.len(), 2);
+    assert!(fetched.iter().all(|r| !r.authorization), "Authorization followed a cross-host redirect");
 }

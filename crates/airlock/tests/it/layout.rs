@@ -74,3 +74,30 @@ fn referrers_travel_through_a_folder() {
     assert_eq!(report["referrers_copied"], 1);
     assert!(target.has_manifest("app", &signature.digest, None));
 }
+
+#[test]
+fn two_processes_write_one_folder_at_once() {
+    let source = Registry::start(Auth::None);
+    let images: Vec<_> = (0..6).map(|n| image("amd64", &[layer(100 + n, 200_000)])).collect();
+    for (n, img) in images.iter().enumerate() {
+        push(&source.host(), "app", img, Some(&format!("v{n}")), None);
+    }
+    let folder = crate::harness::tempdir();
+    let dir = folder.path().display().to_string();
+    let airlock = Airlock::new();
+    let children: Vec<_> = (0..images.len())
+        .map(|n| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+                .args(["copy", "-q", &source.at(&format!("app:v{n}")), &format!("ocidir://{dir}:v{n}")])
+                .env("HOME", airlock.home.path())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    for (n, img) in images.iter().enumerate() {
+        assert_eq!(skopeo_digest(&format!("oci:{dir}:v{n}")), img.digest, "tag v{n} lost or wrong");
+    }
+}

@@ -27,6 +27,14 @@ pub enum Fault {
     Status { path: &'static str, status: u16, times: usize, retry_after: Option<u64> },
     /// Every blob GET body has its first byte flipped.
     FlipBlobBytes,
+    /// Blob downloads are slowed to about this many bytes per second.
+    Throttle { bytes_per_second: usize },
+    /// Blob GETs are answered `307` to the same path on another host (as registries backed by
+    /// object storage do); that host sees whether `Authorization` came along.
+    RedirectBlobsTo(String),
+    /// The OCI 1.1 referrers API, answered from the upstream's `sha256-<hex>` tag (distribution
+    /// 2.8 has no referrers API), with `artifactType` filtering and `OCI-Filters-Applied`.
+    ServeReferrers,
     /// Tag lists are served in pages of at most this many tags with `Link` headers, as
     /// distribution 3, Docker Hub and GHCR do (Debian's distribution 2.8 does not paginate).
     LimitPageSize(usize),
@@ -34,6 +42,7 @@ pub enum Fault {
 
 #[derive(Clone, Debug)]
 pub struct Logged {
+    pub authorization: bool,
     pub method: String,
     pub path: String,
     pub range: Option<String>,
@@ -47,6 +56,7 @@ struct ProxyState {
     client: reqwest::Client,
     faults: Mutex<Vec<Fault>>,
     log: Mutex<Vec<Logged>>,
+    blob_bytes_sent: std::sync::atomic::AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -65,6 +75,7 @@ impl FaultProxy {
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
         });
         let router = axum::Router::new().fallback(forward).with_state(state.clone());
         runtime().spawn(async move { axum::serve(listener, router).await });
@@ -87,20 +98,60 @@ impl FaultProxy {
         self.state.log.lock().unwrap().clone()
     }
 
+    /// Bytes of blob bodies passed to clients so far.
+    pub fn blob_bytes_sent(&self) -> u64 {
+        self.state.blob_bytes_sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().unwrap().clear();
+    }
+
     pub fn clear_log(&self) {
         self.state.log.lock().unwrap().clear();
     }
 }
 
 fn record(state: &ProxyState, method: &str, path: &str, range: Option<String>, status: u16) {
-    state.log.lock().unwrap().push(Logged { method: method.into(), path: path.into(), range, status, at: Instant::now() });
+    record_auth(state, method, path, range, status, false);
+}
+
+fn record_auth(state: &ProxyState, method: &str, path: &str, range: Option<String>, status: u16, authorization: bool) {
+    state.log.lock().unwrap().push(Logged { authorization, method: method.into(), path: path.into(), range, status, at: Instant::now() });
 }
 
 async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    let state_arc = state.clone();
+    let state = &*state_arc;
+    forward_inner(state, state_arc.clone(), request).await
+}
+
+async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
     let range = request.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let is_blob_get = method == "GET" && path.contains("/blobs/sha") && !path.contains("/uploads/");
+    let authorization = request.headers().contains_key("authorization");
+    let (redirect, referrers_api, throttle) = {
+        let faults = state.faults.lock().unwrap();
+        let redirect = faults.iter().find_map(|f| match f {
+            Fault::RedirectBlobsTo(host) => Some(host.clone()),
+            _ => None,
+        });
+        let throttle = faults.iter().find_map(|f| match f {
+            Fault::Throttle { bytes_per_second } => Some(*bytes_per_second),
+            _ => None,
+        });
+        (redirect, faults.iter().any(|f| matches!(f, Fault::ServeReferrers)), throttle)
+    };
+    if let (Some(host), true) = (&redirect, is_blob_get) {
+        record_auth(state, "GET", &path, range, 307, authorization);
+        return Response::builder().status(307).header("location", format!("http://{host}{path}")).body(Body::empty()).unwrap();
+    }
+    if referrers_api && method == "GET" && path.contains("/referrers/") {
+        record_auth(state, "GET", &path, range, 200, authorization);
+        return serve_referrers(state, &path, request.headers().get("authorization").cloned()).await;
+    }
 
     // A status fault answers without asking upstream.
     let status_fault = {
@@ -115,7 +166,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         hit
     };
     if let Some((status, retry_after)) = status_fault {
-        record(&state, method.as_str(), &path, range, status);
+        record(state, method.as_str(), &path, range, status);
         let body = format!(r#"{{"errors":[{{"code":"TOOMANYREQUESTS","message":"injected {status}"}}]}}"#);
         let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
         if let Some(seconds) = retry_after {
@@ -129,7 +180,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         _ => None,
     });
     if let (Some(limit), true) = (limit, path.contains("/tags/list")) {
-        return paginate_tags(&state, &path, limit, range).await;
+        return paginate_tags(state, &path, limit, range).await;
     }
     let mut upstream = state.client.request(method.clone(), format!("http://{}{path}", state.upstream));
     for (name, value) in request.headers() {
@@ -144,7 +195,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
     let status = answer.status();
-    record(&state, method.as_str(), &path, range.clone(), status.as_u16());
+    record_auth(state, method.as_str(), &path, range.clone(), status.as_u16(), authorization);
     let mut response = Response::builder().status(status.as_u16());
     for (name, value) in answer.headers() {
         if name == "location" {
@@ -173,7 +224,20 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
     };
     let mut sent = 0usize;
     let mut flipped = !flip;
-    let stream = answer.bytes_stream().map(move |chunk| -> Result<Bytes, std::io::Error> {
+    let counter = shared.clone();
+    let stream = answer.bytes_stream().then(move |chunk| {
+        let counter = counter.clone();
+        async move {
+            if let (Ok(chunk), Some(rate), true) = (&chunk, throttle, is_blob_get) {
+                tokio::time::sleep(std::time::Duration::from_secs_f64(chunk.len() as f64 / rate as f64)).await;
+            }
+            if let (Ok(chunk), true) = (&chunk, is_blob_get) {
+                counter.blob_bytes_sent.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            chunk
+        }
+    });
+    let stream = stream.map(move |chunk| -> Result<Bytes, std::io::Error> {
         let mut chunk = chunk.map_err(std::io::Error::other)?;
         if !flipped && !chunk.is_empty() {
             let mut bytes = chunk.to_vec();
@@ -215,6 +279,36 @@ async fn paginate_tags(state: &ProxyState, path: &str, limit: usize, range: Opti
     if rest.len() > page.len() {
         let link = format!("<{base}?n={n}&last={}>; rel=\"next\"", page.last().expect("a non-empty page"));
         response.headers_mut().insert("link", HeaderValue::from_str(&link).unwrap());
+    }
+    response
+}
+
+/// Answers `GET /v2/NAME/referrers/DIGEST[?artifactType=T]` from the upstream's fallback tag.
+async fn serve_referrers(state: &ProxyState, path: &str, authorization: Option<HeaderValue>) -> Response {
+    let (base, query) = path.split_once('?').unwrap_or((path, ""));
+    let (name, digest) = base.trim_start_matches("/v2/").split_once("/referrers/").expect("a referrers path");
+    let artifact_type = query.split('&').find_map(|p| p.strip_prefix("artifactType=")).map(|t| t.replace("%2B", "+").replace("%2F", "/"));
+    let mut request = state
+        .client
+        .get(format!("http://{}/v2/{name}/manifests/{}", state.upstream, digest.replace(':', "-")))
+        .header("accept", "application/vnd.oci.image.index.v1+json");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let mut manifests: Vec<serde_json::Value> = match request.send().await {
+        Ok(answer) if answer.status().is_success() => {
+            let index: serde_json::Value = answer.json().await.unwrap_or_default();
+            index["manifests"].as_array().cloned().unwrap_or_default()
+        }
+        _ => Vec::new(),
+    };
+    if let Some(wanted) = &artifact_type {
+        manifests.retain(|m| m["artifactType"].as_str() == Some(wanted.as_str()));
+    }
+    let body = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+    let mut response = (StatusCode::OK, [("content-type", "application/vnd.oci.image.index.v1+json")], body.to_string()).into_response();
+    if artifact_type.is_some() {
+        response.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
     }
     response
 }
