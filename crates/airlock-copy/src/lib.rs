@@ -21,3 +21,6 @@ mod error;
 
 pub use engine::{BlobAction, CopyOptions, CopyReport, Copier, NoProgress, Progress};
 pub use error::{CopyError, PlatformMiss, TagConflict};
+
+#[cfg(test)]
+mod tests;

@@ -187,3 +187,35 @@ fn the_oci_referrers_api_is_used_where_the_registry_has_it() {
     assert!(!log.iter().any(|r| r.path.contains("/manifests/sha256-")), "the tag schema was used although the API answered");
     assert!(target.has_manifest("signed", &signature.digest, None));
 }
+
+/// Peak resident memory of a running process in KiB (`VmHWM`), `None` once it has exited.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[test]
+fn memory_stays_bounded_whatever_the_layer_size() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let size = 96 * 1024 * 1024;
+    let img = image("amd64", &[layer(41, size)]);
+    push(&source.host(), "huge", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    for destination in [target.at("huge:v1"), format!("ocidir://{}:v1", airlock.path("folder").display())] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(["copy", "-q", &source.at("huge:v1"), &destination])
+            .env("HOME", airlock.home.path())
+            .spawn()
+            .unwrap();
+        let mut peak = 0;
+        while child.try_wait().unwrap().is_none() {
+            peak = peak_rss_kib(child.id()).unwrap_or(0).max(peak);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(child.wait().unwrap().success());
+        assert!(peak > 0, "never measured the copy");
+        assert!(peak < 48 * 1024, "a {} MiB layer took {} MiB of memory to copy to {destination}", size >> 20, peak >> 10);
+    }
+    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("huge:v1"))), img.digest);
+}
