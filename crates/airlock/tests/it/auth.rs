@@ -74,6 +74,15 @@ fn docker_config_json_is_read_from_docker_config() {
     std::fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
     let digest = airlock.run(&["digest", &registry.at("app:v1")]).success();
     assert_eq!(digest.stdout.trim(), img.digest);
+
+    // REGISTRY_AUTH_FILE (podman's) is read before Docker's file.
+    std::fs::write(docker.join("config.json"), "{}").unwrap();
+    let podman = airlock.path("podman-auth.json");
+    std::fs::write(&podman, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"));
+    command.args(["digest", &registry.at("app:v1")]).env("HOME", airlock.home.path()).env("DOCKER_CONFIG", &docker).env("REGISTRY_AUTH_FILE", &podman);
+    let run = crate::harness::run_command(command, None).success();
+    assert_eq!(run.stdout.trim(), img.digest);
 }
 
 fn token_registry() -> Registry {

@@ -219,3 +219,39 @@ fn memory_stays_bounded_whatever_the_layer_size() {
     }
     assert_eq!(skopeo_digest(&format!("docker://{}", target.at("huge:v1"))), img.digest);
 }
+
+#[test]
+fn docker_manifest_lists_copy_whole_and_by_platform() {
+    use crate::harness::fixtures::{docker_image, docker_list, DOCKER_LIST};
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let amd = docker_image("amd64", &[layer(42, 5000)]);
+    let arm = docker_image("arm64", &[layer(43, 5000)]);
+    let list = docker_list(&[(&amd, "amd64"), (&arm, "arm64")]);
+    push(&source.host(), "docker", &list, Some("v1"), None);
+    let airlock = Airlock::new();
+    let whole = airlock.run(&["copy", &format!("docker://{}", source.at("docker:v1")), &target.at("docker:v1"), "-o", "json"]).success().json();
+    assert_eq!(whole["digest"], list.digest);
+    assert_eq!(whole["media_type"], DOCKER_LIST);
+    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("docker:v1"))), list.digest);
+    let subset = airlock.run(&["copy", &source.at("docker:v1"), &target.at("docker:amd64"), "--platform", "linux/x86_64", "-o", "json"]).success().json();
+    assert_eq!(subset["media_type"], DOCKER_LIST);
+    let raw = crate::harness::skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{}", target.at("docker:amd64"))]).success();
+    let document: serde_json::Value = serde_json::from_slice(&raw.stdout_bytes).unwrap();
+    assert_eq!(document["manifests"].as_array().unwrap().len(), 1);
+    assert_eq!(document["manifests"][0]["digest"], amd.digest);
+}
+
+#[test]
+fn by_digest_with_oci_urls_and_no_destination_tag() {
+    let registry = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(44, 1000)]);
+    push(&registry.host(), "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    let source = format!("oci://{}@{}", registry.at("app"), img.digest);
+    let report = airlock.run(&["copy", &source, &format!("oci://{}", registry.at("pinned")), "-o", "json"]).success().json();
+    assert_eq!(report["digest"], img.digest);
+    assert_eq!(report["tags"], serde_json::json!([]));
+    assert!(registry.has_manifest("pinned", &img.digest, None));
+    assert!(!registry.has_manifest("pinned", "latest", None), "a copy by digest invented a tag");
+}

@@ -69,3 +69,15 @@ fn tls_registries_need_their_ca_and_work_with_it() {
     let copied = airlock.run(&["copy", &tls.at("app:v1"), &plain.at("back:v1"), "--ca-cert", &ca, "-o", "json"]).success().json();
     assert_eq!(copied["digest"], img.digest);
 }
+
+#[test]
+fn forbidden_is_a_clear_failure_with_a_hint() {
+    let registry = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(83, 100)]);
+    push(&registry.host(), "app", &img, Some("v1"), None);
+    let proxy = crate::harness::FaultProxy::start(&registry.host());
+    proxy.inject(crate::harness::Fault::Status { path: "/manifests/", status: 403, times: 100, retry_after: None });
+    let run = Airlock::new().run(&["digest", &proxy.at("app:v1")]).code(1);
+    assert!(run.stderr.contains("403") && run.stderr.contains(&proxy.at("app")) && run.stderr.contains("hint: check the credentials"), "{}", run.stderr);
+    assert_eq!(proxy.log().len(), 1, "a 403 is not retried");
+}

@@ -200,3 +200,45 @@ pub fn push_referrers(host: &str, repository: &str, subject: &Fixture, referrers
     let tag = subject.digest.replace(':', "-");
     push(host, repository, &fixture, Some(&tag), authorization);
 }
+
+/// The same image in Docker's schema 2 media types, and a Docker manifest list of such images.
+pub fn docker_image(arch: &str, layers: &[Blob]) -> Fixture {
+    let mut layers: Vec<Blob> = layers.to_vec();
+    for layer in &mut layers {
+        layer.media_type = "application/vnd.docker.image.rootfs.diff.tar".into();
+    }
+    let oci = image(arch, &layers);
+    let mut config = oci.blobs[0].clone();
+    config.media_type = "application/vnd.docker.container.image.v1+json".into();
+    let document = serde_json::json!({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+        "config": config.descriptor(),
+        "layers": layers.iter().map(Blob::descriptor).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec_pretty(&document).unwrap();
+    let mut blobs = vec![config];
+    blobs.extend(layers);
+    Fixture { media_type: DOCKER_MANIFEST.into(), digest: sha256(&manifest), manifest, blobs, children: vec![] }
+}
+
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+pub fn docker_list(entries: &[(&Fixture, &str)]) -> Fixture {
+    let manifests: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(image, arch)| {
+            let mut descriptor = image.descriptor();
+            descriptor["platform"] = serde_json::json!({"os": "linux", "architecture": arch});
+            descriptor
+        })
+        .collect();
+    let manifest = serde_json::to_vec_pretty(&serde_json::json!({"schemaVersion": 2, "mediaType": DOCKER_LIST, "manifests": manifests})).unwrap();
+    Fixture {
+        media_type: DOCKER_LIST.into(),
+        digest: sha256(&manifest),
+        manifest,
+        blobs: vec![],
+        children: entries.iter().map(|(image, _)| (*image).clone()).collect(),
+    }
+}
