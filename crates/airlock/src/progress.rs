@@ -1,6 +1,7 @@
 //! Progress bars for a terminal, drawn with indicatif from the copy engine's callbacks.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use airlock_copy::{BlobAction, Progress};
@@ -10,6 +11,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// One bar of bytes (with rate and ETA) and a count of blobs, on stderr.
 pub struct Bars {
     bar: ProgressBar,
+    blobs_done: AtomicU64,
 }
 
 impl Bars {
@@ -25,7 +27,7 @@ impl Bars {
                 .progress_chars("=> "),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Arc::new(Bars { bar })
+        Arc::new(Bars { bar, blobs_done: AtomicU64::new(0) })
     }
 }
 
@@ -47,8 +49,7 @@ impl Progress for Bars {
         }
     }
     fn blob_done(&self, _descriptor: &Descriptor, _how: BlobAction) {
-        let done = self.bar.message();
-        let count = done.split(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) + 1;
+        let count = self.blobs_done.fetch_add(1, Ordering::Relaxed) + 1;
         self.bar.set_message(format!("{count} blobs"));
     }
     fn manifest_written(&self, _digest: &Digest) {}

@@ -100,6 +100,8 @@ impl RegistryClient {
             attempt += 1;
             let request = make();
             let result = self.send_once(scope, request).await;
+            let method = result.as_ref().map(|(_, method)| method.clone()).unwrap_or_default();
+            let result = result.map(|(response, _)| response);
             let failure = match result {
                 Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                     if reauthenticated {
@@ -111,7 +113,7 @@ impl RegistryClient {
                     self.learn_challenge(&response, scope, location)?;
                     continue;
                 }
-                Ok(response) => match self.check(response, location).await {
+                Ok(response) => match self.check(response, &method, location).await {
                     Ok(response) => return Ok(response),
                     Err(error) => error,
                 },
@@ -132,14 +134,15 @@ impl RegistryClient {
     /// Sends a request whose body cannot be replayed (a streamed upload). Authentication must
     /// already be known for `scope`: call [`RegistryClient::send`] on the same scope first.
     pub(crate) async fn send_streaming(&self, scope: &Scope, location: &str, request: RequestBuilder) -> Result<Response> {
-        let response = self.send_once(scope, request).await?;
+        let (response, method) = self.send_once(scope, request).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             return Err(denied(&response, location, "push to", "the token expired or was refused during an upload"));
         }
-        self.check(response, location).await
+        self.check(response, &method, location).await
     }
 
-    async fn send_once(&self, scope: &Scope, request: RequestBuilder) -> Result<Response> {
+    /// One attempt; returns the response and the request's method (for error messages).
+    async fn send_once(&self, scope: &Scope, request: RequestBuilder) -> Result<(Response, String)> {
         let request = match self.authorization(scope, "").await? {
             Some(value) => request.header(AUTHORIZATION, value),
             None => request,
@@ -149,17 +152,20 @@ impl RegistryClient {
         let url = request.url().to_string();
         let _permit = self.limit.acquire().await.expect("the semaphore is never closed");
         tracing::trace!(%method, %url, "request");
-        self.http.execute(request).await.map_err(|source| Error::from(ErrorKind::Transport { method, url, source }))
+        match self.http.execute(request).await {
+            Ok(response) => Ok((response, method)),
+            Err(source) => Err(Error::from(ErrorKind::Transport { method, url, source })),
+        }
     }
 
     /// Turns 403 and retryable statuses into errors; passes everything else through.
-    async fn check(&self, response: Response, location: &str) -> Result<Response> {
+    async fn check(&self, response: Response, method: &str, location: &str) -> Result<Response> {
         let status = response.status().as_u16();
         if status == 403 {
             return Err(denied(&response, location, "access", "the credentials do not grant this"));
         }
         if matches!(status, 408 | 429 | 500..=599) {
-            return Err(http_error("request", response).await);
+            return Err(http_error(method, response).await);
         }
         Ok(response)
     }
