@@ -11,6 +11,7 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use super::auth::{parse_challenge, Challenge, TokenResponse};
 use super::credentials::{Credential, CredentialFiles};
+use super::pace::Pacer;
 use super::retry::{parse_retry_after, RetryPolicy};
 use crate::{Error, ErrorKind, Result};
 
@@ -55,6 +56,7 @@ pub struct RegistryClient {
     credentials: OnceCell<Option<Credential>>,
     auth: Mutex<AuthState>,
     limit: Arc<Semaphore>,
+    pacer: Pacer,
     pub(crate) retry: RetryPolicy,
 }
 
@@ -69,6 +71,7 @@ impl RegistryClient {
         credential_files: Arc<CredentialFiles>,
         explicit: Option<Credential>,
         max_requests: usize,
+        requests_per_second: Option<f64>,
         retry: RetryPolicy,
     ) -> Self {
         RegistryClient {
@@ -80,6 +83,7 @@ impl RegistryClient {
             credentials: OnceCell::new(),
             auth: Mutex::new(AuthState::default()),
             limit: Arc::new(Semaphore::new(max_requests.max(1))),
+            pacer: Pacer::new(requests_per_second),
             retry,
         }
     }
@@ -151,6 +155,7 @@ impl RegistryClient {
         let method = request.method().to_string();
         let url = request.url().to_string();
         let _permit = self.limit.acquire().await.expect("the semaphore is never closed");
+        self.pacer.wait().await;
         tracing::trace!(%method, %url, "request");
         match self.http.execute(request).await {
             Ok(response) => Ok((response, method)),
@@ -165,8 +170,13 @@ impl RegistryClient {
             return Err(denied(&response, location, "access", "the credentials do not grant this"));
         }
         if matches!(status, 408 | 429 | 500..=599) {
-            return Err(http_error(method, response).await);
+            let error = http_error(method, response).await;
+            if status == 429 {
+                self.pacer.throttled(error.retry_after());
+            }
+            return Err(error);
         }
+        self.pacer.succeeded();
         Ok(response)
     }
 

@@ -6,6 +6,7 @@
 mod auth;
 mod client;
 pub mod credentials;
+mod pace;
 pub mod retry;
 pub mod secret;
 
@@ -48,6 +49,17 @@ pub struct RegistryOptions {
     pub credential_files: CredentialFiles,
     /// Credentials given on the command line, per registry; they win over the files.
     pub explicit_credentials: HashMap<String, Credential>,
+    /// Settings for particular registries (by host as in references, e.g. `docker.io`).
+    pub registry_settings: HashMap<String, RegistrySettings>,
+}
+
+/// What one registry gets beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySettings {
+    /// Requests per second at most (a token bucket); `None`: as fast as answers come.
+    pub requests_per_second: Option<f64>,
+    /// Requests in flight at most, instead of `max_requests_per_registry`.
+    pub max_requests: Option<usize>,
 }
 
 impl RegistryOptions {
@@ -60,6 +72,7 @@ impl RegistryOptions {
             retry: RetryPolicy::default(),
             credential_files,
             explicit_credentials: HashMap::new(),
+            registry_settings: HashMap::new(),
         }
     }
 }
@@ -113,13 +126,15 @@ impl Registries {
         cell.get_or_init(|| async {
             let host = registry.endpoint_host();
             let scheme = self.scheme(&registry.registry, host).await;
+            let settings = self.options.registry_settings.get(&registry.registry).cloned().unwrap_or_default();
             Arc::new(RegistryClient::new(
                 registry.registry.clone(),
                 format!("{scheme}://{host}"),
                 self.http.clone(),
                 self.credential_files.clone(),
                 self.options.explicit_credentials.get(&registry.registry).cloned(),
-                self.options.max_requests_per_registry,
+                settings.max_requests.unwrap_or(self.options.max_requests_per_registry),
+                settings.requests_per_second,
                 self.options.retry,
             ))
         })
