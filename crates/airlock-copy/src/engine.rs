@@ -124,6 +124,7 @@ pub struct Copier {
 
 struct Run<'a> {
     copier: &'a Copier,
+    options: &'a CopyOptions,
     source: &'a dyn Store,
     target: &'a dyn Store,
     counters: Counters,
@@ -143,14 +144,20 @@ impl Copier {
     /// Dropping the future leaves the target consistent: whatever was written is complete and
     /// verified, and no tag was moved before everything it reaches was written.
     pub async fn copy(&self, source: &dyn Store, reference: &str, target: &dyn Store, tags: &[String]) -> Result<CopyReport> {
-        let run = Run { copier: self, source, target, counters: Counters::default() };
+        self.copy_with(&self.options, source, reference, target, tags).await
+    }
+
+    /// [`Copier::copy`] with other per-copy options (platforms, referrers, force) in the same
+    /// run, sharing its budget and its record of blobs moved.
+    pub async fn copy_with(&self, options: &CopyOptions, source: &dyn Store, reference: &str, target: &dyn Store, tags: &[String]) -> Result<CopyReport> {
+        let run = Run { copier: self, options, source, target, counters: Counters::default() };
         let original = source.get_manifest(reference).await?;
         let source_digest = original.digest().clone();
-        let manifest = self.select_platforms(original, source, reference)?;
+        let manifest = select_platforms(original, &options.platforms, &format!("{source}:{reference}"))?;
         let filtered = manifest.digest() != &source_digest;
 
         // Refuse early, before moving any byte, when a tag would be moved.
-        if !self.options.force {
+        if !options.force {
             for tag in tags {
                 match target.resolve(tag).await {
                     Ok(existing) if existing.digest() != manifest.digest() => {
@@ -190,33 +197,43 @@ impl Copier {
         })
     }
 
-    fn select_platforms(&self, manifest: Manifest, source: &dyn Store, reference: &str) -> Result<Manifest> {
-        if self.options.platforms.is_empty() || !manifest.is_index() {
-            return Ok(manifest);
-        }
-        let wrap = |error| CopyError::Store(airlock_store::Error::from(airlock_store::ErrorKind::Manifest { reference: reference.to_owned(), location: source.to_string(), source: error }));
-        match filter_index(&manifest, &self.options.platforms).map_err(wrap)? {
-            Some(bytes) => Manifest::parse(bytes, Some(manifest.media_type())).map_err(wrap),
-            None => {
-                let ManifestKind::Index { manifests, .. } = manifest.kind() else { unreachable!("checked is_index") };
-                let available: Vec<String> = manifests
-                    .iter()
-                    .filter_map(|d| d.platform().as_ref())
-                    .map(|p| {
-                        let mut text = format!("{}/{}", p.os(), p.architecture());
-                        if let Some(variant) = p.variant() {
-                            text = format!("{text}/{variant}");
-                        }
-                        text
-                    })
-                    .collect();
-                let wanted: Vec<String> = self.options.platforms.iter().map(ToString::to_string).collect();
-                Err(CopyError::NoPlatform(Box::new(PlatformMiss {
-                    source_ref: format!("{source}:{reference}"),
-                    wanted: wanted.join(", "),
-                    available: available.join(", "),
-                })))
-            }
+}
+
+/// The manifest a copy with `platforms` writes: `manifest` itself, or for an index a new index
+/// of only the matching entries (so a new digest). `source_ref` names the source in errors.
+pub fn select_platforms(manifest: Manifest, platforms: &[PlatformSpec], source_ref: &str) -> Result<Manifest> {
+    if platforms.is_empty() || !manifest.is_index() {
+        return Ok(manifest);
+    }
+    let wrap = |error| {
+        let (location, reference) = source_ref.rsplit_once(':').unwrap_or((source_ref, ""));
+        CopyError::Store(airlock_store::Error::from(airlock_store::ErrorKind::Manifest {
+            reference: reference.to_owned(),
+            location: location.to_owned(),
+            source: error,
+        }))
+    };
+    match filter_index(&manifest, platforms).map_err(wrap)? {
+        Some(bytes) => Manifest::parse(bytes, Some(manifest.media_type())).map_err(wrap),
+        None => {
+            let ManifestKind::Index { manifests, .. } = manifest.kind() else { unreachable!("checked is_index") };
+            let available: Vec<String> = manifests
+                .iter()
+                .filter_map(|d| d.platform().as_ref())
+                .map(|p| {
+                    let mut text = format!("{}/{}", p.os(), p.architecture());
+                    if let Some(variant) = p.variant() {
+                        text = format!("{text}/{variant}");
+                    }
+                    text
+                })
+                .collect();
+            let wanted: Vec<String> = platforms.iter().map(ToString::to_string).collect();
+            Err(CopyError::NoPlatform(Box::new(PlatformMiss {
+                source_ref: source_ref.to_owned(),
+                wanted: wanted.join(", "),
+                available: available.join(", "),
+            })))
         }
     }
 }
@@ -250,7 +267,7 @@ impl Run<'_> {
                 self.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
                 self.copier.progress.manifest_written(manifest.digest());
             }
-            if with_referrers && self.copier.options.referrers {
+            if with_referrers && self.options.referrers {
                 self.copy_referrers(manifest.digest()).await?;
             }
             Ok(())
@@ -334,7 +351,7 @@ impl Run<'_> {
                     progress.blob_done(descriptor, BlobAction::Copied);
                     return Ok(());
                 }
-                Err(error) if error.is_transient() && attempt < self.copier.options.blob_attempts => {
+                Err(error) if error.is_transient() && attempt < self.options.blob_attempts => {
                     tracing::debug!(digest = %descriptor.digest(), attempt, %error, "retrying blob transfer");
                     // Take back what the failed attempt counted so the bar stays true.
                     progress.bytes(-(moved.load(Ordering::Relaxed) as i64));

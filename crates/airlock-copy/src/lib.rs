@@ -19,7 +19,7 @@
 mod engine;
 mod error;
 
-pub use engine::{BlobAction, CopyOptions, CopyReport, Copier, NoProgress, Progress};
+pub use engine::{select_platforms, BlobAction, CopyOptions, CopyReport, Copier, NoProgress, Progress};
 pub use error::{CopyError, PlatformMiss, TagConflict};
 
 #[cfg(test)]

@@ -66,6 +66,12 @@ pub enum Command {
     /// The destination tag defaults to the source's; `-t` adds more. Tags are written last, so a
     /// failed or interrupted copy never leaves a tag pointing at missing content.
     Copy(CopyArgs),
+    /// Mirror repositories: copy the tags whose digest changed upstream, skip the ones in place.
+    ///
+    /// `airlock sync SRC_REPO DST_REPO [filters]` for one repository, `airlock sync -f sync.yaml`
+    /// for many. Each tag costs one HEAD on each side when it is up to date. Mutable tags follow
+    /// upstream. A failed tag does not stop the others; the exit code is 1 when any failed.
+    Sync(SyncArgs),
     /// Show a manifest: its digest, media type, platforms or layers.
     Inspect(InspectArgs),
     /// List the tags of a repository.
@@ -97,6 +103,45 @@ pub struct CopyArgs {
     /// Do not copy referrers (signatures, SBOMs, attestations).
     #[arg(long)]
     pub no_referrers: bool,
+    #[command(flatten)]
+    pub creds: CredsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Source repository (a tag in it is ignored).
+    #[arg(required_unless_present = "file", requires = "destination", conflicts_with = "file")]
+    pub source: Option<String>,
+    /// Target repository, or an `ocidir://` folder.
+    pub destination: Option<String>,
+    /// A sync.yaml listing repositories, filters and registry settings.
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Tags that fully match this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    pub tag_regex: Option<String>,
+    /// Leave out tags that fully match this regular expression; repeatable.
+    #[arg(long, value_name = "REGEX")]
+    pub exclude: Vec<String>,
+    /// Tags whose version satisfies this requirement, e.g. `>=1.2, <2` (a leading `v` and
+    /// two-part versions like `3.20` are understood).
+    #[arg(long, value_name = "REQUIREMENT")]
+    pub semver: Option<String>,
+    /// Only the newest N tags by version.
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+    /// Exactly these tags, comma separated (no tag listing needed).
+    #[arg(long, value_delimiter = ',', value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Only these platforms of multi-platform images (a new index, so a new digest).
+    #[arg(long, value_delimiter = ',', value_name = "PLATFORM")]
+    pub platform: Vec<String>,
+    /// Do not copy referrers (signatures, SBOMs, attestations).
+    #[arg(long)]
+    pub no_referrers: bool,
+    /// Print the plan (what would be copied, what is in place) and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub creds: CredsArgs,
 }

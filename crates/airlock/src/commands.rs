@@ -38,16 +38,17 @@ fn hint_of(error: &anyhow::Error) -> Option<String> {
     })
 }
 
-fn usage(message: String) -> Failure {
+pub(crate) fn usage(message: String) -> Failure {
     Failure { error: anyhow::anyhow!(message), hint: Some("see `airlock --help`".into()), exit_code: 2 }
 }
 
-type Result<T, E = Failure> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Failure> = std::result::Result<T, E>;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let global = &cli.global;
     match &cli.command {
         Command::Copy(args) => copy(global, args).await,
+        Command::Sync(args) => return crate::sync::sync(global, args).await,
         Command::Inspect(args) => inspect(global, args).await,
         Command::Tags(args) => tags(global, args).await,
         Command::Digest(args) => digest(global, args).await,
@@ -57,7 +58,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     .map(|()| ExitCode::SUCCESS)
 }
 
-fn parse_reference(text: &str) -> Result<Reference> {
+pub(crate) fn parse_reference(text: &str) -> Result<Reference> {
     text.parse::<Reference>().map_err(|e| Failure {
         hint: Some("a reference is `[registry/]repository[:tag][@digest]`, `oci://host/repo[:tag]` or `ocidir://PATH[:tag]`".into()),
         error: e.into(),
@@ -65,7 +66,7 @@ fn parse_reference(text: &str) -> Result<Reference> {
     })
 }
 
-fn parse_creds(text: Option<&str>) -> Result<Option<Credential>> {
+pub(crate) fn parse_creds(text: Option<&str>) -> Result<Option<Credential>> {
     let Some(text) = text else { return Ok(None) };
     let Some((username, password)) = text.split_once(':') else {
         return Err(usage("credentials must be given as `USER:PASSWORD`".into()));
@@ -75,11 +76,7 @@ fn parse_creds(text: Option<&str>) -> Result<Option<Credential>> {
 
 /// The registries of this command, with credentials given on the command line attached.
 fn registries(global: &Global, explicit: &[(&Reference, Option<Credential>)]) -> Result<Registries> {
-    let mut options = RegistryOptions::new(CredentialFiles::discover(global.authfile.as_deref()));
-    options.plain_http = global.plain_http.clone();
-    options.ca_certs = global.ca_certs.clone();
-    options.max_requests_per_registry = global.max_requests.max(1);
-    options.retry = RetryPolicy { attempts: global.retries.max(1), ..RetryPolicy::default() };
+    let mut options = registry_options(global);
     for (reference, credential) in explicit {
         if let (Reference::Registry(registry), Some(credential)) = (reference, credential) {
             options.explicit_credentials.insert(registry.registry.clone(), credential.clone());
@@ -88,7 +85,17 @@ fn registries(global: &Global, explicit: &[(&Reference, Option<Credential>)]) ->
     Ok(Registries::new(options)?)
 }
 
-async fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
+/// Registry options from the global flags.
+pub(crate) fn registry_options(global: &Global) -> RegistryOptions {
+    let mut options = RegistryOptions::new(CredentialFiles::discover(global.authfile.as_deref()));
+    options.plain_http = global.plain_http.clone();
+    options.ca_certs = global.ca_certs.clone();
+    options.max_requests_per_registry = global.max_requests.max(1);
+    options.retry = RetryPolicy { attempts: global.retries.max(1), ..RetryPolicy::default() };
+    options
+}
+
+pub(crate) async fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
     match reference {
         Reference::Registry(registry) => Arc::new(registries.store(registry, access).await),
         Reference::Layout(layout) => Arc::new(LayoutStore::new(&layout.path)),

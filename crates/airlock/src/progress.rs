@@ -12,22 +12,43 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Bars {
     bar: ProgressBar,
     blobs_done: AtomicU64,
+    tags_planned: AtomicU64,
+    tags_done: AtomicU64,
 }
 
 impl Bars {
     /// Bars when stderr is a terminal and the user wants them; none in pipes, `-q`, `-v` or JSON.
     pub fn for_terminal(wanted: bool) -> Arc<dyn Progress> {
+        match Self::new_if(wanted) {
+            Some(bars) => bars,
+            None => Arc::new(airlock_copy::NoProgress),
+        }
+    }
+
+    /// Bars for a sync: bytes and blobs from the copier, tags from the sync.
+    pub fn for_sync(wanted: bool) -> (Arc<dyn Progress>, Arc<dyn airlock_sync::SyncProgress>) {
+        match Self::new_if(wanted) {
+            Some(bars) => (bars.clone(), bars),
+            None => (Arc::new(airlock_copy::NoProgress), Arc::new(Quiet)),
+        }
+    }
+
+    fn new(bar: ProgressBar) -> Bars {
+        Bars { bar, blobs_done: AtomicU64::new(0), tags_planned: AtomicU64::new(0), tags_done: AtomicU64::new(0) }
+    }
+
+    fn new_if(wanted: bool) -> Option<Arc<Bars>> {
         if !wanted || !std::io::stderr().is_terminal() {
-            return Arc::new(airlock_copy::NoProgress);
+            return None;
         }
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            ProgressStyle::with_template("{spinner} {prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
                 .expect("a valid template")
                 .progress_chars("=> "),
         );
         bar.enable_steady_tick(std::time::Duration::from_millis(120));
-        Arc::new(Bars { bar, blobs_done: AtomicU64::new(0) })
+        Some(Arc::new(Bars::new(bar)))
     }
 }
 
@@ -54,3 +75,17 @@ impl Progress for Bars {
     }
     fn manifest_written(&self, _digest: &Digest) {}
 }
+
+impl airlock_sync::SyncProgress for Bars {
+    fn planned(&self, n: usize) {
+        self.tags_planned.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn tag_done(&self, _result: &airlock_sync::TagResult) {
+        let done = self.tags_done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bar.set_prefix(format!("{done}/{} tags", self.tags_planned.load(Ordering::Relaxed)));
+    }
+}
+
+/// A [`airlock_sync::SyncProgress`] that shows nothing.
+pub struct Quiet;
+impl airlock_sync::SyncProgress for Quiet {}

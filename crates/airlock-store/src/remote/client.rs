@@ -60,20 +60,24 @@ pub struct RegistryClient {
     pub(crate) retry: RetryPolicy,
 }
 
+/// What a [`RegistryClient`] is made of.
+pub(crate) struct ClientSetup {
+    pub registry: String,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub credential_files: Arc<CredentialFiles>,
+    pub explicit: Option<Credential>,
+    pub max_requests: usize,
+    pub requests_per_second: Option<f64>,
+    pub retry: RetryPolicy,
+}
+
 /// A request to build afresh for every attempt.
 pub(crate) type MakeRequest<'a> = &'a (dyn Fn() -> RequestBuilder + Send + Sync);
 
 impl RegistryClient {
-    pub(crate) fn new(
-        registry: String,
-        base: String,
-        http: reqwest::Client,
-        credential_files: Arc<CredentialFiles>,
-        explicit: Option<Credential>,
-        max_requests: usize,
-        requests_per_second: Option<f64>,
-        retry: RetryPolicy,
-    ) -> Self {
+    pub(crate) fn new(setup: ClientSetup) -> Self {
+        let ClientSetup { registry, base, http, credential_files, explicit, max_requests, requests_per_second, retry } = setup;
         RegistryClient {
             registry,
             base,

@@ -22,7 +22,7 @@ use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, RANGE};
 use reqwest::{Response, StatusCode};
 
-use self::client::{http_error, read_limited, RegistryClient, Scope};
+use self::client::{http_error, read_limited, ClientSetup, RegistryClient, Scope};
 pub use self::credentials::{Credential, CredentialFiles};
 pub use self::retry::RetryPolicy;
 pub use self::secret::Secret;
@@ -127,16 +127,16 @@ impl Registries {
             let host = registry.endpoint_host();
             let scheme = self.scheme(&registry.registry, host).await;
             let settings = self.options.registry_settings.get(&registry.registry).cloned().unwrap_or_default();
-            Arc::new(RegistryClient::new(
-                registry.registry.clone(),
-                format!("{scheme}://{host}"),
-                self.http.clone(),
-                self.credential_files.clone(),
-                self.options.explicit_credentials.get(&registry.registry).cloned(),
-                settings.max_requests.unwrap_or(self.options.max_requests_per_registry),
-                settings.requests_per_second,
-                self.options.retry,
-            ))
+            Arc::new(RegistryClient::new(ClientSetup {
+                registry: registry.registry.clone(),
+                base: format!("{scheme}://{host}"),
+                http: self.http.clone(),
+                credential_files: self.credential_files.clone(),
+                explicit: self.options.explicit_credentials.get(&registry.registry).cloned(),
+                max_requests: settings.max_requests.unwrap_or(self.options.max_requests_per_registry),
+                requests_per_second: settings.requests_per_second,
+                retry: self.options.retry,
+            }))
         })
         .await
         .clone()
@@ -392,7 +392,8 @@ impl Store for RemoteStore {
         }
         let digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
         let media_type = header(&response, "content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_owned());
-        let size = response.content_length().filter(|len| *len > 0);
+        // Not `content_length()`: for a HEAD that is the (empty) body's length.
+        let size = header(&response, "content-length").and_then(|len| len.parse::<u64>().ok()).filter(|len| *len > 0);
         match (digest, media_type, size) {
             (Some(digest), Some(media_type), Some(size)) if media_type::is_manifest(&media_type) => {
                 Ok(Descriptor::new(media_type.as_str().into(), size, digest))

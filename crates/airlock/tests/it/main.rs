@@ -7,3 +7,4 @@ mod copy;
 mod errors;
 mod faults;
 mod layout;
+mod sync;

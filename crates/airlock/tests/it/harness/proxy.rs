@@ -47,6 +47,7 @@ pub struct Logged {
     pub path: String,
     pub range: Option<String>,
     pub status: u16,
+    /// When the request arrived.
     pub at: Instant,
 }
 
@@ -117,7 +118,11 @@ fn record(state: &ProxyState, method: &str, path: &str, range: Option<String>, s
 }
 
 fn record_auth(state: &ProxyState, method: &str, path: &str, range: Option<String>, status: u16, authorization: bool) {
-    state.log.lock().unwrap().push(Logged { authorization, method: method.into(), path: path.into(), range, status, at: Instant::now() });
+    record_at(state, method, path, range, status, authorization, Instant::now());
+}
+
+fn record_at(state: &ProxyState, method: &str, path: &str, range: Option<String>, status: u16, authorization: bool, at: Instant) {
+    state.log.lock().unwrap().push(Logged { authorization, method: method.into(), path: path.into(), range, status, at });
 }
 
 async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
@@ -127,6 +132,7 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
 }
 
 async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Request) -> Response {
+    let arrived = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
     let range = request.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -166,7 +172,7 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
         hit
     };
     if let Some((status, retry_after)) = status_fault {
-        record(state, method.as_str(), &path, range, status);
+        record_at(state, method.as_str(), &path, range, status, authorization, arrived);
         let body = format!(r#"{{"errors":[{{"code":"TOOMANYREQUESTS","message":"injected {status}"}}]}}"#);
         let mut response = (StatusCode::from_u16(status).unwrap(), body).into_response();
         if let Some(seconds) = retry_after {
@@ -195,7 +201,7 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
         Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
     let status = answer.status();
-    record_auth(state, method.as_str(), &path, range.clone(), status.as_u16(), authorization);
+    record_at(state, method.as_str(), &path, range.clone(), status.as_u16(), authorization, arrived);
     let mut response = Response::builder().status(status.as_u16());
     for (name, value) in answer.headers() {
         if name == "location" {

@@ -1,0 +1,260 @@
+//! Planning and running a sync.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use airlock_copy::{CopyOptions, Copier};
+use airlock_oci::{media_type, Digest, PlatformSpec, Reference};
+use airlock_store::Store;
+use futures::StreamExt;
+
+use crate::TagFilter;
+
+/// One repository to mirror.
+#[derive(Debug, Clone)]
+pub struct SyncJob {
+    /// The source repository.
+    pub source: Reference,
+    /// The target repository.
+    pub target: Reference,
+    /// Which tags.
+    pub filter: TagFilter,
+    /// Only these platforms of indexes (empty: all).
+    pub platforms: Vec<PlatformSpec>,
+    /// Copy referrers too.
+    pub referrers: bool,
+}
+
+/// Run-wide settings.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Plan only: report what would be copied, write nothing.
+    pub dry_run: bool,
+    /// Tags synced at once (blob transfers are bounded by the copier's own budget).
+    pub parallel_tags: usize,
+}
+
+/// What happened to one tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Copied (or its tag moved to upstream's new digest).
+    Copied,
+    /// The target already had this digest under this tag.
+    UpToDate,
+    /// A dry run found it would be copied.
+    WouldCopy,
+    /// It failed; [`TagResult::error`] says why.
+    Failed,
+}
+
+impl Action {
+    /// The words used in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Copied => "copied",
+            Action::UpToDate => "up to date",
+            Action::WouldCopy => "would copy",
+            Action::Failed => "failed",
+        }
+    }
+
+    /// The identifier used in JSON.
+    pub fn as_id(self) -> &'static str {
+        match self {
+            Action::Copied => "copied",
+            Action::UpToDate => "up_to_date",
+            Action::WouldCopy => "would_copy",
+            Action::Failed => "failed",
+        }
+    }
+}
+
+/// The outcome for one tag (or, with `tag` empty, for a job that failed before its tags).
+#[derive(Debug, Clone)]
+pub struct TagResult {
+    /// The source repository.
+    pub source: String,
+    /// The target repository.
+    pub target: String,
+    /// The tag.
+    pub tag: String,
+    /// The digest the target tag points at (or would) after the sync.
+    pub digest: Option<Digest>,
+    /// The source's digest (differs from `digest` when platforms were selected).
+    pub source_digest: Option<Digest>,
+    /// What happened.
+    pub action: Action,
+    /// Bytes moved for this tag.
+    pub bytes: u64,
+    /// Why it failed, the error chain joined.
+    pub error: Option<String>,
+}
+
+/// Observes a sync as tags finish.
+pub trait SyncProgress: Send + Sync {
+    /// The number of tags planned grew by `n`.
+    fn planned(&self, _n: usize) {}
+    /// A tag is done.
+    fn tag_done(&self, _result: &TagResult) {}
+}
+
+/// Opens the store for a reference; the caller decides how (credentials, TLS, folders).
+pub type OpenStore<'a> = &'a (dyn Fn(&Reference, bool) -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send + 'a>> + Send + Sync);
+
+/// Runs `jobs`, copying through `copier`. Returns one result per tag, in job and tag order.
+pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options: &SyncOptions, progress: &dyn SyncProgress) -> Vec<TagResult> {
+    struct Planned {
+        job: usize,
+        source: Arc<dyn Store>,
+        target: Arc<dyn Store>,
+        tag: String,
+    }
+    let mut results: Vec<(usize, usize, TagResult)> = Vec::new();
+    let mut planned = Vec::new();
+    for (job_idx, job) in jobs.iter().enumerate() {
+        let source = open(&job.source, false).await;
+        let target = open(&job.target, true).await;
+        let tags = if job.filter.needs_listing() {
+            match source.list_tags().await {
+                Ok(available) => {
+                    // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
+                    // SBOMs, not images: they travel with their subject.
+                    let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
+                    job.filter.select(&available)
+                }
+                Err(error) => {
+                    let result = TagResult {
+                        source: source.to_string(),
+                        target: target.to_string(),
+                        tag: String::new(),
+                        digest: None,
+                        source_digest: None,
+                        action: Action::Failed,
+                        bytes: 0,
+                        error: Some(chain(&error)),
+                    };
+                    progress.tag_done(&result);
+                    results.push((job_idx, 0, result));
+                    continue;
+                }
+            }
+        } else {
+            job.filter.select(&[])
+        };
+        progress.planned(tags.len());
+        for tag in tags {
+            planned.push(Planned { job: job_idx, source: source.clone(), target: target.clone(), tag });
+        }
+    }
+
+    let mut outcomes = futures::stream::iter(planned.into_iter().enumerate())
+        .map(|(order, item)| async move {
+            let job = &jobs[item.job];
+            let result = sync_tag(job, item.source.as_ref(), item.target.as_ref(), &item.tag, copier, options).await;
+            progress.tag_done(&result);
+            (item.job, order + 1, result)
+        })
+        .buffer_unordered(options.parallel_tags.max(1));
+    while let Some(outcome) = outcomes.next().await {
+        results.push(outcome);
+    }
+    results.sort_by_key(|(job, order, _)| (*job, *order));
+    results.into_iter().map(|(_, _, result)| result).collect()
+}
+
+async fn sync_tag(job: &SyncJob, source: &dyn Store, target: &dyn Store, tag: &str, copier: &Copier, options: &SyncOptions) -> TagResult {
+    let mut result = TagResult {
+        source: source.to_string(),
+        target: target.to_string(),
+        tag: tag.to_owned(),
+        digest: None,
+        source_digest: None,
+        action: Action::Failed,
+        bytes: 0,
+        error: None,
+    };
+    match plan_and_copy(job, source, target, tag, copier, options, &mut result).await {
+        Ok(action) => result.action = action,
+        Err(error) => {
+            tracing::info!(source = %result.source, tag, error = %error, "tag failed");
+            result.error = Some(chain(error.as_ref()));
+        }
+    }
+    result
+}
+
+/// One `HEAD` per side decides; a platform subset of an index also needs the source's bytes.
+async fn plan_and_copy(
+    job: &SyncJob,
+    source: &dyn Store,
+    target: &dyn Store,
+    tag: &str,
+    copier: &Copier,
+    options: &SyncOptions,
+    result: &mut TagResult,
+) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
+    let upstream = source.resolve(tag).await?;
+    result.source_digest = Some(upstream.digest().clone());
+    let wanted = if !job.platforms.is_empty() && media_type::is_index(upstream.media_type().as_ref()) {
+        let manifest = source.get_manifest(upstream.digest().as_ref()).await?;
+        airlock_copy::select_platforms(manifest, &job.platforms, &format!("{source}:{tag}"))?.digest().clone()
+    } else {
+        upstream.digest().clone()
+    };
+    result.digest = Some(wanted.clone());
+    let current = match target.resolve(tag).await {
+        Ok(descriptor) => Some(descriptor.digest().clone()),
+        Err(error) if error.is_not_found() => None,
+        Err(error) => return Err(error.into()),
+    };
+    if current.as_ref() == Some(&wanted) {
+        return Ok(Action::UpToDate);
+    }
+    if options.dry_run {
+        return Ok(Action::WouldCopy);
+    }
+    let mut copy_options = CopyOptions::new();
+    copy_options.platforms = job.platforms.clone();
+    copy_options.referrers = job.referrers;
+    // A mirror follows upstream: a moved tag moves here too.
+    copy_options.force = true;
+    let report = copier.copy_with(&copy_options, source, upstream.digest().as_ref(), target, &[tag.to_owned()]).await?;
+    result.bytes = report.bytes_copied;
+    result.digest = Some(report.digest);
+    Ok(Action::Copied)
+}
+
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// `sha256-<64 hex>` or `sha512-<128 hex>`: the distribution-spec referrers tag schema.
+fn is_referrers_tag(tag: &str) -> bool {
+    let hex = |text: &str, len: usize| text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit());
+    match tag.split_once('-') {
+        Some(("sha256", rest)) => hex(rest, 64),
+        Some(("sha512", rest)) => hex(rest, 128),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn referrers_tags_are_recognised() {
+        assert!(super::is_referrers_tag(&format!("sha256-{}", "a".repeat(64))));
+        assert!(!super::is_referrers_tag("sha256-abc"));
+        assert!(!super::is_referrers_tag("1.0-sha256"));
+    }
+}

@@ -1,0 +1,264 @@
+//! `airlock sync` against real registries: filters, platforms, referrers, dry runs, warm runs,
+//! kills, rate limits and malformed files.
+
+use crate::harness::fixtures::{image, index, layer, push, push_referrers, referrer, Fixture};
+use crate::harness::{skopeo_digest, Airlock, Auth, Fault, FaultProxy, Registry};
+
+const TAGS: [&str; 8] = ["1.0", "1.1", "1.2.5", "v1.3", "2.0", "2.1-rc1", "latest", "edge"];
+
+/// A source repository `app` whose tags each point at an image of their own.
+fn source_with_tags(registry: &Registry) -> Vec<(String, Fixture)> {
+    TAGS.iter()
+        .enumerate()
+        .map(|(n, tag)| {
+            let img = image("amd64", &[layer(1, 4000), layer(200 + n as u64, 1000)]);
+            push(&registry.host(), "app", &img, Some(tag), None);
+            (tag.to_string(), img)
+        })
+        .collect()
+}
+
+fn tags_at(registry: &Registry, repository: &str) -> Vec<String> {
+    let run = Airlock::new().run(&["tags", &registry.at(repository), "-o", "json"]);
+    if run.status != 0 {
+        return Vec::new();
+    }
+    let mut tags: Vec<String> = run.json()["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect();
+    tags.sort();
+    tags
+}
+
+fn sorted(tags: &[&str]) -> Vec<String> {
+    let mut tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+    tags.sort();
+    tags
+}
+
+#[test]
+fn each_filter_selects_exactly_the_right_tags() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let fixtures = source_with_tags(&source);
+    let airlock = Airlock::new();
+    let cases: [(&str, &[&str], &[&str]); 6] = [
+        ("regex", &["--tag-regex", r"1\..*"], &["1.0", "1.1", "1.2.5"]),
+        ("exclude", &["--exclude", r".*-rc.*", "--exclude", "edge|latest"], &["1.0", "1.1", "1.2.5", "v1.3", "2.0"]),
+        ("semver", &["--semver", ">=1.1, <2"], &["1.1", "1.2.5", "v1.3"]),
+        ("latest", &["--latest", "2", "--exclude", ".*-.*"], &["2.0", "v1.3"]),
+        ("list", &["--tags", "edge,1.0"], &["1.0", "edge"]),
+        ("all", &[], &TAGS),
+    ];
+    for (name, flags, expected) in cases {
+        let mut args = vec!["sync".to_owned(), source.at("app"), target.at(name), "-o".into(), "json".into()];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let report = airlock.run(&args).success().json();
+        assert_eq!(tags_at(&target, name), sorted(expected), "filter {name}");
+        assert_eq!(report["summary"]["copied"], expected.len(), "filter {name}");
+    }
+    for (tag, img) in &fixtures {
+        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("all:{tag}")))), img.digest);
+    }
+}
+
+#[test]
+fn warm_sync_costs_one_head_per_tag_on_each_side_and_moves_nothing() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    source_with_tags(&source);
+    let source_side = FaultProxy::start(&source.host());
+    let target_side = FaultProxy::start(&target.host());
+    let airlock = Airlock::new();
+    let cold = airlock.run(&["sync", &source_side.at("app"), &target_side.at("mirror"), "-o", "json"]).success().json();
+    assert_eq!(cold["summary"]["copied"], TAGS.len());
+    source_side.clear_log();
+    target_side.clear_log();
+
+    let warm = airlock.run(&["sync", &source_side.at("app"), &target_side.at("mirror"), "-o", "json"]).success().json();
+    assert_eq!(warm["summary"]["up_to_date"], TAGS.len());
+    assert_eq!(warm["summary"]["bytes"], 0);
+    let describe = |log: &[crate::harness::proxy::Logged]| log.iter().map(|r| format!("{} {}", r.method, r.path)).collect::<Vec<_>>();
+    let source_log = source_side.log();
+    let target_log = target_side.log();
+    let heads = |log: &[crate::harness::proxy::Logged]| log.iter().filter(|r| r.method == "HEAD" && r.path.contains("/manifests/")).count();
+    assert_eq!(heads(&source_log), TAGS.len(), "{:?}", describe(&source_log));
+    assert_eq!(heads(&target_log), TAGS.len(), "{:?}", describe(&target_log));
+    // Besides the HEADs: the source's tag list, and nothing else (no probes of /v2/ either side
+    // beyond the scheme check airlock makes once per registry).
+    let other = |log: &[crate::harness::proxy::Logged]| {
+        log.iter().filter(|r| !(r.method == "HEAD" && r.path.contains("/manifests/")) && !r.path.contains("/tags/list") && r.path != "/v2/").count()
+    };
+    assert_eq!(other(&source_log), 0, "{:?}", describe(&source_log));
+    assert_eq!(other(&target_log), 0, "{:?}", describe(&target_log));
+}
+
+#[test]
+fn mutable_tags_follow_upstream_and_dry_runs_write_nothing() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let old = image("amd64", &[layer(300, 2000)]);
+    let new = image("amd64", &[layer(301, 2000)]);
+    push(&source.host(), "app", &old, Some("latest"), None);
+    let airlock = Airlock::new();
+    airlock.run(&["sync", &source.at("app"), &target.at("app")]).success();
+    push(&source.host(), "app", &new, Some("latest"), None);
+
+    let target_side = FaultProxy::start(&target.host());
+    let plan = airlock.run(&["sync", &source.at("app"), &target_side.at("app"), "--dry-run", "-o", "json"]).success().json();
+    assert_eq!(plan["results"][0]["action"], "would_copy");
+    assert_eq!(plan["results"][0]["digest"], new.digest);
+    let writes: Vec<_> = target_side.log().into_iter().filter(|r| !matches!(r.method.as_str(), "GET" | "HEAD")).collect();
+    assert!(writes.is_empty(), "a dry run wrote: {writes:?}");
+    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:latest"))), old.digest);
+
+    let text = airlock.run(&["sync", &source.at("app"), &target.at("app")]).success();
+    assert!(text.stdout.contains("latest") && text.stdout.contains("copied"), "{}", text.stdout);
+    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:latest"))), new.digest);
+}
+
+#[test]
+fn platform_subsets_and_referrers_stay_in_sync() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let amd = image("amd64", &[layer(310, 3000)]);
+    let arm = image("arm64", &[layer(311, 3000)]);
+    let idx = index(&[(&amd, "amd64", None), (&arm, "arm64", None)]);
+    push(&source.host(), "multi", &idx, Some("1.0"), None);
+    let signature = referrer(&arm, "application/vnd.dev.cosign.artifact.sig.v1+json", b"arm-signature");
+    push_referrers(&source.host(), "multi", &arm, &[&signature], None);
+
+    let airlock = Airlock::new();
+    let first = airlock.run(&["sync", &source.at("multi"), &target.at("multi"), "--platform", "linux/arm64", "-o", "json"]).success().json();
+    assert_eq!(first["results"][0]["action"], "copied");
+    assert_eq!(first["results"][0]["source_digest"], idx.digest);
+    assert!(target.has_manifest("multi", &arm.digest, None));
+    assert!(!target.has_manifest("multi", &amd.digest, None));
+    assert!(target.has_manifest("multi", &signature.digest, None), "the arm64 image's signature came along");
+    let again = airlock.run(&["sync", &source.at("multi"), &target.at("multi"), "--platform", "linux/arm64", "-o", "json"]).success().json();
+    assert_eq!(again["results"][0]["action"], "up_to_date", "the filtered digest is what is compared");
+}
+
+#[test]
+fn a_failed_tag_does_not_stop_the_others() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let fixtures = source_with_tags(&source);
+    let proxy = FaultProxy::start(&source.host());
+    proxy.inject(Fault::Status { path: "/manifests/2.0", status: 500, times: 1000, retry_after: None });
+    let run = Airlock::new().run(&["sync", &proxy.at("app"), &target.at("app"), "--retries", "2"]).code(1);
+    assert!(run.stdout.contains(&format!("failed: {}:2.0: ", proxy.at("app"))) && run.stdout.contains("500"), "{}", run.stdout);
+    assert!(run.stdout.contains("7 copied, 0 up to date, 0 would copy, 1 failed"), "{}", run.stdout);
+    for (tag, img) in fixtures.iter().filter(|(tag, _)| tag != "2.0") {
+        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:{tag}")))), img.digest);
+    }
+    assert!(!target.has_manifest("app", "2.0", None));
+}
+
+#[test]
+fn a_sync_killed_mid_way_is_completed_by_a_rerun() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let images: Vec<Fixture> = (0..6).map(|n| image("amd64", &[layer(320 + n, 600_000)])).collect();
+    for (n, img) in images.iter().enumerate() {
+        push(&source.host(), "app", img, Some(&format!("t{n}")), None);
+    }
+    let proxy = FaultProxy::start(&source.host());
+    proxy.inject(Fault::Throttle { bytes_per_second: 1024 * 1024 });
+    let airlock = Airlock::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["sync", "-q", "--jobs", "2", &proxy.at("app"), &target.at("app")])
+        .env("HOME", airlock.home.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while proxy.blob_bytes_sent() < 1_500_000 {
+        assert!(std::time::Instant::now() < deadline, "the sync never got going");
+        assert!(child.try_wait().unwrap().is_none(), "the sync ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever arrived is whole: every tag present points at its source digest.
+    for (n, img) in images.iter().enumerate() {
+        if target.has_manifest("app", &format!("t{n}"), None) {
+            assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:t{n}")))), img.digest);
+        }
+    }
+    assert!(!(0..images.len()).all(|n| target.has_manifest("app", &format!("t{n}"), None)), "the kill came too late to test anything");
+
+    proxy.clear_faults();
+    let report = airlock.run(&["sync", &proxy.at("app"), &target.at("app"), "-o", "json"]).success().json();
+    assert_eq!(report["summary"]["failed"], 0);
+    for (n, img) in images.iter().enumerate() {
+        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:t{n}")))), img.digest);
+    }
+}
+
+#[test]
+fn rate_limited_syncs_slow_down_and_finish() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let fixtures = source_with_tags(&source);
+    let proxy = FaultProxy::start(&source.host());
+    proxy.inject(Fault::Status { path: "/manifests/", status: 429, times: 4, retry_after: Some(1) });
+    let report = Airlock::new().run(&["sync", &proxy.at("app"), &target.at("app"), "-o", "json"]).success().json();
+    assert_eq!(report["summary"]["copied"], TAGS.len());
+    let log = proxy.log();
+    let limited: Vec<_> = log.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(limited.len(), 4);
+    // After the first 429 (and the requests already on their way with it), no request reached
+    // the registry before Retry-After passed.
+    let first = limited[0].at;
+    let window = (first + std::time::Duration::from_millis(50))..(first + std::time::Duration::from_millis(950));
+    let too_early = log.iter().filter(|r| window.contains(&r.at)).count();
+    assert_eq!(too_early, 0, "requests went through during the Retry-After pause");
+    for (tag, img) in &fixtures {
+        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:{tag}")))), img.digest);
+    }
+}
+
+#[test]
+fn a_sync_file_mirrors_many_repositories_with_registry_settings() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::Htpasswd(vec![("mirror", "mirror-secret-9")]));
+    source_with_tags(&source);
+    let other = image("amd64", &[layer(330, 1000)]);
+    push(&source.host(), "tools/cli", &other, Some("3.1"), None);
+    let airlock = Airlock::new();
+    let file = airlock.path("sync.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "registries:\n  {target}:\n    username: mirror\n    password_env: AIRLOCK_TEST_MIRROR_SECRET\n    requests_per_second: 50\n    concurrency: 4\nsync:\n  - source: {src}/app\n    target: {target}/mirror/app\n    semver: \">=2\"\n  - source: {src}/tools/cli\n    target: {target}/mirror/cli\n    tags: [3.1]\n",
+            src = source.host(),
+            target = target.host()
+        ),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"));
+    command
+        .args(["sync", "-f", file.to_str().unwrap(), "-o", "json"])
+        .env("HOME", airlock.home.path())
+        .env("AIRLOCK_TEST_MIRROR_SECRET", "mirror-secret-9");
+    let run = crate::harness::run_command(command, None).success();
+    assert!(!run.stdout.contains("mirror-secret-9") && !run.stderr.contains("mirror-secret-9"));
+    let report = run.json();
+    let synced: Vec<String> = report["results"].as_array().unwrap().iter().map(|r| format!("{}:{}", r["target"].as_str().unwrap(), r["tag"].as_str().unwrap())).collect();
+    assert_eq!(synced, vec![format!("{}:2.0", target.at("mirror/app")), format!("{}:3.1", target.at("mirror/cli"))]);
+    assert!(target.has_manifest("mirror/cli", "3.1", Some(("mirror", "mirror-secret-9"))));
+}
+
+#[test]
+fn a_malformed_sync_file_names_the_file_line_and_key() {
+    let airlock = Airlock::new();
+    let file = airlock.path("sync.yaml");
+    std::fs::write(&file, "sync:\n  - source: a/b\n    target: c/d\n    tag-regex: 'x'\n").unwrap();
+    let run = airlock.run(&["sync", "-f", file.to_str().unwrap()]).code(2);
+    assert!(run.stderr.contains(&format!("{}:4:5: unknown field `tag-regex`", file.display())), "{}", run.stderr);
+    assert!(run.stderr.contains("tag_regex"), "the accepted keys are listed: {}", run.stderr);
+    std::fs::write(&file, "sync:\n  - source: a/b\n    target: c/d\n    semver: '>>2'\n").unwrap();
+    airlock.run(&["sync", "-f", file.to_str().unwrap()]).code(2).stderr_has("sync[0].semver: invalid version requirement `>>2`");
+    airlock.run(&["sync", "-f", "/nonexistent/sync.yaml"]).code(2).stderr_has("/nonexistent/sync.yaml: cannot read");
+}
