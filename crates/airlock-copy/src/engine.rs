@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use airlock_oci::{filter_index, Descriptor, Digest, Manifest, ManifestKind, PlatformSpec};
-use airlock_store::{BlobStream, Store};
+use airlock_store::{BlobStream, MountSource, Store};
 use futures::future::{try_join_all, BoxFuture};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::{OnceCell, Semaphore};
@@ -120,6 +120,10 @@ pub struct Copier {
     progress: Arc<dyn Progress>,
     /// (target, digest) → the transfer, so concurrent copies of one blob wait for the first.
     blobs: Mutex<HashMap<(String, Digest), BlobCell>>,
+    /// digest → the repositories this run put it in, so another repository of the same registry
+    /// mounts it instead of moving its bytes again. Its lock also keeps two targets from
+    /// transferring one blob at once.
+    placed: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<Vec<MountSource>>>>>,
 }
 
 struct Run<'a> {
@@ -134,7 +138,7 @@ impl Copier {
     /// A run with these options, reporting to `progress`.
     pub fn new(options: CopyOptions, progress: Arc<dyn Progress>) -> Self {
         let budget = Arc::new(Semaphore::new(options.concurrency.get()));
-        Copier { options, budget, progress, blobs: Mutex::new(HashMap::new()) }
+        Copier { options, budget, progress, blobs: Mutex::new(HashMap::new()), placed: Mutex::new(HashMap::new()) }
     }
 
     /// Copies `reference` (a tag or digest) of `source` to `target`, then points each of `tags`
@@ -175,7 +179,12 @@ impl Copier {
             }
         }
 
-        run.copy_tree(&manifest, !filtered).await?;
+        // With tags, the first tag write is the manifest's write: no separate PUT by digest.
+        let present = run.copy_tree(&manifest, !filtered, !tags.is_empty()).await?;
+        if !present && !tags.is_empty() {
+            run.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
+            self.progress.manifest_written(manifest.digest());
+        }
         for tag in tags {
             target.put_manifest(&manifest, Some(tag)).await?;
             tracing::info!(target = %target, %tag, digest = %manifest.digest(), "tagged");
@@ -239,10 +248,11 @@ pub fn select_platforms(manifest: Manifest, platforms: &[PlatformSpec], source_r
 }
 
 impl Run<'_> {
-    /// Copies everything `manifest` reaches, then the manifest by digest, then (when asked) its
-    /// referrers. `with_referrers` is false for a filtered index, whose digest is new and so has
-    /// no referrers at the source.
-    fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool) -> BoxFuture<'b, Result<()>> {
+    /// Copies everything `manifest` reaches, then the manifest by digest (unless `tags_follow`:
+    /// the caller writes it under its tags), then (when asked) its referrers. `with_referrers`
+    /// is false for a filtered index, whose digest is new and so has no referrers at the source.
+    /// Returns whether the target had the manifest already.
+    fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool, tags_follow: bool) -> BoxFuture<'b, Result<bool>> {
         async move {
             let present = match self.target.resolve(manifest.digest().as_ref()).await {
                 Ok(_) => true,
@@ -263,14 +273,16 @@ impl Run<'_> {
                         try_join_all(blobs.map(|blob| self.copy_blob(blob))).await?;
                     }
                 }
-                self.target.put_manifest(manifest, None).await?;
-                self.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
-                self.copier.progress.manifest_written(manifest.digest());
+                if !tags_follow {
+                    self.target.put_manifest(manifest, None).await?;
+                    self.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
+                    self.copier.progress.manifest_written(manifest.digest());
+                }
             }
             if with_referrers && self.options.referrers {
                 self.copy_referrers(manifest.digest()).await?;
             }
-            Ok(())
+            Ok(present)
         }
         .boxed()
     }
@@ -282,14 +294,14 @@ impl Run<'_> {
             return self.copy_blob(child).await;
         }
         let manifest = self.source.get_manifest(child.digest().as_ref()).await?;
-        self.copy_tree(&manifest, true).await
+        self.copy_tree(&manifest, true, false).await.map(|_| ())
     }
 
     async fn copy_referrers(&self, subject: &Digest) -> Result<()> {
         let referrers = self.source.referrers(subject, None).await?;
         for referrer in referrers {
             let manifest = self.source.get_manifest(referrer.digest().as_ref()).await?;
-            self.copy_tree(&manifest, true).await?;
+            self.copy_tree(&manifest, true, false).await?;
             self.counters.referrers_copied.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -319,19 +331,43 @@ impl Run<'_> {
     }
 
     async fn transfer_blob(&self, descriptor: &Descriptor) -> Result<()> {
-        let progress = &self.copier.progress;
-        if self.target.blob_exists(descriptor.digest()).await? {
-            self.counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-            progress.blob_done(descriptor, BlobAction::Skipped);
-            return Ok(());
+        let placed = self.copier.placed.lock().expect("placement map lock").entry(descriptor.digest().clone()).or_default().clone();
+        let mut placed = placed.lock().await;
+        let action = self.place_blob(descriptor, &placed).await?;
+        if let Some(here) = self.target.mount_source() {
+            placed.push(here);
         }
-        if let Some(from) = self.source.mount_source() {
+        drop(placed);
+        self.copier.progress.blob_done(descriptor, action);
+        let counter = match action {
+            BlobAction::Copied => &self.counters.blobs_copied,
+            BlobAction::Mounted => &self.counters.blobs_mounted,
+            BlobAction::Skipped => &self.counters.blobs_skipped,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The cheapest way first: there already, mounted from the source's repository or from one
+    /// this run put it in, else streamed.
+    async fn place_blob(&self, descriptor: &Descriptor, placed: &[MountSource]) -> Result<BlobAction> {
+        if self.target.blob_exists(descriptor.digest()).await? {
+            return Ok(BlobAction::Skipped);
+        }
+        let target_registry = self.target.mount_source().map(|m| m.registry);
+        let candidates = self.source.mount_source().into_iter().chain(placed.iter().cloned());
+        // One attempt: a refused mount opens an upload session that the stream then uses.
+        if let Some(from) = candidates.into_iter().find(|from| Some(&from.registry) == target_registry.as_ref()) {
             if self.target.mount_blob(descriptor, &from).await? {
-                self.counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
-                progress.blob_done(descriptor, BlobAction::Mounted);
-                return Ok(());
+                return Ok(BlobAction::Mounted);
             }
         }
+        self.stream_blob(descriptor).await?;
+        Ok(BlobAction::Copied)
+    }
+
+    async fn stream_blob(&self, descriptor: &Descriptor) -> Result<()> {
+        let progress = &self.copier.progress;
         let _permit = self.copier.budget.acquire().await.expect("the budget is never closed");
         progress.blob_started(descriptor);
         let mut attempt = 0;
@@ -346,9 +382,7 @@ impl Run<'_> {
             .await;
             match result {
                 Ok(()) => {
-                    self.counters.blobs_copied.fetch_add(1, Ordering::Relaxed);
                     self.counters.bytes_copied.fetch_add(descriptor.size(), Ordering::Relaxed);
-                    progress.blob_done(descriptor, BlobAction::Copied);
                     return Ok(());
                 }
                 Err(error) if error.is_transient() && attempt < self.options.blob_attempts => {

@@ -58,6 +58,15 @@ pub struct RegistryClient {
     limit: Arc<Semaphore>,
     pacer: Pacer,
     pub(crate) retry: RetryPolicy,
+    /// Whether the registry has the OCI 1.1 referrers API: unknown until asked once. The spec
+    /// forbids a registry that has it to answer 404, so one 404 settles it for the process.
+    pub(crate) referrers_api: std::sync::atomic::AtomicU8,
+}
+
+/// [`RegistryClient::referrers_api`] values.
+pub(crate) mod referrers_api {
+    pub const UNKNOWN: u8 = 0;
+    pub const MISSING: u8 = 2;
 }
 
 /// What a [`RegistryClient`] is made of.
@@ -89,6 +98,7 @@ impl RegistryClient {
             limit: Arc::new(Semaphore::new(max_requests.max(1))),
             pacer: Pacer::new(requests_per_second),
             retry,
+            referrers_api: std::sync::atomic::AtomicU8::new(referrers_api::UNKNOWN),
         }
     }
 

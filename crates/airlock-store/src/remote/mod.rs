@@ -574,28 +574,36 @@ impl Store for RemoteStore {
             url = format!("{url}?artifactType={}", artifact_type.replace('+', "%2B").replace('/', "%2F"));
         }
         let http = &self.client.http;
-        let response = self.send(&|| http.get(&url).header(ACCEPT, media_type::OCI_INDEX)).await?;
-        let (manifests, filtered) = if response.status().is_success() {
-            let filtered = header(&response, "oci-filters-applied").is_some_and(|f| f.contains("artifactType"));
-            let bytes = read_limited(response, MANIFEST_LIMIT).await.unwrap_or_default();
-            let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| Error::from(ErrorKind::Manifest {
-                reference: format!("referrers of {subject}"),
-                location: self.location.clone(),
-                source,
-            }))?;
-            let airlock_oci::ManifestKind::Index { manifests, .. } = index.kind().clone() else { unreachable!("parsed as an index") };
-            (manifests, filtered)
-        } else if matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) {
-            match self.get_manifest(&referrers_tag(subject)).await {
-                Ok(index) => match index.kind() {
-                    airlock_oci::ManifestKind::Index { manifests, .. } => (manifests.clone(), false),
-                    _ => (Vec::new(), false),
-                },
-                Err(e) if e.is_not_found() => (Vec::new(), false),
-                Err(e) => return Err(e),
+        let api = &self.client.referrers_api;
+        let known_missing = api.load(std::sync::atomic::Ordering::Relaxed) == client::referrers_api::MISSING;
+        let response = if known_missing { None } else { Some(self.send(&|| http.get(&url).header(ACCEPT, media_type::OCI_INDEX)).await?) };
+        let (manifests, filtered) = match response {
+            Some(response) if response.status().is_success() => {
+                let filtered = header(&response, "oci-filters-applied").is_some_and(|f| f.contains("artifactType"));
+                let bytes = read_limited(response, MANIFEST_LIMIT).await.unwrap_or_default();
+                let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| {
+                    Error::from(ErrorKind::Manifest { reference: format!("referrers of {subject}"), location: self.location.clone(), source })
+                })?;
+                let airlock_oci::ManifestKind::Index { manifests, .. } = index.kind().clone() else { unreachable!("parsed as an index") };
+                (manifests, filtered)
             }
-        } else {
-            return Err(self.unexpected("GET", response).await);
+            Some(response) if !matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) => {
+                return Err(self.unexpected("GET", response).await);
+            }
+            // No referrers API: the tag schema.
+            answer => {
+                if answer.is_some() {
+                    api.store(client::referrers_api::MISSING, std::sync::atomic::Ordering::Relaxed);
+                }
+                match self.get_manifest(&referrers_tag(subject)).await {
+                    Ok(index) => match index.kind() {
+                        airlock_oci::ManifestKind::Index { manifests, .. } => (manifests.clone(), false),
+                        _ => (Vec::new(), false),
+                    },
+                    Err(e) if e.is_not_found() => (Vec::new(), false),
+                    Err(e) => return Err(e),
+                }
+            }
         };
         Ok(manifests
             .into_iter()
