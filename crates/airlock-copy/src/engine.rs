@@ -29,12 +29,15 @@ pub struct CopyOptions {
     pub force: bool,
     /// Attempts at one blob transfer when a store reports a transient failure.
     pub blob_attempts: u32,
+    /// Ask the target whether it has the top manifest before walking it. A sync that has just
+    /// seen the target's tag point elsewhere turns this off to save the question.
+    pub probe_target: bool,
 }
 
 impl CopyOptions {
     /// Everything, referrers included, 8 transfers at once, tags never moved silently.
     pub fn new() -> Self {
-        CopyOptions { platforms: Vec::new(), referrers: true, concurrency: NonZeroUsize::new(8).expect("8 > 0"), force: false, blob_attempts: 3 }
+        CopyOptions { platforms: Vec::new(), referrers: true, concurrency: NonZeroUsize::new(8).expect("8 > 0"), force: false, blob_attempts: 3, probe_target: true }
     }
 }
 
@@ -154,8 +157,22 @@ impl Copier {
     /// [`Copier::copy`] with other per-copy options (platforms, referrers, force) in the same
     /// run, sharing its budget and its record of blobs moved.
     pub async fn copy_with(&self, options: &CopyOptions, source: &dyn Store, reference: &str, target: &dyn Store, tags: &[String]) -> Result<CopyReport> {
-        let run = Run { copier: self, options, source, target, counters: Counters::default() };
         let original = source.get_manifest(reference).await?;
+        self.copy_manifest(options, source, original, reference, target, tags).await
+    }
+
+    /// [`Copier::copy_with`] for a manifest the caller already fetched from `source` (by
+    /// `reference`, used in messages).
+    pub async fn copy_manifest(
+        &self,
+        options: &CopyOptions,
+        source: &dyn Store,
+        original: Manifest,
+        reference: &str,
+        target: &dyn Store,
+        tags: &[String],
+    ) -> Result<CopyReport> {
+        let run = Run { copier: self, options, source, target, counters: Counters::default() };
         let source_digest = original.digest().clone();
         let manifest = select_platforms(original, &options.platforms, &format!("{source}:{reference}"))?;
         let filtered = manifest.digest() != &source_digest;
@@ -180,7 +197,7 @@ impl Copier {
         }
 
         // With tags, the first tag write is the manifest's write: no separate PUT by digest.
-        let present = run.copy_tree(&manifest, !filtered, !tags.is_empty()).await?;
+        let present = run.copy_tree(&manifest, !filtered, !tags.is_empty(), options.probe_target).await?;
         if !present && !tags.is_empty() {
             run.counters.manifests_written.fetch_add(1, Ordering::Relaxed);
             self.progress.manifest_written(manifest.digest());
@@ -251,14 +268,16 @@ impl Run<'_> {
     /// Copies everything `manifest` reaches, then the manifest by digest (unless `tags_follow`:
     /// the caller writes it under its tags), then (when asked) its referrers. `with_referrers`
     /// is false for a filtered index, whose digest is new and so has no referrers at the source.
-    /// Returns whether the target had the manifest already.
-    fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool, tags_follow: bool) -> BoxFuture<'b, Result<bool>> {
+    /// Returns whether the target had the manifest already; `probe` false skips asking (the
+    /// caller just learnt the target lacks it) and walks the tree, which is idempotent.
+    fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool, tags_follow: bool, probe: bool) -> BoxFuture<'b, Result<bool>> {
         async move {
-            let present = match self.target.resolve(manifest.digest().as_ref()).await {
-                Ok(_) => true,
-                Err(e) if e.is_not_found() => false,
-                Err(e) => return Err(e.into()),
-            };
+            let present = probe
+                && match self.target.resolve(manifest.digest().as_ref()).await {
+                    Ok(_) => true,
+                    Err(e) if e.is_not_found() => false,
+                    Err(e) => return Err(e.into()),
+                };
             if present {
                 // A registry accepts a manifest only once everything it lists is there, and so
                 // does this engine when it writes a folder: the subtree is in place.
@@ -294,14 +313,14 @@ impl Run<'_> {
             return self.copy_blob(child).await;
         }
         let manifest = self.source.get_manifest(child.digest().as_ref()).await?;
-        self.copy_tree(&manifest, true, false).await.map(|_| ())
+        self.copy_tree(&manifest, true, false, true).await.map(|_| ())
     }
 
     async fn copy_referrers(&self, subject: &Digest) -> Result<()> {
         let referrers = self.source.referrers(subject, None).await?;
         for referrer in referrers {
             let manifest = self.source.get_manifest(referrer.digest().as_ref()).await?;
-            self.copy_tree(&manifest, true, false).await?;
+            self.copy_tree(&manifest, true, false, true).await?;
             self.counters.referrers_copied.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -351,16 +370,19 @@ impl Run<'_> {
     /// The cheapest way first: there already, mounted from the source's repository or from one
     /// this run put it in, else streamed.
     async fn place_blob(&self, descriptor: &Descriptor, placed: &[MountSource]) -> Result<BlobAction> {
-        if self.target.blob_exists(descriptor.digest()).await? {
-            return Ok(BlobAction::Skipped);
-        }
-        let target_registry = self.target.mount_source().map(|m| m.registry);
+        let target = self.target.mount_source();
         let candidates = self.source.mount_source().into_iter().chain(placed.iter().cloned());
-        // One attempt: a refused mount opens an upload session that the stream then uses.
-        if let Some(from) = candidates.into_iter().find(|from| Some(&from.registry) == target_registry.as_ref()) {
+        let mount_from = candidates
+            .into_iter()
+            .find(|from| target.as_ref().is_some_and(|t| t.registry == from.registry && t.repository != from.repository));
+        // A mount answers "already there" too, so it goes first and saves the existence check;
+        // a refused mount opens an upload session that the stream then uses.
+        if let Some(from) = mount_from {
             if self.target.mount_blob(descriptor, &from).await? {
                 return Ok(BlobAction::Mounted);
             }
+        } else if self.target.blob_exists(descriptor.digest()).await? {
+            return Ok(BlobAction::Skipped);
         }
         self.stream_blob(descriptor).await?;
         Ok(BlobAction::Copied)

@@ -112,35 +112,41 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
     }
     let mut results: Vec<(usize, usize, TagResult)> = Vec::new();
     let mut planned = Vec::new();
-    for (job_idx, job) in jobs.iter().enumerate() {
+    // Every job's listing at once: a warm sync is mostly waiting for answers.
+    let listings = futures::future::join_all(jobs.iter().map(|job| async move {
         let source = open(&job.source, false).await;
         let target = open(&job.target, true).await;
         let tags = if job.filter.needs_listing() {
-            match source.list_tags().await {
-                Ok(available) => {
-                    // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
-                    // SBOMs, not images: they travel with their subject.
-                    let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
-                    job.filter.select(&available)
-                }
-                Err(error) => {
-                    let result = TagResult {
-                        source: source.to_string(),
-                        target: target.to_string(),
-                        tag: String::new(),
-                        digest: None,
-                        source_digest: None,
-                        action: Action::Failed,
-                        bytes: 0,
-                        error: Some(chain(&error)),
-                    };
-                    progress.tag_done(&result);
-                    results.push((job_idx, 0, result));
-                    continue;
-                }
-            }
+            source.list_tags().await.map(|available| {
+                // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and SBOMs,
+                // not images: they travel with their subject.
+                let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
+                job.filter.select(&available)
+            })
         } else {
-            job.filter.select(&[])
+            Ok(job.filter.select(&[]))
+        };
+        (source, target, tags)
+    }))
+    .await;
+    for (job_idx, (source, target, tags)) in listings.into_iter().enumerate() {
+        let tags = match tags {
+            Ok(tags) => tags,
+            Err(error) => {
+                let result = TagResult {
+                    source: source.to_string(),
+                    target: target.to_string(),
+                    tag: String::new(),
+                    digest: None,
+                    source_digest: None,
+                    action: Action::Failed,
+                    bytes: 0,
+                    error: Some(chain(&error)),
+                };
+                progress.tag_done(&result);
+                results.push((job_idx, 0, result));
+                continue;
+            }
         };
         progress.planned(tags.len());
         for tag in tags {
@@ -184,7 +190,9 @@ async fn sync_tag(job: &SyncJob, source: &dyn Store, target: &dyn Store, tag: &s
     result
 }
 
-/// One `HEAD` per side decides; a platform subset of an index also needs the source's bytes.
+/// The target's tag first: when it is missing (a cold sync), the source manifest is fetched
+/// once and copied; when it is there, one `HEAD` on the source decides. A platform subset of an
+/// index also needs the source's bytes to know the digest it makes.
 async fn plan_and_copy(
     job: &SyncJob,
     source: &dyn Store,
@@ -194,20 +202,35 @@ async fn plan_and_copy(
     options: &SyncOptions,
     result: &mut TagResult,
 ) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
-    let upstream = source.resolve(tag).await?;
-    result.source_digest = Some(upstream.digest().clone());
-    let wanted = if !job.platforms.is_empty() && media_type::is_index(upstream.media_type().as_ref()) {
-        let manifest = source.get_manifest(upstream.digest().as_ref()).await?;
-        airlock_copy::select_platforms(manifest, &job.platforms, &format!("{source}:{tag}"))?.digest().clone()
-    } else {
-        upstream.digest().clone()
-    };
-    result.digest = Some(wanted.clone());
     let current = match target.resolve(tag).await {
         Ok(descriptor) => Some(descriptor.digest().clone()),
         Err(error) if error.is_not_found() => None,
         Err(error) => return Err(error.into()),
     };
+    let mut fetched = None;
+    let upstream_digest = match &current {
+        None => {
+            let manifest = source.get_manifest(tag).await?;
+            let digest = manifest.digest().clone();
+            fetched = Some(manifest);
+            digest
+        }
+        Some(_) => source.resolve(tag).await?.digest().clone(),
+    };
+    result.source_digest = Some(upstream_digest.clone());
+    if !job.platforms.is_empty() && fetched.is_none() {
+        let descriptor = source.resolve(upstream_digest.as_ref()).await?;
+        if media_type::is_index(descriptor.media_type().as_ref()) {
+            fetched = Some(source.get_manifest(upstream_digest.as_ref()).await?);
+        }
+    }
+    let wanted = match &fetched {
+        Some(manifest) if !job.platforms.is_empty() => {
+            airlock_copy::select_platforms(manifest.clone(), &job.platforms, &format!("{source}:{tag}"))?.digest().clone()
+        }
+        _ => upstream_digest.clone(),
+    };
+    result.digest = Some(wanted.clone());
     if current.as_ref() == Some(&wanted) {
         return Ok(Action::UpToDate);
     }
@@ -219,7 +242,13 @@ async fn plan_and_copy(
     copy_options.referrers = job.referrers;
     // A mirror follows upstream: a moved tag moves here too.
     copy_options.force = true;
-    let report = copier.copy_with(&copy_options, source, upstream.digest().as_ref(), target, &[tag.to_owned()]).await?;
+    // The target's tag points elsewhere or nowhere: no need to ask about the manifest again.
+    copy_options.probe_target = false;
+    let manifest = match fetched {
+        Some(manifest) => manifest,
+        None => source.get_manifest(upstream_digest.as_ref()).await?,
+    };
+    let report = copier.copy_manifest(&copy_options, source, manifest, tag, target, &[tag.to_owned()]).await?;
     result.bytes = report.bytes_copied;
     result.digest = Some(report.digest);
     Ok(Action::Copied)

@@ -58,7 +58,8 @@ pub async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
     let show_bars = !global.quiet && global.verbose == 0 && global.output == Output::Text;
     let (copy_progress, sync_progress) = crate::progress::Bars::for_sync(show_bars);
     let copier = Copier::new(copy_options, copy_progress);
-    let sync_options = SyncOptions { dry_run: args.dry_run, parallel_tags: global.jobs.max(1) };
+    // Tags mostly wait on small requests; blob transfers stay bounded by `--jobs`.
+    let sync_options = SyncOptions { dry_run: args.dry_run, parallel_tags: (global.jobs * 2).max(1) };
     let results = airlock_sync::run(&jobs, &open_store, &copier, &sync_options, sync_progress.as_ref()).await;
     drop(sync_progress);
     drop(copier);

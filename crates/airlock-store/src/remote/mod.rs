@@ -170,6 +170,7 @@ impl Registries {
             repository: reference.repository.clone(),
             client,
             pending_uploads: Mutex::new(HashMap::new()),
+            listed_tags: std::sync::OnceLock::new(),
         }
     }
 
@@ -188,6 +189,9 @@ pub struct RemoteStore {
     location: String,
     /// Upload sessions opened by a mount attempt that fell back to an upload.
     pending_uploads: Mutex<HashMap<Digest, String>>,
+    /// The tags listed by this store, once listed: a referrers-schema tag absent from them need
+    /// not be asked for (a sync lists first, then looks up referrers of every manifest).
+    listed_tags: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 impl fmt::Display for RemoteStore {
@@ -563,7 +567,10 @@ impl Store for RemoteStore {
             tags.extend(page.tags.unwrap_or_default());
             match next {
                 Some(next) => url = next.to_string(),
-                None => return Ok(tags),
+                None => {
+                    let _ = self.listed_tags.set(tags.iter().cloned().collect());
+                    return Ok(tags);
+                }
             }
         }
     }
@@ -595,7 +602,11 @@ impl Store for RemoteStore {
                 if answer.is_some() {
                     api.store(client::referrers_api::MISSING, std::sync::atomic::Ordering::Relaxed);
                 }
-                match self.get_manifest(&referrers_tag(subject)).await {
+                let tag = referrers_tag(subject);
+                if self.listed_tags.get().is_some_and(|listed| !listed.contains(&tag)) {
+                    return Ok(Vec::new());
+                }
+                match self.get_manifest(&tag).await {
                     Ok(index) => match index.kind() {
                         airlock_oci::ManifestKind::Index { manifests, .. } => (manifests.clone(), false),
                         _ => (Vec::new(), false),
