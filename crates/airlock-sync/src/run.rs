@@ -190,9 +190,8 @@ async fn sync_tag(job: &SyncJob, source: &dyn Store, target: &dyn Store, tag: &s
     result
 }
 
-/// The target's tag first: when it is missing (a cold sync), the source manifest is fetched
-/// once and copied; when it is there, one `HEAD` on the source decides. A platform subset of an
-/// index also needs the source's bytes to know the digest it makes.
+/// One `HEAD` on each side decides, sent together. A platform subset of an index also needs the
+/// source's bytes to know the digest it makes.
 async fn plan_and_copy(
     job: &SyncJob,
     source: &dyn Store,
@@ -202,27 +201,19 @@ async fn plan_and_copy(
     options: &SyncOptions,
     result: &mut TagResult,
 ) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
-    let current = match target.resolve(tag).await {
+    // Both sides at once: the two registries answer in parallel.
+    let (current, upstream) = futures::join!(target.resolve(tag), source.resolve(tag));
+    let current = match current {
         Ok(descriptor) => Some(descriptor.digest().clone()),
         Err(error) if error.is_not_found() => None,
         Err(error) => return Err(error.into()),
     };
+    let upstream = upstream?;
+    let upstream_digest = upstream.digest().clone();
     let mut fetched = None;
-    let upstream_digest = match &current {
-        None => {
-            let manifest = source.get_manifest(tag).await?;
-            let digest = manifest.digest().clone();
-            fetched = Some(manifest);
-            digest
-        }
-        Some(_) => source.resolve(tag).await?.digest().clone(),
-    };
     result.source_digest = Some(upstream_digest.clone());
-    if !job.platforms.is_empty() && fetched.is_none() {
-        let descriptor = source.resolve(upstream_digest.as_ref()).await?;
-        if media_type::is_index(descriptor.media_type().as_ref()) {
-            fetched = Some(source.get_manifest(upstream_digest.as_ref()).await?);
-        }
+    if !job.platforms.is_empty() && media_type::is_index(upstream.media_type().as_ref()) {
+        fetched = Some(source.get_manifest(upstream_digest.as_ref()).await?);
     }
     let wanted = match &fetched {
         Some(manifest) if !job.platforms.is_empty() => {
