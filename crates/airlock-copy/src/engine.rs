@@ -32,12 +32,16 @@ pub struct CopyOptions {
     /// Ask the target whether it has the top manifest before walking it. A sync that has just
     /// seen the target's tag point elsewhere turns this off to save the question.
     pub probe_target: bool,
+    /// The target repository is known to be empty (a sync found no tags in it): nothing is
+    /// asked about before writing, every blob and manifest is written. Writes are idempotent,
+    /// so a wrong guess costs bytes, never correctness.
+    pub target_is_new: bool,
 }
 
 impl CopyOptions {
     /// Everything, referrers included, 8 transfers at once, tags never moved silently.
     pub fn new() -> Self {
-        CopyOptions { platforms: Vec::new(), referrers: true, concurrency: NonZeroUsize::new(8).expect("8 > 0"), force: false, blob_attempts: 3, probe_target: true }
+        CopyOptions { platforms: Vec::new(), referrers: true, concurrency: NonZeroUsize::new(8).expect("8 > 0"), force: false, blob_attempts: 3, probe_target: true, target_is_new: false }
     }
 }
 
@@ -273,6 +277,7 @@ impl Run<'_> {
     fn copy_tree<'b>(&'b self, manifest: &'b Manifest, with_referrers: bool, tags_follow: bool, probe: bool) -> BoxFuture<'b, Result<bool>> {
         async move {
             let present = probe
+                && !self.options.target_is_new
                 && match self.target.resolve(manifest.digest().as_ref()).await {
                     Ok(_) => true,
                     Err(e) if e.is_not_found() => false,
@@ -381,7 +386,7 @@ impl Run<'_> {
             if self.target.mount_blob(descriptor, &from).await? {
                 return Ok(BlobAction::Mounted);
             }
-        } else if self.target.blob_exists(descriptor.digest()).await? {
+        } else if !self.options.target_is_new && self.target.blob_exists(descriptor.digest()).await? {
             return Ok(BlobAction::Skipped);
         }
         self.stream_blob(descriptor).await?;

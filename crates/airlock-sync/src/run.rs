@@ -8,6 +8,7 @@ use airlock_copy::{CopyOptions, Copier};
 use airlock_oci::{media_type, Digest, PlatformSpec, Reference};
 use airlock_store::Store;
 use futures::StreamExt;
+use tokio::sync::OnceCell;
 
 use crate::TagFilter;
 
@@ -108,6 +109,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         job: usize,
         source: Arc<dyn Store>,
         target: Arc<dyn Store>,
+        target_is_new: Arc<OnceCell<bool>>,
         tag: String,
     }
     let mut results: Vec<(usize, usize, TagResult)> = Vec::new();
@@ -149,15 +151,17 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
             }
         };
         progress.planned(tags.len());
+        let target_is_new = Arc::new(OnceCell::new());
         for tag in tags {
-            planned.push(Planned { job: job_idx, source: source.clone(), target: target.clone(), tag });
+            planned.push(Planned { job: job_idx, source: source.clone(), target: target.clone(), target_is_new: target_is_new.clone(), tag });
         }
     }
 
     let mut outcomes = futures::stream::iter(planned.into_iter().enumerate())
         .map(|(order, item)| async move {
             let job = &jobs[item.job];
-            let result = sync_tag(job, item.source.as_ref(), item.target.as_ref(), &item.tag, copier, options).await;
+            let sides = Sides { source: item.source.as_ref(), target: item.target.as_ref(), target_is_new: &item.target_is_new };
+            let result = sync_tag(job, &sides, &item.tag, copier, options).await;
             progress.tag_done(&result);
             (item.job, order + 1, result)
         })
@@ -169,7 +173,17 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
     results.into_iter().map(|(_, _, result)| result).collect()
 }
 
-async fn sync_tag(job: &SyncJob, source: &dyn Store, target: &dyn Store, tag: &str, copier: &Copier, options: &SyncOptions) -> TagResult {
+/// The two stores of a job, and what is known of the target.
+struct Sides<'a> {
+    source: &'a dyn Store,
+    target: &'a dyn Store,
+    /// Whether the target repository had no tags when first looked at (asked once per job, and
+    /// only when a tag is missing there, so a warm sync never asks).
+    target_is_new: &'a OnceCell<bool>,
+}
+
+async fn sync_tag(job: &SyncJob, sides: &Sides<'_>, tag: &str, copier: &Copier, options: &SyncOptions) -> TagResult {
+    let (source, target) = (sides.source, sides.target);
     let mut result = TagResult {
         source: source.to_string(),
         target: target.to_string(),
@@ -180,7 +194,7 @@ async fn sync_tag(job: &SyncJob, source: &dyn Store, target: &dyn Store, tag: &s
         bytes: 0,
         error: None,
     };
-    match plan_and_copy(job, source, target, tag, copier, options, &mut result).await {
+    match plan_and_copy(job, sides, tag, copier, options, &mut result).await {
         Ok(action) => result.action = action,
         Err(error) => {
             tracing::info!(source = %result.source, tag, error = %error, "tag failed");
@@ -194,13 +208,13 @@ async fn sync_tag(job: &SyncJob, source: &dyn Store, target: &dyn Store, tag: &s
 /// source's bytes to know the digest it makes.
 async fn plan_and_copy(
     job: &SyncJob,
-    source: &dyn Store,
-    target: &dyn Store,
+    sides: &Sides<'_>,
     tag: &str,
     copier: &Copier,
     options: &SyncOptions,
     result: &mut TagResult,
 ) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
+    let (source, target) = (sides.source, sides.target);
     // Both sides at once: the two registries answer in parallel.
     let (current, upstream) = futures::join!(target.resolve(tag), source.resolve(tag));
     let current = match current {
@@ -235,6 +249,19 @@ async fn plan_and_copy(
     copy_options.force = true;
     // The target's tag points elsewhere or nowhere: no need to ask about the manifest again.
     copy_options.probe_target = false;
+    if current.is_none() {
+        // A repository without tags holds nothing worth asking about, blob by blob.
+        let target_is_new = sides
+            .target_is_new
+            .get_or_init(|| async {
+                match target.list_tags().await {
+                    Ok(tags) => tags.is_empty(),
+                    Err(error) => error.is_not_found(),
+                }
+            })
+            .await;
+        copy_options.target_is_new = *target_is_new;
+    }
     let manifest = match fetched {
         Some(manifest) => manifest,
         None => source.get_manifest(upstream_digest.as_ref()).await?,
