@@ -263,7 +263,10 @@ def bench_sync(profile, rounds, workdir):
             if missing:
                 left_behind[tool] += 1
                 print(f"  {tool} cold run left {len(missing)} tag(s) behind: {missing[:3]}", file=sys.stderr)
-            warm, rss_warm = timed(command)
+            # Warm: nothing changed since the cold run; the median of three runs.
+            warm_runs = [timed(command) for _ in range(3)]
+            warm = statistics.median(t for t, _ in warm_runs)
+            rss_warm = max(r for _, r in warm_runs)
             destination.stop()
             results[tool]["cold"].append(cold)
             results[tool]["warm"].append(warm)

@@ -262,3 +262,27 @@ fn a_malformed_sync_file_names_the_file_line_and_key() {
     airlock.run(&["sync", "-f", file.to_str().unwrap()]).code(2).stderr_has("sync[0].semver: invalid version requirement `>>2`");
     airlock.run(&["sync", "-f", "/nonexistent/sync.yaml"]).code(2).stderr_has("/nonexistent/sync.yaml: cannot read");
 }
+
+#[test]
+fn shared_base_layers_move_once_across_repositories() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let base = layer(340, 400_000);
+    let repos = ["one", "two", "three"];
+    for (n, repo) in repos.iter().enumerate() {
+        push(&source.host(), repo, &image("amd64", &[base.clone(), layer(341 + n as u64, 1000)]), Some("1.0"), None);
+    }
+    let target_side = FaultProxy::start(&target.host());
+    let airlock = Airlock::new();
+    let file = airlock.path("sync.yaml");
+    let entries: String = repos.iter().map(|r| format!("  - source: {}/{r}\n    target: {}/mirror/{r}\n", source.host(), target_side.host())).collect();
+    std::fs::write(&file, format!("sync:\n{entries}")).unwrap();
+    let report = airlock.run(&["sync", "-f", file.to_str().unwrap(), "-o", "json"]).success().json();
+    assert_eq!(report["summary"]["copied"], 3);
+    let base_uploads = target_side.log().into_iter().filter(|r| r.method == "PUT" && r.path.contains(&base.digest)).count();
+    assert_eq!(base_uploads, 1, "the shared base layer was uploaded more than once");
+    let mounts = target_side.log().into_iter().filter(|r| r.method == "POST" && r.path.contains(&format!("mount={}", base.digest)) && r.status == 201).count();
+    assert_eq!(mounts, 2, "the other two repositories mount it");
+    let moved: u64 = report["results"].as_array().unwrap().iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert!(moved < 2 * base.bytes.len() as u64, "moved {moved} bytes");
+}
