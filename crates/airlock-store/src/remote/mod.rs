@@ -385,15 +385,7 @@ impl Store for RemoteStore {
     }
 
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
-        let url = self.url(&format!("manifests/{reference}"));
-        let http = &self.client.http;
-        let accept = accept();
-        let response = self.send(&|| http.head(&url).header(ACCEPT, accept.as_str())).await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => return Err(self.not_found(format!("manifest `{reference}`"))),
-            status if status.is_success() => {}
-            _ => return Err(self.unexpected("HEAD", response).await),
-        }
+        let response = self.request_manifest(reqwest::Method::HEAD, reference).await?;
         let digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
         let media_type = header(&response, "content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_owned());
         // Not `content_length()`: for a HEAD that is the (empty) body's length.
@@ -408,15 +400,7 @@ impl Store for RemoteStore {
     }
 
     async fn get_manifest(&self, reference: &str) -> Result<Manifest> {
-        let url = self.url(&format!("manifests/{reference}"));
-        let http = &self.client.http;
-        let accept = accept();
-        let response = self.send(&|| http.get(&url).header(ACCEPT, accept.as_str())).await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => return Err(self.not_found(format!("manifest `{reference}`"))),
-            status if status.is_success() => {}
-            _ => return Err(self.unexpected("GET", response).await),
-        }
+        let response = self.request_manifest(reqwest::Method::GET, reference).await?;
         let content_type = header(&response, "content-type").map(str::to_owned);
         let answered_digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
         let bytes = read_limited(response, MANIFEST_LIMIT).await.ok_or_else(|| Error::from(ErrorKind::Protocol {
@@ -635,6 +619,19 @@ impl Store for RemoteStore {
 }
 
 impl RemoteStore {
+    /// `HEAD` or `GET` of a manifest with the full `Accept` list; a success or an error.
+    async fn request_manifest(&self, method: reqwest::Method, reference: &str) -> Result<Response> {
+        let url = self.url(&format!("manifests/{reference}"));
+        let http = &self.client.http;
+        let accept = accept();
+        let response = self.send(&|| http.request(method.clone(), &url).header(ACCEPT, accept.as_str())).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Err(self.not_found(format!("manifest `{reference}`"))),
+            status if status.is_success() => Ok(response),
+            _ => Err(self.unexpected(method.as_str(), response).await),
+        }
+    }
+
     async fn check_upload_done(&self, descriptor: &Descriptor, response: Response) -> Result<()> {
         if response.status() != StatusCode::CREATED && response.status() != StatusCode::NO_CONTENT && !response.status().is_success() {
             return Err(self.unexpected("PUT", response).await);

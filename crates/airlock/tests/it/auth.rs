@@ -4,7 +4,7 @@ use base64::Engine as _;
 
 use crate::harness::fixtures::{image, layer, push};
 use crate::harness::token::{TokenIssuer, User};
-use crate::harness::{skopeo_digest, Airlock, Auth, Registry};
+use crate::harness::{Airlock, Auth, Registry};
 
 const SECRET: &str = "s3cr3t-Pa55word";
 
@@ -115,7 +115,7 @@ fn token_auth_scopes_each_repository() {
     // bob may write bob/*, and his token for it does not open alice's repository.
     let bob = "bob:bobs-password";
     airlock.run(&["copy", &registry.at("public/base:v1"), &registry.at("bob/base:v1"), "--src-creds", bob, "--dest-creds", bob]).success();
-    assert_eq!(skopeo_digest(&format!("docker://{}", registry.at("public/base:v1"))), img.digest);
+    assert_eq!(registry.skopeo_digest("public/base:v1"), img.digest);
     let denied = airlock.run(&["copy", &registry.at("public/base:v1"), &registry.at("alice/base:v1"), "--src-creds", bob, "--dest-creds", bob]).code(1);
     assert!(denied.stderr.contains("alice/base"), "{}", denied.stderr);
     airlock.run(&["digest", &registry.at("alice/private:v1"), "--creds", bob]).code(1);

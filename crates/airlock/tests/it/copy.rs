@@ -20,7 +20,7 @@ fn single_image_keeps_its_digest_and_skopeo_reads_it() {
     assert_eq!(report["bytes_copied"], img.blobs.iter().map(|b| b.bytes.len() as u64).sum::<u64>());
 
     // The other side: skopeo reads the same bytes, and can pull every blob.
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("mirror/app:v1"))), img.digest);
+    assert_eq!(target.skopeo_digest("mirror/app:v1"), img.digest);
     let out = crate::harness::tempdir();
     crate::harness::skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{}", target.at("mirror/app:v1")), &format!("oci:{}:v1", out.path().display())]).success();
 
@@ -54,7 +54,7 @@ fn multi_arch_index_arrives_whole() {
     // The shared base layer moves once.
     assert_eq!(report["blobs_copied"], 5);
     assert_eq!(report["manifests_written"], 3);
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("multi:1.0"))), idx.digest);
+    assert_eq!(target.skopeo_digest("multi:1.0"), idx.digest);
     for child in [&amd, &arm] {
         assert_eq!(skopeo_digest(&format!("docker://{}@{}", target.at("multi"), child.digest)), child.digest);
     }
@@ -127,14 +127,14 @@ fn extra_tags_and_tags_that_would_move() {
     let airlock = Airlock::new();
     airlock.run(&["copy", &registry.at("src:one"), &registry.at("dst:stable"), "-t", "stable-1", "-t", "rollback"]).success();
     for tag in ["stable", "stable-1", "rollback"] {
-        assert_eq!(skopeo_digest(&format!("docker://{}", registry.at(&format!("dst:{tag}")))), one.digest);
+        assert_eq!(registry.skopeo_digest(&format!("dst:{tag}")), one.digest);
     }
     let refused = airlock.run(&["copy", &registry.at("src:two"), &registry.at("dst:stable")]).code(1);
     assert!(refused.stderr.contains("tag `stable`") && refused.stderr.contains(&one.digest), "{}", refused.stderr);
     assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
-    assert_eq!(skopeo_digest(&format!("docker://{}", registry.at("dst:stable"))), one.digest);
+    assert_eq!(registry.skopeo_digest("dst:stable"), one.digest);
     airlock.run(&["copy", &registry.at("src:two"), &registry.at("dst:stable"), "--force"]).success();
-    assert_eq!(skopeo_digest(&format!("docker://{}", registry.at("dst:stable"))), two.digest);
+    assert_eq!(registry.skopeo_digest("dst:stable"), two.digest);
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn same_registry_copies_mount_instead_of_moving_bytes() {
     let report = airlock.run(&["copy", &registry.at("team/base:v1"), &registry.at("other/base:v1"), "-o", "json"]).success().json();
     assert_eq!(report["blobs_mounted"], 2);
     assert_eq!(report["bytes_copied"], 0);
-    assert_eq!(skopeo_digest(&format!("docker://{}", registry.at("other/base:v1"))), img.digest);
+    assert_eq!(registry.skopeo_digest("other/base:v1"), img.digest);
 }
 
 #[test]
@@ -217,7 +217,7 @@ fn memory_stays_bounded_whatever_the_layer_size() {
         assert!(peak > 0, "never measured the copy");
         assert!(peak < 48 * 1024, "a {} MiB layer took {} MiB of memory to copy to {destination}", size >> 20, peak >> 10);
     }
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("huge:v1"))), img.digest);
+    assert_eq!(target.skopeo_digest("huge:v1"), img.digest);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn docker_manifest_lists_copy_whole_and_by_platform() {
     let whole = airlock.run(&["copy", &format!("docker://{}", source.at("docker:v1")), &target.at("docker:v1"), "-o", "json"]).success().json();
     assert_eq!(whole["digest"], list.digest);
     assert_eq!(whole["media_type"], DOCKER_LIST);
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("docker:v1"))), list.digest);
+    assert_eq!(target.skopeo_digest("docker:v1"), list.digest);
     let subset = airlock.run(&["copy", &source.at("docker:v1"), &target.at("docker:amd64"), "--platform", "linux/x86_64", "-o", "json"]).success().json();
     assert_eq!(subset["media_type"], DOCKER_LIST);
     let raw = crate::harness::skopeo(&["inspect", "--raw", "--tls-verify=false", &format!("docker://{}", target.at("docker:amd64"))]).success();

@@ -2,7 +2,7 @@
 //! server errors and corrupted bytes.
 
 use crate::harness::fixtures::{image, layer, push};
-use crate::harness::{skopeo_digest, Airlock, Auth, Fault, FaultProxy, Registry};
+use crate::harness::{Airlock, Auth, Fault, FaultProxy, Registry};
 
 #[test]
 fn a_download_cut_mid_stream_resumes_with_range() {
@@ -23,7 +23,7 @@ fn a_download_cut_mid_stream_resumes_with_range() {
     assert_eq!(resumed[0].status, 206);
     let offset: u64 = resumed[0].range.as_deref().unwrap().trim_start_matches("bytes=").trim_end_matches('-').parse().unwrap();
     assert!(offset > 0 && offset <= 1024 * 1024, "resumed from byte {offset}, not from the start");
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("big:v1"))), img.digest);
+    assert_eq!(target.skopeo_digest("big:v1"), img.digest);
 }
 
 #[test]
@@ -61,7 +61,7 @@ fn server_errors_are_retried() {
     let report = Airlock::new().run(&["copy", &source.at("app:v1"), &proxy.at("app:v1"), "-o", "json"]).success().json();
     assert_eq!(report["digest"], img.digest);
     assert!(proxy.log().iter().any(|r| r.status == 500) && proxy.log().iter().any(|r| r.status == 503));
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:v1"))), img.digest);
+    assert_eq!(target.skopeo_digest("app:v1"), img.digest);
 
     // Errors that persist end the copy, naming the status after the retries.
     proxy.inject(Fault::Status { path: "/manifests/v2", status: 500, times: 100, retry_after: None });
@@ -107,13 +107,7 @@ fn a_copy_killed_mid_way_leaves_no_tag_and_a_rerun_completes() {
     proxy.inject(Fault::Throttle { bytes_per_second: 1024 * 1024 });
 
     let airlock = Airlock::new();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["copy", &proxy.at("app:v1"), &target.at("app:v1"), "-q"])
-        .env("HOME", airlock.home.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = airlock.spawn(&["copy", &proxy.at("app:v1"), &target.at("app:v1"), "-q"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while proxy.blob_bytes_sent() < 1024 * 1024 {
         assert!(std::time::Instant::now() < deadline, "the copy never got a megabyte through the proxy");
@@ -128,7 +122,7 @@ fn a_copy_killed_mid_way_leaves_no_tag_and_a_rerun_completes() {
     proxy.clear_faults();
     let report = airlock.run(&["copy", &proxy.at("app:v1"), &target.at("app:v1"), "-o", "json"]).success().json();
     assert_eq!(report["digest"], img.digest);
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:v1"))), img.digest);
+    assert_eq!(target.skopeo_digest("app:v1"), img.digest);
 }
 
 #[test]

@@ -23,7 +23,7 @@ fn a_folder_written_by_airlock_is_read_by_skopeo_and_umoci() {
     assert_eq!(skopeo_digest(&format!("oci:{dir}:multi")), idx.digest);
     // skopeo would gzip the uncompressed layers for a registry; --preserve-digests keeps them.
     skopeo(&["copy", "--all", "--preserve-digests", "--dest-tls-verify=false", &format!("oci:{dir}:multi"), &format!("docker://{}", target.at("app:multi"))]).success();
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:multi"))), idx.digest);
+    assert_eq!(target.skopeo_digest("app:multi"), idx.digest);
 
     let umoci = require("umoci", "umoci");
     let bundle = crate::harness::tempdir();
@@ -53,7 +53,7 @@ fn a_folder_written_by_skopeo_is_read_by_airlock() {
     let report = airlock.run(&["copy", &format!("ocidir://{dir}:stable"), &target.at("app"), "-o", "json"]).success().json();
     assert_eq!(report["digest"], written_by_skopeo);
     assert_eq!(report["tags"], serde_json::json!(["stable"]));
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:stable"))), written_by_skopeo);
+    assert_eq!(target.skopeo_digest("app:stable"), written_by_skopeo);
 }
 
 #[test]

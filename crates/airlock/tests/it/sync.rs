@@ -2,7 +2,7 @@
 //! kills, rate limits and malformed files.
 
 use crate::harness::fixtures::{image, index, layer, push, push_referrers, referrer, Fixture};
-use crate::harness::{skopeo_digest, Airlock, Auth, Fault, FaultProxy, Registry};
+use crate::harness::{Airlock, Auth, Fault, FaultProxy, Registry};
 
 const TAGS: [&str; 8] = ["1.0", "1.1", "1.2.5", "v1.3", "2.0", "2.1-rc1", "latest", "edge"];
 
@@ -57,7 +57,7 @@ fn each_filter_selects_exactly_the_right_tags() {
         assert_eq!(report["summary"]["copied"], expected.len(), "filter {name}");
     }
     for (tag, img) in &fixtures {
-        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("all:{tag}")))), img.digest);
+        assert_eq!(target.skopeo_digest(&format!("all:{tag}")), img.digest);
     }
 }
 
@@ -109,11 +109,11 @@ fn mutable_tags_follow_upstream_and_dry_runs_write_nothing() {
     assert_eq!(plan["results"][0]["digest"], new.digest);
     let writes: Vec<_> = target_side.log().into_iter().filter(|r| !matches!(r.method.as_str(), "GET" | "HEAD")).collect();
     assert!(writes.is_empty(), "a dry run wrote: {writes:?}");
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:latest"))), old.digest);
+    assert_eq!(target.skopeo_digest("app:latest"), old.digest);
 
     let text = airlock.run(&["sync", &source.at("app"), &target.at("app")]).success();
     assert!(text.stdout.contains("latest") && text.stdout.contains("copied"), "{}", text.stdout);
-    assert_eq!(skopeo_digest(&format!("docker://{}", target.at("app:latest"))), new.digest);
+    assert_eq!(target.skopeo_digest("app:latest"), new.digest);
 }
 
 #[test]
@@ -149,7 +149,7 @@ fn a_failed_tag_does_not_stop_the_others() {
     assert!(run.stdout.contains(&format!("failed: {}:2.0: ", proxy.at("app"))) && run.stdout.contains("500"), "{}", run.stdout);
     assert!(run.stdout.contains("7 copied, 0 up to date, 0 would copy, 1 failed"), "{}", run.stdout);
     for (tag, img) in fixtures.iter().filter(|(tag, _)| tag != "2.0") {
-        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:{tag}")))), img.digest);
+        assert_eq!(target.skopeo_digest(&format!("app:{tag}")), img.digest);
     }
     assert!(!target.has_manifest("app", "2.0", None));
 }
@@ -165,13 +165,7 @@ fn a_sync_killed_mid_way_is_completed_by_a_rerun() {
     let proxy = FaultProxy::start(&source.host());
     proxy.inject(Fault::Throttle { bytes_per_second: 1024 * 1024 });
     let airlock = Airlock::new();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
-        .args(["sync", "-q", "--jobs", "2", &proxy.at("app"), &target.at("app")])
-        .env("HOME", airlock.home.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = airlock.spawn(&["sync", "-q", "--jobs", "2", &proxy.at("app"), &target.at("app")]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while proxy.blob_bytes_sent() < 1_500_000 {
         assert!(std::time::Instant::now() < deadline, "the sync never got going");
@@ -183,7 +177,7 @@ fn a_sync_killed_mid_way_is_completed_by_a_rerun() {
     // Whatever arrived is whole: every tag present points at its source digest.
     for (n, img) in images.iter().enumerate() {
         if target.has_manifest("app", &format!("t{n}"), None) {
-            assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:t{n}")))), img.digest);
+            assert_eq!(target.skopeo_digest(&format!("app:t{n}")), img.digest);
         }
     }
     assert!(!(0..images.len()).all(|n| target.has_manifest("app", &format!("t{n}"), None)), "the kill came too late to test anything");
@@ -192,7 +186,7 @@ fn a_sync_killed_mid_way_is_completed_by_a_rerun() {
     let report = airlock.run(&["sync", &proxy.at("app"), &target.at("app"), "-o", "json"]).success().json();
     assert_eq!(report["summary"]["failed"], 0);
     for (n, img) in images.iter().enumerate() {
-        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:t{n}")))), img.digest);
+        assert_eq!(target.skopeo_digest(&format!("app:t{n}")), img.digest);
     }
 }
 
@@ -215,7 +209,7 @@ fn rate_limited_syncs_slow_down_and_finish() {
     let too_early = log.iter().filter(|r| window.contains(&r.at)).count();
     assert_eq!(too_early, 0, "requests went through during the Retry-After pause");
     for (tag, img) in &fixtures {
-        assert_eq!(skopeo_digest(&format!("docker://{}", target.at(&format!("app:{tag}")))), img.digest);
+        assert_eq!(target.skopeo_digest(&format!("app:{tag}")), img.digest);
     }
 }
 

@@ -100,6 +100,18 @@ impl Airlock {
         self.home.path().join(name)
     }
 
+    /// Starts `airlock ARGS` in the background (output discarded), for tests that kill it.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_airlock"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.home.path().join(".docker"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start airlock")
+    }
+
     /// Runs `airlock ARGS` with a clean environment for credentials.
     pub fn run(&self, args: &[&str]) -> Run {
         self.run_with_stdin(args, None)

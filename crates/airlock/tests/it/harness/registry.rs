@@ -131,6 +131,11 @@ impl Registry {
         format!("http://{}{path}", self.host())
     }
 
+    /// The digest of the bytes skopeo reads at `repository:tag` (or `repository@digest`).
+    pub fn skopeo_digest(&self, reference: &str) -> String {
+        super::skopeo_digest(&format!("docker://{}", self.at(reference)))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
