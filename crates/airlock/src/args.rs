@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// airlock: copy, inspect and gate OCI images and artifacts between registries and folders.
+/// airlock: copy, mirror and inspect OCI images and artifacts between registries and folders.
 ///
 /// References: `[registry/]repository[:tag][@digest]` (Docker Hub when no registry is named:
 /// `alpine` is `docker.io/library/alpine:latest`), also `docker://REF`, `oci://HOST/REPO[:tag|@digest]`,
@@ -37,10 +37,11 @@ pub struct Global {
     /// Extra PEM CA certificate(s) to trust besides the system roots; repeatable.
     #[arg(long = "ca-cert", global = true, value_name = "FILE")]
     pub ca_certs: Vec<PathBuf>,
-    /// Speak plain HTTP to this registry (HOST[:PORT]); loopback registries always are; repeatable.
+    /// Speak plain HTTP to this registry (HOST[:PORT]); loopback registries that do not answer
+    /// TLS always are; repeatable.
     #[arg(long = "plain-http", global = true, value_name = "HOST")]
     pub plain_http: Vec<String>,
-    /// Blob transfers in flight at once.
+    /// Blob transfers in flight at once (a sync works on twice as many tags at once).
     #[arg(long, global = true, default_value_t = 8, value_name = "N")]
     pub jobs: usize,
     /// HTTP requests in flight at once per registry.
