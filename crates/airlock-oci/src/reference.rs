@@ -231,8 +231,8 @@ fn split_tag_and_digest(input: &str) -> Result<Parts<'_>, String> {
     Ok((name, tag, digest))
 }
 
-/// Tags match `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}` (distribution-spec).
-pub(crate) fn validate_tag(tag: &str) -> Result<(), String> {
+/// Checks a tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}` (distribution-spec); the error says why not.
+pub fn validate_tag(tag: &str) -> Result<(), String> {
     let mut chars = tag.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
     if !first_ok || tag.len() > 128 || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
@@ -262,8 +262,9 @@ fn validate_host(host: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Repository components are lowercase alphanumerics joined by `.`, `_`, `__` or runs of `-`.
-fn validate_repository(repository: &str) -> Result<(), String> {
+/// Checks a repository name: components of lowercase alphanumerics joined by `.`, `_`, `__` or
+/// runs of `-`, separated by `/` (distribution-spec); the error says why not.
+pub fn validate_repository(repository: &str) -> Result<(), String> {
     if repository.is_empty() {
         return Err("the repository name is empty".into());
     }

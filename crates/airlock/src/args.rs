@@ -73,6 +73,12 @@ pub enum Command {
     /// for many. Each tag costs one HEAD on each side when it is up to date. Mutable tags follow
     /// upstream. A failed tag does not stop the others; the exit code is 1 when any failed.
     Sync(SyncArgs),
+    /// Serve an OCI registry (distribution-spec 1.1) from a folder, on 127.0.0.1:5000 by default.
+    ///
+    /// Binds to loopback unless told otherwise, without authentication. Prints
+    /// `listening on http://ADDRESS` when ready; stops cleanly on Ctrl-C or SIGTERM, finishing
+    /// requests in flight.
+    Serve(ServeArgs),
     /// Show a manifest: its digest, media type, platforms or layers.
     Inspect(InspectArgs),
     /// List the tags of a repository.
@@ -145,6 +151,16 @@ pub struct SyncArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub creds: CredsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The folder that holds the registry's content (created if missing).
+    #[arg(long, default_value = "airlock-data", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Address and port to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDRESS")]
+    pub listen: String,
 }
 
 #[derive(Debug, Args)]

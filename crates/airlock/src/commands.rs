@@ -49,6 +49,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Copy(args) => copy(global, args).await,
         Command::Sync(args) => return crate::sync::sync(global, args).await,
+        Command::Serve(args) => serve(args).await,
         Command::Inspect(args) => inspect(global, args).await,
         Command::Tags(args) => tags(global, args).await,
         Command::Digest(args) => digest(global, args).await,
@@ -398,5 +399,30 @@ async fn logout(global: &Global, args: &LogoutArgs) -> Result<()> {
         Output::Text if !global.quiet => output::data(&format!("Removed login credentials for {registry}")),
         Output::Text => {}
     }
+    Ok(())
+}
+
+async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
+    let storage = std::sync::Arc::new(airlock_registry::Storage::new(&args.root));
+    std::fs::create_dir_all(&args.root).with_context(|| format!("cannot create `{}`", args.root.display()))?;
+    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on `{}`", args.listen))?;
+    let address = listener.local_addr().context("cannot read the bound address")?;
+    output::data(&format!("listening on http://{address}"));
+    let shutdown = async {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutting down");
+    };
+    airlock_registry::serve(listener, storage, shutdown).await.context("the registry stopped")?;
     Ok(())
 }

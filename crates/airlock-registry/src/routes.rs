@@ -1,0 +1,332 @@
+//! The distribution-spec routes. Repository names contain slashes, so the path is parsed here
+//! rather than by the router: `/v2/<name>/manifests/<reference>`, `/v2/<name>/blobs/<digest>`,
+//! `/v2/<name>/blobs/uploads/[<id>]`, `/v2/<name>/tags/list`, `/v2/<name>/referrers/<digest>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use airlock_oci::{media_type, Digest, Manifest};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::error::RegistryError;
+use crate::storage::Storage;
+
+type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
+const CHUNK: usize = 256 * 1024;
+
+pub fn router(storage: Arc<Storage>) -> Router {
+    Router::new().route("/v2/", get(base).head(base)).route("/v2", get(base).head(base)).fallback(dispatch).with_state(storage)
+}
+
+async fn base() -> Response {
+    ([("docker-distribution-api-version", "registry/2.0"), ("content-type", "application/json")], "{}").into_response()
+}
+
+enum Resource {
+    Manifest(String),
+    Blob(String),
+    Uploads,
+    Upload(String),
+    Tags,
+    Referrers(String),
+}
+
+/// Splits `/v2/<name>/<resource>`; the name is checked against the spec's grammar.
+fn parse(path: &str) -> Option<(String, Resource)> {
+    let rest = path.strip_prefix("/v2/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    let n = segments.len();
+    let (name_len, resource) = if n >= 4 && segments[n - 3] == "blobs" && segments[n - 2] == "uploads" {
+        let id = segments[n - 1];
+        (n - 3, if id.is_empty() { Resource::Uploads } else { Resource::Upload(id.to_owned()) })
+    } else if n >= 3 && segments[n - 2] == "blobs" && segments[n - 1] == "uploads" {
+        (n - 2, Resource::Uploads)
+    } else if n >= 3 && segments[n - 2] == "manifests" {
+        (n - 2, Resource::Manifest(segments[n - 1].to_owned()))
+    } else if n >= 3 && segments[n - 2] == "blobs" {
+        (n - 2, Resource::Blob(segments[n - 1].to_owned()))
+    } else if n >= 3 && segments[n - 2] == "tags" && segments[n - 1] == "list" {
+        (n - 2, Resource::Tags)
+    } else if n >= 3 && segments[n - 2] == "referrers" {
+        (n - 2, Resource::Referrers(segments[n - 1].to_owned()))
+    } else {
+        return None;
+    };
+    Some((segments[..name_len].join("/"), resource))
+}
+
+fn valid_name(name: &str) -> bool {
+    airlock_oci::validate_repository(name).is_ok()
+}
+
+async fn dispatch(State(storage): State<Arc<Storage>>, request: Request) -> Response {
+    let path = request.uri().path().to_owned();
+    let Some((name, resource)) = parse(&path) else {
+        return RegistryError::not_found().into_response();
+    };
+    if !valid_name(&name) {
+        return RegistryError::name_invalid(format!("invalid repository name `{name}`")).into_response();
+    }
+    let method = request.method().clone();
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .map(|q| axum::extract::Query::<HashMap<String, String>>::try_from_uri(request.uri()).map(|q| q.0).unwrap_or_else(|_| {
+            tracing::debug!(query = q, "unparsable query");
+            HashMap::new()
+        }))
+        .unwrap_or_default();
+    let result = match (resource, method) {
+        (Resource::Manifest(reference), Method::GET) => get_manifest(&storage, &name, &reference, true).await,
+        (Resource::Manifest(reference), Method::HEAD) => get_manifest(&storage, &name, &reference, false).await,
+        (Resource::Manifest(reference), Method::PUT) => put_manifest(&storage, &name, &reference, request).await,
+        (Resource::Manifest(reference), Method::DELETE) => delete_manifest(&storage, &name, &reference).await,
+        (Resource::Blob(digest), Method::GET) => get_blob(&storage, &name, &digest, request.headers(), true).await,
+        (Resource::Blob(digest), Method::HEAD) => get_blob(&storage, &name, &digest, request.headers(), false).await,
+        (Resource::Blob(digest), Method::DELETE) => delete_blob(&storage, &name, &digest).await,
+        (Resource::Uploads, Method::POST) => start_upload(&storage, &name, &query, request).await,
+        (Resource::Upload(id), Method::PATCH) => patch_upload(&storage, &name, &id, request).await,
+        (Resource::Upload(id), Method::PUT) => finish_upload(&storage, &name, &id, &query, request).await,
+        (Resource::Upload(id), Method::GET) => upload_status(&storage, &name, &id).await,
+        (Resource::Upload(id), Method::DELETE) => cancel_upload(&storage, &name, &id).await,
+        (Resource::Tags, Method::GET) => list_tags(&storage, &name, &query).await,
+        (Resource::Referrers(digest), Method::GET) => referrers(&storage, &name, &digest, &query).await,
+        (_, method) => Err(RegistryError::unsupported(format!("{method} is not supported here"))),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn digest_param(text: &str) -> Result<Digest> {
+    airlock_oci::parse_digest(text).map_err(|e| RegistryError::digest_invalid(e.to_string()))
+}
+
+fn header(name: &'static str, value: impl AsRef<str>) -> (&'static str, HeaderValue) {
+    (name, HeaderValue::from_str(value.as_ref()).unwrap_or_else(|_| HeaderValue::from_static("")))
+}
+
+async fn get_manifest(storage: &Storage, name: &str, reference: &str, body: bool) -> Result<Response> {
+    let (digest, media_type, bytes) = storage.get_manifest(name, reference).await?;
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", media_type)
+        .header("docker-content-digest", digest.to_string())
+        .header("content-length", bytes.len());
+    response = response.header("docker-distribution-api-version", "registry/2.0");
+    let body = if body { Body::from(bytes) } else { Body::empty() };
+    Ok(response.body(body).expect("valid headers"))
+}
+
+async fn put_manifest(storage: &Storage, name: &str, reference: &str, request: Request) -> Result<Response> {
+    let content_type = request.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let bytes = axum::body::to_bytes(request.into_body(), MANIFEST_LIMIT)
+        .await
+        .map_err(|e| RegistryError::new(StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID", format!("manifest too large or unreadable: {e}")))?;
+    let manifest = Manifest::parse(bytes.to_vec(), content_type.as_deref())
+        .map_err(|e| RegistryError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", e.to_string()))?;
+    let tag = match airlock_oci::parse_digest(reference) {
+        Ok(expected) => {
+            if &expected != manifest.digest() {
+                let actual = airlock_oci::digest_of(manifest.bytes(), Some(&expected));
+                if actual != expected {
+                    return Err(RegistryError::digest_invalid(format!("the manifest's digest is {actual}, not {expected}")));
+                }
+            }
+            None
+        }
+        Err(_) if reference.contains(':') => return Err(RegistryError::digest_invalid(format!("invalid digest `{reference}`"))),
+        Err(_) => {
+            if let Err(reason) = airlock_oci::validate_tag(reference) {
+                return Err(RegistryError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", reason));
+            }
+            Some(reference)
+        }
+    };
+    storage.put_manifest(name, tag, &manifest).await?;
+    let digest = manifest.digest().to_string();
+    let mut headers = vec![header("location", format!("/v2/{name}/manifests/{digest}")), header("docker-content-digest", &digest)];
+    if let Some(subject) = manifest.subject() {
+        headers.push(header("oci-subject", subject.digest().to_string()));
+    }
+    Ok(with_headers(StatusCode::CREATED, headers))
+}
+
+fn with_headers(status: StatusCode, headers: Vec<(&'static str, HeaderValue)>) -> Response {
+    let mut response = status.into_response();
+    for (name, value) in headers {
+        response.headers_mut().insert(name, value);
+    }
+    response
+}
+
+async fn delete_manifest(storage: &Storage, name: &str, reference: &str) -> Result<Response> {
+    storage.delete_manifest(name, reference).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// `bytes=START-[END]` within `size`.
+fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
+    let Some(value) = headers.get("range").and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let invalid = || RegistryError::new(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN", format!("unsatisfiable range `{value}`"));
+    let spec = value.strip_prefix("bytes=").ok_or_else(invalid)?;
+    let (start, end) = spec.split_once('-').ok_or_else(invalid)?;
+    let start: u64 = start.trim().parse().map_err(|_| invalid())?;
+    let end: u64 = if end.trim().is_empty() { size.saturating_sub(1) } else { end.trim().parse().map_err(|_| invalid())? };
+    if start >= size || end < start {
+        return Err(invalid());
+    }
+    Ok(Some((start, end.min(size - 1))))
+}
+
+async fn get_blob(storage: &Storage, name: &str, digest: &str, headers: &HeaderMap, body: bool) -> Result<Response> {
+    let digest = digest_param(digest)?;
+    let (mut file, size) = storage.open_blob(name, &digest).await?;
+    let range = parse_range(headers, size)?;
+    let (status, start, length) = match range {
+        Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        None => (StatusCode::OK, 0, size),
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header("content-type", "application/octet-stream")
+        .header("docker-content-digest", digest.to_string())
+        .header("accept-ranges", "bytes")
+        .header("content-length", length);
+    if let Some((start, end)) = range {
+        response = response.header("content-range", format!("bytes {start}-{end}/{size}"));
+    }
+    if !body {
+        return Ok(response.body(Body::empty()).expect("valid headers"));
+    }
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start)).await.map_err(crate::storage::StorageError::from)?;
+    }
+    let stream = futures::stream::unfold((file, length), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buffer = vec![0u8; CHUNK.min(left as usize)];
+        match file.read(&mut buffer).await {
+            Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than recorded")), (file, 0))),
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok(bytes::Bytes::from(buffer)), (file, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    Ok(response.body(Body::from_stream(stream)).expect("valid headers"))
+}
+
+async fn delete_blob(storage: &Storage, name: &str, digest: &str) -> Result<Response> {
+    let digest = digest_param(digest)?;
+    storage.delete_blob(name, &digest).await?;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+fn upload_headers(name: &str, id: &str, offset: u64) -> Vec<(&'static str, HeaderValue)> {
+    vec![
+        header("location", format!("/v2/{name}/blobs/uploads/{id}")),
+        header("range", format!("0-{}", offset.saturating_sub(1))),
+        header("docker-upload-uuid", id),
+        header("content-length", "0"),
+    ]
+}
+
+fn blob_created(name: &str, digest: &Digest) -> Response {
+    with_headers(
+        StatusCode::CREATED,
+        vec![header("location", format!("/v2/{name}/blobs/{digest}")), header("docker-content-digest", digest.to_string()), header("content-length", "0")],
+    )
+}
+
+async fn start_upload(storage: &Storage, name: &str, query: &HashMap<String, String>, request: Request) -> Result<Response> {
+    if let (Some(mount), Some(from)) = (query.get("mount"), query.get("from")) {
+        let digest = digest_param(mount)?;
+        if valid_name(from) && storage.mount_blob(name, from, &digest).await? {
+            return Ok(blob_created(name, &digest));
+        }
+    }
+    if let Some(digest) = query.get("digest") {
+        let digest = digest_param(digest)?;
+        storage.put_blob(name, &digest, request.into_body().into_data_stream()).await?;
+        return Ok(blob_created(name, &digest));
+    }
+    let id = storage.start_upload(name).await?;
+    Ok(with_headers(StatusCode::ACCEPTED, upload_headers(name, &id, 0)))
+}
+
+/// `Content-Range: START-END` (also with a `bytes ` prefix); the start of the chunk.
+fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>> {
+    let Some(value) = headers.get("content-range").and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let spec = value.trim().trim_start_matches("bytes").trim().trim_start_matches('=');
+    let start = spec.split('-').next().and_then(|s| s.trim().parse::<u64>().ok());
+    start
+        .map(Some)
+        .ok_or_else(|| RegistryError::new(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", format!("invalid Content-Range `{value}`")))
+}
+
+async fn patch_upload(storage: &Storage, name: &str, id: &str, request: Request) -> Result<Response> {
+    let start = chunk_start(request.headers())?;
+    let offset = storage.append_upload(name, id, start, request.into_body().into_data_stream()).await?;
+    Ok(with_headers(StatusCode::ACCEPTED, upload_headers(name, id, offset)))
+}
+
+async fn finish_upload(storage: &Storage, name: &str, id: &str, query: &HashMap<String, String>, request: Request) -> Result<Response> {
+    let digest = query.get("digest").ok_or_else(|| RegistryError::digest_invalid("the digest query parameter is missing"))?;
+    let digest = digest_param(digest)?;
+    let start = chunk_start(request.headers())?;
+    storage.append_upload(name, id, start, request.into_body().into_data_stream()).await?;
+    storage.finish_upload(name, id, &digest).await?;
+    Ok(blob_created(name, &digest))
+}
+
+async fn upload_status(storage: &Storage, name: &str, id: &str) -> Result<Response> {
+    let offset = storage.upload_offset(name, id).await?;
+    Ok(with_headers(StatusCode::NO_CONTENT, upload_headers(name, id, offset)))
+}
+
+async fn cancel_upload(storage: &Storage, name: &str, id: &str) -> Result<Response> {
+    storage.cancel_upload(name, id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_tags(storage: &Storage, name: &str, query: &HashMap<String, String>) -> Result<Response> {
+    let tags = storage.tags(name).await?;
+    let last = query.get("last");
+    let rest: Vec<String> = tags.into_iter().filter(|t| last.is_none_or(|l| t > l)).collect();
+    let n = match query.get("n") {
+        Some(n) => n.parse::<usize>().map_err(|_| RegistryError::new(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID", format!("invalid n `{n}`")))?,
+        None => rest.len(),
+    };
+    let page: Vec<String> = rest.iter().take(n).cloned().collect();
+    let body = serde_json::json!({"name": name, "tags": page});
+    let mut response = (StatusCode::OK, [("content-type", "application/json")], body.to_string()).into_response();
+    if rest.len() > page.len() && !page.is_empty() {
+        let link = format!("</v2/{name}/tags/list?n={n}&last={}>; rel=\"next\"", page.last().expect("non-empty"));
+        response.headers_mut().insert("link", HeaderValue::from_str(&link).expect("a valid header"));
+    }
+    Ok(response)
+}
+
+async fn referrers(storage: &Storage, name: &str, digest: &str, query: &HashMap<String, String>) -> Result<Response> {
+    let subject = digest_param(digest)?;
+    let mut manifests = storage.referrers(name, &subject).await?;
+    let artifact_type = query.get("artifactType");
+    if let Some(wanted) = artifact_type {
+        manifests.retain(|d| d.artifact_type().as_ref().is_some_and(|t| t.to_string() == *wanted));
+    }
+    let body = serde_json::json!({"schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": manifests});
+    let mut response = (StatusCode::OK, [("content-type", media_type::OCI_INDEX)], body.to_string()).into_response();
+    if artifact_type.is_some() {
+        response.headers_mut().insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
+    Ok(response)
+}
