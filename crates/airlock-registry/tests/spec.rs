@@ -1,0 +1,281 @@
+//! The distribution spec's MUSTs, status codes and headers, checked against the router itself
+//! (no socket: each request is a `tower::Service` call).
+
+use std::sync::Arc;
+
+use airlock_registry::{router, Storage};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use sha2::Digest as _;
+use tower::ServiceExt;
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("no `{name}` header; status {}", self.status))
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["errors"][0]["code"].as_str().expect("an error code").to_owned()
+    }
+}
+
+struct Registry {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+impl Registry {
+    fn new() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        Registry { app: router(Arc::new(Storage::new(dir.path()))), _dir: dir }
+    }
+
+    async fn call(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = self.app.clone().oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec();
+        Answer { status, headers, body }
+    }
+
+    /// POST then PUT, the two-step monolithic upload.
+    async fn push_blob(&self, name: &str, bytes: &[u8]) -> String {
+        let digest = sha256(bytes);
+        let start = self.call("POST", &format!("/v2/{name}/blobs/uploads/"), &[], vec![]).await;
+        assert_eq!(start.status, StatusCode::ACCEPTED);
+        let location = start.header("location").to_owned();
+        let done = self.call("PUT", &format!("{location}?digest={digest}"), &[], bytes.to_vec()).await;
+        assert_eq!(done.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&done.body));
+        digest
+    }
+
+    async fn push_image(&self, name: &str, tag: &str, layer: &[u8]) -> (String, Vec<u8>) {
+        let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+        let config_digest = self.push_blob(name, config).await;
+        let layer_digest = self.push_blob(name, layer).await;
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        }))
+        .unwrap();
+        let put = self.call("PUT", &format!("/v2/{name}/manifests/{tag}"), &[("content-type", "application/vnd.oci.image.manifest.v1+json")], manifest.clone()).await;
+        assert_eq!(put.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&put.body));
+        (put.header("docker-content-digest").to_owned(), manifest)
+    }
+}
+
+#[tokio::test]
+async fn base_endpoint_answers_200() {
+    let registry = Registry::new();
+    let answer = registry.call("GET", "/v2/", &[], vec![]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("docker-distribution-api-version"), "registry/2.0");
+}
+
+#[tokio::test]
+async fn pull_by_tag_and_digest_returns_the_bytes_pushed() {
+    let registry = Registry::new();
+    let (digest, manifest) = registry.push_image("a/b", "v1", b"layer").await;
+    assert_eq!(digest, sha256(&manifest));
+    for reference in ["v1", digest.as_str()] {
+        let get = registry.call("GET", &format!("/v2/a/b/manifests/{reference}"), &[], vec![]).await;
+        assert_eq!(get.status, StatusCode::OK);
+        assert_eq!(get.body, manifest, "bytes are stored exactly as received");
+        assert_eq!(get.header("docker-content-digest"), digest);
+        assert_eq!(get.header("content-type"), "application/vnd.oci.image.manifest.v1+json");
+        let head = registry.call("HEAD", &format!("/v2/a/b/manifests/{reference}"), &[], vec![]).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert!(head.body.is_empty());
+        assert_eq!(head.header("content-length"), manifest.len().to_string());
+    }
+    let missing = registry.call("GET", "/v2/a/b/manifests/nope", &[], vec![]).await;
+    assert_eq!((missing.status, missing.error_code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    let unknown_repo = registry.call("GET", "/v2/c/d/manifests/v1", &[], vec![]).await;
+    assert_eq!((unknown_repo.status, unknown_repo.error_code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
+}
+
+#[tokio::test]
+async fn blobs_with_ranges_and_unknown_blobs() {
+    let registry = Registry::new();
+    let digest = registry.push_blob("r", b"0123456789").await;
+    let whole = registry.call("GET", &format!("/v2/r/blobs/{digest}"), &[], vec![]).await;
+    assert_eq!((whole.status, whole.body.as_slice()), (StatusCode::OK, &b"0123456789"[..]));
+    assert_eq!(whole.header("docker-content-digest"), digest);
+    let part = registry.call("GET", &format!("/v2/r/blobs/{digest}"), &[("range", "bytes=3-5")], vec![]).await;
+    assert_eq!((part.status, part.body.as_slice()), (StatusCode::PARTIAL_CONTENT, &b"345"[..]));
+    assert_eq!(part.header("content-range"), "bytes 3-5/10");
+    let tail = registry.call("GET", &format!("/v2/r/blobs/{digest}"), &[("range", "bytes=7-")], vec![]).await;
+    assert_eq!(tail.body, b"789");
+    let bad = registry.call("GET", &format!("/v2/r/blobs/{digest}"), &[("range", "bytes=20-")], vec![]).await;
+    assert_eq!(bad.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let head = registry.call("HEAD", &format!("/v2/r/blobs/{digest}"), &[], vec![]).await;
+    assert_eq!((head.status, head.header("content-length")), (StatusCode::OK, "10"));
+    let other_repo = registry.call("HEAD", &format!("/v2/s/blobs/{digest}"), &[], vec![]).await;
+    assert_eq!(other_repo.status, StatusCode::NOT_FOUND, "a blob belongs to the repositories it was pushed or mounted to");
+    let unknown = registry.call("GET", &format!("/v2/r/blobs/{}", sha256(b"x")), &[], vec![]).await;
+    assert_eq!((unknown.status, unknown.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"));
+    let invalid = registry.call("GET", "/v2/r/blobs/sha256:nothex", &[], vec![]).await;
+    assert_eq!((invalid.status, invalid.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+}
+
+#[tokio::test]
+async fn single_request_upload_and_digest_mismatch() {
+    let registry = Registry::new();
+    let digest = sha256(b"monolithic");
+    let put = registry.call("POST", &format!("/v2/r/blobs/uploads/?digest={digest}"), &[], b"monolithic".to_vec()).await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    assert_eq!(put.header("location"), format!("/v2/r/blobs/{digest}"));
+    let wrong = registry.call("POST", &format!("/v2/r/blobs/uploads/?digest={}", sha256(b"other")), &[], b"monolithic".to_vec()).await;
+    assert_eq!((wrong.status, wrong.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    let absent = registry.call("HEAD", &format!("/v2/r/blobs/{}", sha256(b"other")), &[], vec![]).await;
+    assert_eq!(absent.status, StatusCode::NOT_FOUND, "refused content is not stored");
+}
+
+#[tokio::test]
+async fn chunked_uploads_in_order_with_status_and_cancel() {
+    let registry = Registry::new();
+    let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
+    let location = start.header("location").to_owned();
+    assert_eq!(start.header("range"), "0-0");
+    let first = registry.call("PATCH", &location, &[("content-range", "0-4"), ("content-type", "application/octet-stream")], b"hello".to_vec()).await;
+    assert_eq!((first.status, first.header("range")), (StatusCode::ACCEPTED, "0-4"));
+    let out_of_order = registry.call("PATCH", &location, &[("content-range", "9-12")], b"oops".to_vec()).await;
+    assert_eq!(out_of_order.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let second = registry.call("PATCH", &location, &[("content-range", "5-10")], b" world".to_vec()).await;
+    assert_eq!(second.header("range"), "0-10");
+    let status = registry.call("GET", &location, &[], vec![]).await;
+    assert_eq!((status.status, status.header("range")), (StatusCode::NO_CONTENT, "0-10"));
+    let digest = sha256(b"hello world!");
+    let done = registry.call("PUT", &format!("{location}?digest={digest}"), &[], b"!".to_vec()).await;
+    assert_eq!(done.status, StatusCode::CREATED);
+    let blob = registry.call("GET", &format!("/v2/r/blobs/{digest}"), &[], vec![]).await;
+    assert_eq!(blob.body, b"hello world!");
+
+    let abandoned = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
+    let location = abandoned.header("location").to_owned();
+    assert_eq!(registry.call("DELETE", &location, &[], vec![]).await.status, StatusCode::NO_CONTENT);
+    let gone = registry.call("GET", &location, &[], vec![]).await;
+    assert_eq!((gone.status, gone.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+}
+
+#[tokio::test]
+async fn mounts_across_repositories_and_fallback_to_an_upload() {
+    let registry = Registry::new();
+    let digest = registry.push_blob("from", b"shared").await;
+    let mounted = registry.call("POST", &format!("/v2/to/blobs/uploads/?mount={digest}&from=from"), &[], vec![]).await;
+    assert_eq!(mounted.status, StatusCode::CREATED);
+    assert_eq!(mounted.header("docker-content-digest"), digest);
+    assert_eq!(registry.call("HEAD", &format!("/v2/to/blobs/{digest}"), &[], vec![]).await.status, StatusCode::OK);
+    let absent = registry.call("POST", &format!("/v2/to/blobs/uploads/?mount={}&from=from", sha256(b"nope")), &[], vec![]).await;
+    assert_eq!(absent.status, StatusCode::ACCEPTED, "an unknown blob falls back to an upload session");
+    assert!(absent.header("location").contains("/v2/to/blobs/uploads/"));
+}
+
+#[tokio::test]
+async fn manifests_that_reference_missing_blobs_are_refused() {
+    let registry = Registry::new();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2},
+        "layers": [],
+    }))
+    .unwrap();
+    let put = registry.call("PUT", "/v2/r/manifests/v1", &[("content-type", "application/vnd.oci.image.manifest.v1+json")], manifest.clone()).await;
+    assert_eq!((put.status, put.error_code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+    let wrong_digest = registry.call("PUT", &format!("/v2/r/manifests/{}", sha256(b"x")), &[], manifest).await;
+    assert_eq!(wrong_digest.error_code(), "DIGEST_INVALID");
+    let garbage = registry.call("PUT", "/v2/r/manifests/v1", &[], b"{not json".to_vec()).await;
+    assert_eq!((garbage.status, garbage.error_code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"));
+    let bad_name = registry.call("GET", "/v2/Upper/manifests/v1", &[], vec![]).await;
+    assert_eq!((bad_name.status, bad_name.error_code().as_str()), (StatusCode::BAD_REQUEST, "NAME_INVALID"));
+}
+
+#[tokio::test]
+async fn tag_listing_paginates_with_link() {
+    let registry = Registry::new();
+    for tag in ["b", "a", "d", "c", "e"] {
+        registry.push_image("r", tag, b"layer").await;
+    }
+    let all = registry.call("GET", "/v2/r/tags/list", &[], vec![]).await;
+    assert_eq!(all.json()["tags"], serde_json::json!(["a", "b", "c", "d", "e"]));
+    assert!(all.headers.get("link").is_none());
+    let page = registry.call("GET", "/v2/r/tags/list?n=2", &[], vec![]).await;
+    assert_eq!(page.json()["tags"], serde_json::json!(["a", "b"]));
+    assert_eq!(page.header("link"), "</v2/r/tags/list?n=2&last=b>; rel=\"next\"");
+    let next = registry.call("GET", "/v2/r/tags/list?n=2&last=b", &[], vec![]).await;
+    assert_eq!(next.json()["tags"], serde_json::json!(["c", "d"]));
+    let none = registry.call("GET", "/v2/r/tags/list?n=0", &[], vec![]).await;
+    assert_eq!(none.json()["tags"], serde_json::json!([]));
+    let unknown = registry.call("GET", "/v2/nothing/tags/list", &[], vec![]).await;
+    assert_eq!(unknown.error_code(), "NAME_UNKNOWN");
+}
+
+#[tokio::test]
+async fn referrers_are_listed_filtered_and_announced() {
+    let registry = Registry::new();
+    let (subject, manifest) = registry.push_image("r", "v1", b"layer").await;
+    let empty = registry.push_blob("r", b"{}").await;
+    let mut referrer_digests = Vec::new();
+    for (artifact_type, payload) in [("application/vnd.example.sig", b"sig".as_slice()), ("application/spdx+json", b"{}".as_slice())] {
+        let layer = registry.push_blob("r", payload).await;
+        let referrer = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": payload.len()}],
+            "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": manifest.len()},
+        }))
+        .unwrap();
+        let digest = sha256(&referrer);
+        let put = registry.call("PUT", &format!("/v2/r/manifests/{digest}"), &[("content-type", "application/vnd.oci.image.manifest.v1+json")], referrer).await;
+        assert_eq!(put.status, StatusCode::CREATED);
+        assert_eq!(put.header("oci-subject"), subject);
+        referrer_digests.push(digest);
+    }
+    let all = registry.call("GET", &format!("/v2/r/referrers/{subject}"), &[], vec![]).await;
+    assert_eq!(all.header("content-type"), "application/vnd.oci.image.index.v1+json");
+    assert_eq!(all.json()["manifests"].as_array().unwrap().len(), 2);
+    assert!(all.headers.get("oci-filters-applied").is_none());
+    let signatures = registry.call("GET", &format!("/v2/r/referrers/{subject}?artifactType=application/vnd.example.sig"), &[], vec![]).await;
+    assert_eq!(signatures.header("oci-filters-applied"), "artifactType");
+    let listed = signatures.json()["manifests"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["digest"], referrer_digests[0]);
+    assert_eq!(listed[0]["artifactType"], "application/vnd.example.sig");
+    let none = registry.call("GET", &format!("/v2/r/referrers/{}", sha256(b"unknown")), &[], vec![]).await;
+    assert_eq!((none.status, none.json()["manifests"].as_array().unwrap().len()), (StatusCode::OK, 0), "never 404");
+}
+
+#[tokio::test]
+async fn deletes_of_tags_manifests_and_blobs() {
+    let registry = Registry::new();
+    let (digest, _) = registry.push_image("r", "v1", b"layer").await;
+    registry.push_image("r", "v2", b"layer").await;
+    assert_eq!(registry.call("DELETE", "/v2/r/manifests/v2", &[], vec![]).await.status, StatusCode::ACCEPTED);
+    assert_eq!(registry.call("GET", "/v2/r/manifests/v2", &[], vec![]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(registry.call("GET", "/v2/r/manifests/v1", &[], vec![]).await.status, StatusCode::OK, "deleting a tag keeps the manifest");
+    assert_eq!(registry.call("DELETE", &format!("/v2/r/manifests/{digest}"), &[], vec![]).await.status, StatusCode::ACCEPTED);
+    assert_eq!(registry.call("GET", "/v2/r/manifests/v1", &[], vec![]).await.status, StatusCode::NOT_FOUND, "its tags go with it");
+    let blob = registry.push_blob("r", b"gone soon").await;
+    assert_eq!(registry.call("DELETE", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.status, StatusCode::ACCEPTED);
+    assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(registry.call("DELETE", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.error_code(), "BLOB_UNKNOWN");
+}
