@@ -153,7 +153,7 @@ async fn put_manifest(storage: &Storage, name: &str, reference: &str, request: R
     let digest = manifest.digest().to_string();
     let mut headers = vec![header("location", format!("/v2/{name}/manifests/{digest}")), header("docker-content-digest", &digest)];
     if let Some(subject) = manifest.subject() {
-        headers.push(header("oci-subject", subject.digest().to_string()));
+        headers.push(header("oci-subject", subject.digest()));
     }
     Ok(with_headers(StatusCode::CREATED, headers))
 }
@@ -243,7 +243,7 @@ fn upload_headers(name: &str, id: &str, offset: u64) -> Vec<(&'static str, Heade
 fn blob_created(name: &str, digest: &Digest) -> Response {
     with_headers(
         StatusCode::CREATED,
-        vec![header("location", format!("/v2/{name}/blobs/{digest}")), header("docker-content-digest", digest.to_string()), header("content-length", "0")],
+        vec![header("location", format!("/v2/{name}/blobs/{digest}")), header("docker-content-digest", digest), header("content-length", "0")],
     )
 }
 

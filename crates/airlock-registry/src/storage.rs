@@ -343,7 +343,7 @@ impl Storage {
                 found.push(descriptor);
             }
         }
-        found.sort_by(|a, b| a.digest().to_string().cmp(&b.digest().to_string()));
+        found.sort_by_key(|a| a.digest().to_string());
         Ok(found)
     }
 

@@ -7,4 +7,5 @@ mod copy;
 mod errors;
 mod faults;
 mod layout;
+mod serve;
 mod sync;

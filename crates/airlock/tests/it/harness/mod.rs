@@ -9,6 +9,7 @@
 pub mod fixtures;
 pub mod proxy;
 pub mod registry;
+pub mod served;
 pub mod token;
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use std::process::{Command, Output};
 pub use fixtures::Fixture;
 pub use proxy::{Fault, FaultProxy};
 pub use registry::{Auth, Registry};
+pub use served::Served;
 
 /// Fails with the package to install when `tool` is not on PATH.
 pub fn require(tool: &str, package: &str) -> PathBuf {

@@ -1,0 +1,108 @@
+//! `airlock serve` against real clients: skopeo in and out, airlock copy both ways with
+//! docker-registry, referrers through the API, restarts.
+
+use crate::harness::fixtures::{image, index, layer, push, push_referrers, referrer};
+use crate::harness::{skopeo, skopeo_digest, Airlock, Auth, Registry, Served};
+
+fn get(url: &str) -> (u16, String) {
+    let url = url.to_owned();
+    crate::harness::proxy::runtime().block_on(async move {
+        let response = reqwest::get(&url).await.expect("GET");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    })
+}
+
+#[test]
+fn skopeo_copies_in_and_out_with_the_same_digests() {
+    let upstream = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(400, 300_000), layer(401, 1000)]);
+    push(&upstream.host(), "app", &img, Some("v1"), None);
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+
+    skopeo(&["copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", &format!("docker://{}", upstream.at("app:v1")), &format!("docker://{}", served.at("team/app:v1"))]).success();
+    assert_eq!(skopeo_digest(&format!("docker://{}", served.at("team/app:v1"))), img.digest);
+    let out = crate::harness::tempdir();
+    skopeo(&["copy", "--preserve-digests", "--src-tls-verify=false", &format!("docker://{}", served.at("team/app:v1")), &format!("oci:{}:v1", out.path().display())]).success();
+    assert_eq!(skopeo_digest(&format!("oci:{}:v1", out.path().display())), img.digest);
+    let tags = skopeo(&["list-tags", "--tls-verify=false", &format!("docker://{}", served.at("team/app"))]).success().json();
+    assert_eq!(tags["Tags"], serde_json::json!(["v1"]));
+}
+
+#[test]
+fn airlock_copies_between_docker_registry_and_serve_with_referrers_through_the_api() {
+    let upstream = Registry::start(Auth::None);
+    let amd = image("amd64", &[layer(402, 5000)]);
+    let arm = image("arm64", &[layer(403, 5000)]);
+    let idx = index(&[(&amd, "amd64", None), (&arm, "arm64", None)]);
+    push(&upstream.host(), "multi", &idx, Some("1.0"), None);
+    let signature = referrer(&idx, "application/vnd.dev.cosign.artifact.sig.v1+json", b"index-signature");
+    push_referrers(&upstream.host(), "multi", &idx, &[&signature], None);
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let airlock = Airlock::new();
+
+    let report = airlock.run(&["copy", &upstream.at("multi:1.0"), &served.at("multi:1.0"), "-o", "json"]).success().json();
+    assert_eq!(report["digest"], idx.digest);
+    assert_eq!(report["referrers_copied"], 1);
+    // Served through the OCI 1.1 referrers API, so no fallback tag was needed.
+    let (status, body) = get(&served.url(&format!("/v2/multi/referrers/{}", idx.digest)));
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["manifests"][0]["digest"], signature.digest);
+    let tags = airlock.run(&["tags", &served.at("multi")]).success();
+    assert_eq!(tags.stdout.trim(), "1.0", "no sha256-<hex> tag in a registry with the referrers API");
+
+    // And back out to a registry without the API.
+    let back = Registry::start(Auth::None);
+    let report = airlock.run(&["copy", &served.at("multi:1.0"), &back.at("multi:1.0"), "-o", "json"]).success().json();
+    assert_eq!(report["referrers_copied"], 1);
+    assert_eq!(back.skopeo_digest("multi:1.0"), idx.digest);
+    assert_eq!(back.skopeo_digest(&format!("multi@{}", signature.digest)), signature.digest);
+}
+
+#[test]
+fn content_and_upload_sessions_survive_a_kill() {
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    airlock.run(&["copy", &example, &served.at("hello:1.0")]).success();
+    let digest = airlock.run(&["digest", &served.at("hello:1.0")]).success().stdout.trim().to_owned();
+
+    // Half an upload, then SIGKILL.
+    let data = crate::harness::fixtures::noise(404, 100_000);
+    let location = crate::harness::proxy::runtime().block_on({
+        let url = served.url("/v2/hello/blobs/uploads/");
+        let first = data[..60_000].to_vec();
+        async move {
+            let client = reqwest::Client::new();
+            let start = client.post(&url).send().await.unwrap();
+            let location = start.headers()["location"].to_str().unwrap().to_owned();
+            let base = url.split("/v2/").next().unwrap().to_owned();
+            let patch = client.patch(format!("{base}{location}")).header("content-range", "0-59999").body(first).send().await.unwrap();
+            assert_eq!(patch.status(), 202);
+            format!("{base}{location}")
+        }
+    });
+    served.kill();
+
+    let served = Served::start(root.path());
+    assert_eq!(airlock.run(&["digest", &served.at("hello:1.0")]).success().stdout.trim(), digest);
+    let location = location.replace(location.split("/v2/").next().unwrap(), &format!("http://{}", served.address));
+    let blob_digest = crate::harness::sha256(&data);
+    crate::harness::proxy::runtime().block_on({
+        let rest = data[60_000..].to_vec();
+        let blob_url = served.url(&format!("/v2/hello/blobs/{blob_digest}"));
+        async move {
+            let client = reqwest::Client::new();
+            let status = client.get(&location).send().await.unwrap();
+            assert_eq!(status.status(), 204);
+            assert_eq!(status.headers()["range"], "0-59999", "the session kept its bytes across the restart");
+            let done = client.put(format!("{location}?digest={blob_digest}")).header("content-range", "60000-99999").body(rest).send().await.unwrap();
+            assert_eq!(done.status(), 201);
+            let blob = client.get(&blob_url).send().await.unwrap().bytes().await.unwrap();
+            assert_eq!(crate::harness::sha256(&blob), blob_digest);
+        }
+    });
+}
