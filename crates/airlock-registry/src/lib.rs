@@ -7,6 +7,8 @@
 
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod config;
 mod error;
 mod routes;
 pub mod storage;
@@ -16,12 +18,20 @@ use std::sync::Arc;
 pub use error::RegistryError;
 pub use storage::Storage;
 
-/// The registry's HTTP service over `storage`.
-pub fn router(storage: Arc<Storage>) -> axum::Router {
-    routes::router(storage)
+/// What the routes share.
+pub struct Registry {
+    /// The content.
+    pub storage: Storage,
+    /// Who may do what; `None` lets anyone do anything (the loopback default).
+    pub auth: Option<auth::Auth>,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, finishing requests in flight.
-pub async fn serve(listener: tokio::net::TcpListener, storage: Arc<Storage>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, router(storage)).with_graceful_shutdown(shutdown).await
+/// The registry's HTTP service.
+pub fn router(registry: Arc<Registry>) -> axum::Router {
+    routes::router(registry)
+}
+
+/// Serves on `listener` until `shutdown` resolves, finishing requests in flight.
+pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, routes::router(registry)).with_graceful_shutdown(shutdown).await
 }

@@ -14,20 +14,86 @@ use axum::routing::get;
 use axum::Router;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use crate::auth::{Action, Caller};
 use crate::error::RegistryError;
 use crate::storage::Storage;
+use crate::Registry;
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 
-pub fn router(storage: Arc<Storage>) -> Router {
-    Router::new().route("/v2/", get(base).head(base)).route("/v2", get(base).head(base)).fallback(dispatch).with_state(storage)
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v2/", get(base).head(base))
+        .route("/v2", get(base).head(base))
+        .route("/token", get(token))
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(dispatch)
+        .with_state(registry)
 }
 
-async fn base() -> Response {
+async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+    if let Some(auth) = &registry.auth {
+        let caller = auth.identify(authorization(&headers));
+        if matches!(caller, Caller::Anonymous | Caller::Refused) {
+            return challenge(&registry, &headers, None, caller == Caller::Refused);
+        }
+    }
     ([("docker-distribution-api-version", "registry/2.0"), ("content-type", "application/json")], "{}").into_response()
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+/// A `401` that tells the client how to authenticate for `scope`.
+fn challenge(registry: &Registry, headers: &HeaderMap, scope: Option<(&str, Action)>, refused: bool) -> Response {
+    let uses_tokens = registry.auth.as_ref().is_some_and(|a| a.uses_tokens());
+    let value = if uses_tokens {
+        let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
+        let mut value = format!("Bearer realm=\"http://{host}/token\",service=\"{}\"", crate::auth::SERVICE);
+        if let Some((name, action)) = scope {
+            let action = match action {
+                Action::Pull => "pull",
+                Action::Push => "pull,push",
+                Action::Delete => "delete",
+            };
+            value.push_str(&format!(",scope=\"repository:{name}:{action}\""));
+        }
+        value
+    } else {
+        "Basic realm=\"airlock\"".to_owned()
+    };
+    let message = if refused { "authentication failed" } else { "authentication required" };
+    let mut response = RegistryError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message).into_response();
+    response.headers_mut().insert("www-authenticate", HeaderValue::from_str(&value).expect("a valid header"));
+    response
+}
+
+/// The built-in token issuer (Docker token spec): basic credentials optional, scopes granted as
+/// the rules allow.
+async fn token(State(registry): State<Arc<Registry>>, headers: HeaderMap, request: Request) -> Response {
+    let Some(auth) = registry.auth.as_ref().filter(|a| a.uses_tokens()) else {
+        return RegistryError::not_found().into_response();
+    };
+    let user = match authorization(&headers).and_then(|v| v.strip_prefix("Basic ")) {
+        Some(encoded) => match auth.check_basic(encoded) {
+            Some(user) => Some(user),
+            None => return RegistryError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong user name or password").into_response(),
+        },
+        None => None,
+    };
+    let scopes: Vec<String> = request
+        .uri()
+        .query()
+        .and_then(|_| axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri()).ok())
+        .map(|q| q.0.into_iter().filter(|(k, _)| k == "scope").map(|(_, v)| v).collect())
+        .unwrap_or_default();
+    let token = auth.issue_token(user.as_deref(), &scopes).expect("tokens are on");
+    let body = serde_json::json!({"token": token, "access_token": token, "expires_in": crate::auth::TOKEN_LIFETIME.as_secs()});
+    ([("content-type", "application/json")], body.to_string()).into_response()
 }
 
 enum Resource {
@@ -67,7 +133,8 @@ fn valid_name(name: &str) -> bool {
     airlock_oci::validate_repository(name).is_ok()
 }
 
-async fn dispatch(State(storage): State<Arc<Storage>>, request: Request) -> Response {
+async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    let storage = &registry.storage;
     let path = request.uri().path().to_owned();
     let Some((name, resource)) = parse(&path) else {
         return RegistryError::not_found().into_response();
@@ -84,21 +151,46 @@ async fn dispatch(State(storage): State<Arc<Storage>>, request: Request) -> Resp
             HashMap::new()
         }))
         .unwrap_or_default();
+    if let Some(auth) = &registry.auth {
+        let action = match method {
+            Method::GET | Method::HEAD => Action::Pull,
+            Method::DELETE if matches!(resource, Resource::Manifest(_) | Resource::Blob(_)) => Action::Delete,
+            _ => Action::Push,
+        };
+        let caller = auth.identify(authorization(request.headers()));
+        if !auth.allows(&caller, &name, action) {
+            let authenticated = matches!(caller, Caller::User(_) | Caller::Token(..));
+            if authenticated && !auth.uses_tokens() {
+                return RegistryError::new(StatusCode::FORBIDDEN, "DENIED", format!("no {action:?} access to `{name}`").to_lowercase()).into_response();
+            }
+            return challenge(&registry, request.headers(), Some((&name, action)), caller == Caller::Refused);
+        }
+        if let (Resource::Uploads, Some(from), true) = (&resource, query.get("from"), query.contains_key("mount")) {
+            if !auth.allows(&caller, from, Action::Pull) {
+                // A mount reads the other repository: without pull there, it is an upload.
+                let id = match storage.start_upload(&name).await {
+                    Ok(id) => id,
+                    Err(e) => return RegistryError::from(e).into_response(),
+                };
+                return with_headers(StatusCode::ACCEPTED, upload_headers(&name, &id, 0));
+            }
+        }
+    }
     let result = match (resource, method) {
-        (Resource::Manifest(reference), Method::GET) => get_manifest(&storage, &name, &reference, true).await,
-        (Resource::Manifest(reference), Method::HEAD) => get_manifest(&storage, &name, &reference, false).await,
-        (Resource::Manifest(reference), Method::PUT) => put_manifest(&storage, &name, &reference, request).await,
-        (Resource::Manifest(reference), Method::DELETE) => delete_manifest(&storage, &name, &reference).await,
-        (Resource::Blob(digest), Method::GET) => get_blob(&storage, &name, &digest, request.headers(), true).await,
-        (Resource::Blob(digest), Method::HEAD) => get_blob(&storage, &name, &digest, request.headers(), false).await,
-        (Resource::Blob(digest), Method::DELETE) => delete_blob(&storage, &name, &digest).await,
-        (Resource::Uploads, Method::POST) => start_upload(&storage, &name, &query, request).await,
-        (Resource::Upload(id), Method::PATCH) => patch_upload(&storage, &name, &id, request).await,
-        (Resource::Upload(id), Method::PUT) => finish_upload(&storage, &name, &id, &query, request).await,
-        (Resource::Upload(id), Method::GET) => upload_status(&storage, &name, &id).await,
-        (Resource::Upload(id), Method::DELETE) => cancel_upload(&storage, &name, &id).await,
-        (Resource::Tags, Method::GET) => list_tags(&storage, &name, &query).await,
-        (Resource::Referrers(digest), Method::GET) => referrers(&storage, &name, &digest, &query).await,
+        (Resource::Manifest(reference), Method::GET) => get_manifest(storage, &name, &reference, true).await,
+        (Resource::Manifest(reference), Method::HEAD) => get_manifest(storage, &name, &reference, false).await,
+        (Resource::Manifest(reference), Method::PUT) => put_manifest(storage, &name, &reference, request).await,
+        (Resource::Manifest(reference), Method::DELETE) => delete_manifest(storage, &name, &reference).await,
+        (Resource::Blob(digest), Method::GET) => get_blob(storage, &name, &digest, request.headers(), true).await,
+        (Resource::Blob(digest), Method::HEAD) => get_blob(storage, &name, &digest, request.headers(), false).await,
+        (Resource::Blob(digest), Method::DELETE) => delete_blob(storage, &name, &digest).await,
+        (Resource::Uploads, Method::POST) => start_upload(storage, &name, &query, request).await,
+        (Resource::Upload(id), Method::PATCH) => patch_upload(storage, &name, &id, request).await,
+        (Resource::Upload(id), Method::PUT) => finish_upload(storage, &name, &id, &query, request).await,
+        (Resource::Upload(id), Method::GET) => upload_status(storage, &name, &id).await,
+        (Resource::Upload(id), Method::DELETE) => cancel_upload(storage, &name, &id).await,
+        (Resource::Tags, Method::GET) => list_tags(storage, &name, &query).await,
+        (Resource::Referrers(digest), Method::GET) => referrers(storage, &name, &digest, &query).await,
         (_, method) => Err(RegistryError::unsupported(format!("{method} is not supported here"))),
     };
     result.unwrap_or_else(IntoResponse::into_response)

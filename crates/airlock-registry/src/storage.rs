@@ -106,6 +106,11 @@ impl Storage {
         Storage { root: root.into() }
     }
 
+    /// The folder it lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs").join(digest.algorithm().as_ref()).join(digest.digest())
     }

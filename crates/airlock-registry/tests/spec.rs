@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use airlock_registry::{router, Storage};
+use airlock_registry::{router, Registry as Served, Storage};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use sha2::Digest as _;
@@ -41,7 +41,7 @@ fn sha256(bytes: &[u8]) -> String {
 impl Registry {
     fn new() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        Registry { app: router(Arc::new(Storage::new(dir.path()))), _dir: dir }
+        Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None })), _dir: dir }
     }
 
     async fn call(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {

@@ -155,12 +155,21 @@ pub struct SyncArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// The folder that holds the registry's content (created if missing).
-    #[arg(long, default_value = "airlock-data", value_name = "DIR")]
-    pub root: PathBuf,
-    /// Address and port to listen on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:5000", value_name = "ADDRESS")]
-    pub listen: String,
+    /// A serve.yaml: `root`, `listen` and `auth` (htpasswd, token, per-repository rules).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The folder that holds the registry's content (created if missing) [default: airlock-data].
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// Address and port to listen on; port 0 picks a free one [default: 127.0.0.1:5000].
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
+    /// Require these users (an htpasswd file of bcrypt entries) for every request.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// With `--htpasswd`: hand out bearer tokens at `/token` (Docker token auth).
+    #[arg(long, requires = "htpasswd")]
+    pub token: bool,
 }
 
 #[derive(Debug, Args)]

@@ -403,9 +403,25 @@ async fn logout(global: &Global, args: &LogoutArgs) -> Result<()> {
 }
 
 async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
-    let storage = std::sync::Arc::new(airlock_registry::Storage::new(&args.root));
-    std::fs::create_dir_all(&args.root).with_context(|| format!("cannot create `{}`", args.root.display()))?;
-    let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on `{}`", args.listen))?;
+    let mut file = match &args.config {
+        Some(path) => airlock_registry::config::load(path).map_err(|e| Failure { error: anyhow::anyhow!(e), hint: None, exit_code: 2 })?,
+        None => airlock_registry::config::ServeFile::default(),
+    };
+    let root = args.root.clone().or(file.root.take()).unwrap_or_else(|| "airlock-data".into());
+    let listen = args.listen.clone().or(file.listen.take()).unwrap_or_else(|| "127.0.0.1:5000".into());
+    if let Some(htpasswd) = &args.htpasswd {
+        let mut auth = file.auth.take().unwrap_or(airlock_registry::auth::AuthFile { htpasswd: None, token: false, rules: Vec::new() });
+        auth.htpasswd = Some(htpasswd.clone());
+        auth.token |= args.token;
+        file.auth = Some(auth);
+    }
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create `{}`", root.display()))?;
+    let auth = match &file.auth {
+        Some(auth) => Some(airlock_registry::auth::Auth::load(auth, &root).map_err(|e| Failure { error: anyhow::anyhow!(e), hint: None, exit_code: 2 })?),
+        None => None,
+    };
+    let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth });
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     output::data(&format!("listening on http://{address}"));
     let shutdown = async {
@@ -423,6 +439,6 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
-    airlock_registry::serve(listener, storage, shutdown).await.context("the registry stopped")?;
+    airlock_registry::serve(listener, registry, shutdown).await.context("the registry stopped")?;
     Ok(())
 }

@@ -106,3 +106,75 @@ fn content_and_upload_sessions_survive_a_kill() {
         }
     });
 }
+
+/// A registry with users alice and bob (bcrypt, via `htpasswd -B`) and rules, in token or basic mode.
+fn guarded(root: &std::path::Path, token: bool) -> Served {
+    let htpasswd = root.join("htpasswd");
+    let mut lines = String::new();
+    for (user, password) in [("alice", "alice-Secret-1"), ("bob", "bob-Secret-2")] {
+        let out = std::process::Command::new(crate::harness::require("htpasswd", "apache2-utils")).args(["-Bbn", user, password]).output().unwrap();
+        lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
+        lines.push('\n');
+    }
+    std::fs::write(&htpasswd, lines).unwrap();
+    let config = root.join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "auth:\n  htpasswd: {}\n  token: {token}\n  rules:\n    - repositories: 'public/*'\n      anonymous: [pull]\n      users: {{alice: [pull, push]}}\n    - repositories: 'bob/*'\n      users: {{bob: [pull, push, delete]}}\n    - repositories: 'alice/*'\n      users: {{alice: [pull, push, delete]}}\n",
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    Served::start_with(&root.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+#[test]
+fn token_auth_with_rules_for_skopeo_and_airlock() {
+    let upstream = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(410, 20_000)]);
+    push(&upstream.host(), "app", &img, Some("v1"), None);
+    let root = crate::harness::tempdir();
+    let served = guarded(root.path(), true);
+    let airlock = Airlock::new();
+    let authfile = airlock.authfile();
+    let authfile = authfile.to_str().unwrap();
+
+    // skopeo logs in through the token service and pushes where alice may.
+    skopeo(&["login", "--tls-verify=false", "--authfile", authfile, "-u", "alice", "-p", "alice-Secret-1", &served.address]).success();
+    skopeo(&["copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", "--authfile", authfile, &format!("docker://{}", upstream.at("app:v1")), &format!("docker://{}", served.at("public/app:v1"))]).success();
+    // Anyone may pull public/*, nobody anonymous elsewhere.
+    assert_eq!(airlock.run(&["digest", &served.at("public/app:v1")]).success().stdout.trim(), img.digest);
+    airlock.run(&["copy", &upstream.at("app:v1"), &served.at("alice/app:v1")]).code(1).stderr_has("401");
+
+    // airlock login, then a copy with the stored credentials.
+    let stored = airlock.path("airlock-auth.json");
+    let stored = stored.to_str().unwrap();
+    airlock.run(&["login", &served.address, "-u", "alice", "-p", "wrong", "--authfile", stored]).code(1);
+    airlock.run(&["login", &served.address, "-u", "alice", "-p", "alice-Secret-1", "--authfile", stored]).success();
+    let report = airlock.run(&["copy", &served.at("public/app:v1"), &served.at("alice/app:v1"), "--authfile", stored, "-o", "json"]).success().json();
+    assert_eq!(report["blobs_mounted"], 2, "alice may read public/app, so the blobs are mounted");
+
+    // bob's token opens bob/* only.
+    let bob = "bob:bob-Secret-2";
+    airlock.run(&["copy", &served.at("public/app:v1"), &served.at("bob/app:v1"), "--src-creds", bob, "--dest-creds", bob]).success();
+    airlock.run(&["digest", &served.at("alice/app:v1"), "--creds", bob]).code(1);
+    airlock.run(&["copy", &served.at("bob/app:v1"), &served.at("alice/x:v1"), "--src-creds", bob, "--dest-creds", bob]).code(1);
+    // Secrets stay out of the server's answers and airlock's output.
+    let run = airlock.run(&["digest", &served.at("bob/app:v1"), "--creds", bob, "-vvv"]).success();
+    assert!(!run.stderr.contains("bob-Secret-2"));
+}
+
+#[test]
+fn basic_auth_refuses_the_wrong_and_missing_credentials() {
+    let root = crate::harness::tempdir();
+    let served = guarded(root.path(), false);
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    airlock.run(&["copy", &example, &served.at("bob/hello:1.0")]).code(1).stderr_has("401");
+    airlock.run(&["copy", &example, &served.at("bob/hello:1.0"), "--dest-creds", "bob:nope"]).code(1).stderr_has("refused");
+    airlock.run(&["copy", &example, &served.at("bob/hello:1.0"), "--dest-creds", "alice:alice-Secret-1"]).code(1).stderr_has("403");
+    airlock.run(&["copy", &example, &served.at("bob/hello:1.0"), "--dest-creds", "bob:bob-Secret-2"]).success();
+    let (status, _) = get(&served.url("/v2/bob/hello/manifests/1.0"));
+    assert_eq!(status, 401);
+}

@@ -13,8 +13,14 @@ pub struct Served {
 impl Served {
     /// Starts a server over `root` and waits for its `listening on` line.
     pub fn start(root: &Path) -> Served {
+        Self::start_with(root, &[])
+    }
+
+    /// With more `airlock serve` flags (`--config`, `--htpasswd`, `--token`).
+    pub fn start_with(root: &Path, extra: &[&str]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
             .args(["serve", "--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,43 @@
+//! `serve.yaml`: where the content lives, where to listen, who may do what.
+//!
+//! ```yaml
+//! root: /var/lib/airlock
+//! listen: 127.0.0.1:5000
+//! auth:
+//!   htpasswd: /etc/airlock/htpasswd   # bcrypt entries: htpasswd -B
+//!   token: true                       # bearer tokens from /token (podman, skopeo, docker login)
+//!   rules:
+//!     - repositories: "public/*"
+//!       anonymous: [pull]
+//!       users: {ci: [pull, push]}
+//!     - repositories: "team/*"
+//!       users: {alice: [pull, push, delete], bob: [pull]}
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::auth::AuthFile;
+
+/// The file as written; flags override `root` and `listen`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    /// The folder that holds the content.
+    pub root: Option<PathBuf>,
+    /// Address and port.
+    pub listen: Option<String>,
+    /// Access control; absent: open to anyone who can connect.
+    pub auth: Option<AuthFile>,
+}
+
+/// Reads `path`; errors name the file, the line and the key.
+pub fn load(path: &Path) -> Result<ServeFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    serde_saphyr::from_str(&text).map_err(|e| {
+        let location = e.location().map(|l| format!(":{}:{}", l.line(), l.column())).unwrap_or_default();
+        let message = e.to_string();
+        format!("{}{location}: {}", path.display(), message.lines().next().unwrap_or(&message))
+    })
+}
