@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 mod error;
+pub mod metrics;
 mod routes;
 pub mod storage;
 

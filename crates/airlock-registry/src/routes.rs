@@ -25,13 +25,17 @@ const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 const CHUNK: usize = 256 * 1024;
 
 pub fn router(registry: Arc<Registry>) -> Router {
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let exposition = metrics.clone();
     Router::new()
         .route("/v2/", get(base).head(base))
         .route("/v2", get(base).head(base))
         .route("/token", get(token))
-        .route("/healthz", get(|| async { "ok" }))
         .fallback(dispatch)
         .with_state(registry)
+        .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::observe))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], exposition.render()) }))
 }
 
 async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {

@@ -405,3 +405,114 @@ async fn hash_file(path: &Path, digest: &Digest) -> Result<Option<u64>> {
     .map_err(|e| if e.kind() == ErrorKind::NotFound { StorageError::UploadUnknown } else { StorageError::Io(e) })?;
     Ok((&hasher.finish() == digest).then_some(size))
 }
+
+/// What a garbage collection found (and, unless a dry run, removed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Blobs reachable from some repository's manifests, kept.
+    pub kept: u64,
+    /// Unreachable blobs removed (or that would be).
+    pub removed: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Unreachable blobs kept because they are younger than the grace period (an upload whose
+    /// manifest has not arrived yet).
+    pub too_young: u64,
+}
+
+impl Storage {
+    /// Mark and sweep: every blob that no manifest of any repository reaches, and that is older
+    /// than `grace`, is removed with its repository links. Manifests themselves are reachable
+    /// while a repository links them. Upload sessions are not touched, and the grace period
+    /// keeps blobs of pushes in progress (uploaded, manifest not yet written).
+    pub async fn gc(&self, dry_run: bool, grace: std::time::Duration) -> Result<GcReport> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || gc_blocking(&root, dry_run, grace)).await.expect("gc does not panic")
+    }
+}
+
+fn gc_blocking(root: &Path, dry_run: bool, grace: std::time::Duration) -> Result<GcReport> {
+    use std::collections::HashSet;
+    let mut repositories = Vec::new();
+    find_repositories(&root.join("repositories"), &mut repositories)?;
+    // Mark: every linked manifest, and what it lists.
+    let mut marked: HashSet<String> = HashSet::new();
+    let mut pending: Vec<String> = Vec::new();
+    for repository in &repositories {
+        for entry in read_dir_names(&repository.join("_manifests"))? {
+            if let Some((algorithm, hex)) = entry.split_once('-') {
+                pending.push(format!("{algorithm}:{hex}"));
+            }
+        }
+    }
+    while let Some(digest) = pending.pop() {
+        if !marked.insert(digest.clone()) {
+            continue;
+        }
+        let Ok(parsed) = airlock_oci::parse_digest(&digest) else { continue };
+        let path = root.join("blobs").join(parsed.algorithm().as_ref()).join(parsed.digest());
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let Ok(manifest) = Manifest::parse_verified(bytes, None, &parsed) else { continue };
+        match manifest.kind() {
+            airlock_oci::ManifestKind::Image { config, layers, .. } => {
+                pending.extend(std::iter::once(config).chain(layers).map(|d| d.digest().to_string()));
+            }
+            airlock_oci::ManifestKind::Index { manifests, .. } => pending.extend(manifests.iter().map(|d| d.digest().to_string())),
+        }
+    }
+    // Sweep.
+    let mut report = GcReport::default();
+    let now = std::time::SystemTime::now();
+    for algorithm in read_dir_names(&root.join("blobs"))? {
+        let dir = root.join("blobs").join(&algorithm);
+        for hex in read_dir_names(&dir)? {
+            if hex.starts_with(".tmp-") {
+                continue;
+            }
+            if marked.contains(&format!("{algorithm}:{hex}")) {
+                report.kept += 1;
+                continue;
+            }
+            let path = dir.join(&hex);
+            let metadata = std::fs::metadata(&path)?;
+            let age = metadata.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+            if age < grace {
+                report.too_young += 1;
+                continue;
+            }
+            report.removed += 1;
+            report.bytes += metadata.len();
+            if !dry_run {
+                for repository in &repositories {
+                    let _ = std::fs::remove_file(repository.join("_blobs").join(format!("{algorithm}-{hex}")));
+                }
+                std::fs::remove_file(&path)?;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Folders under `dir` that are repositories (they hold a `_`-prefixed folder).
+fn find_repositories(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut is_repository = false;
+    for name in read_dir_names(dir)? {
+        if name.starts_with('_') {
+            is_repository = true;
+        } else if dir.join(&name).is_dir() {
+            find_repositories(&dir.join(&name), found)?;
+        }
+    }
+    if is_repository {
+        found.push(dir.to_owned());
+    }
+    Ok(())
+}
+
+fn read_dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}

@@ -279,3 +279,38 @@ async fn deletes_of_tags_manifests_and_blobs() {
     assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.status, StatusCode::NOT_FOUND);
     assert_eq!(registry.call("DELETE", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.error_code(), "BLOB_UNKNOWN");
 }
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let registry = Registry::new();
+    registry.push_image("r", "v1", b"layer").await;
+    registry.call("GET", "/v2/r/manifests/v1", &[], vec![]).await;
+    assert_eq!(registry.call("GET", "/healthz", &[], vec![]).await.status, StatusCode::OK);
+    let metrics = registry.call("GET", "/metrics", &[], vec![]).await;
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(text.contains(r#"airlock_http_requests_total{route="manifests",method="GET",status="200"} 1"#), "{text}");
+    assert!(text.contains(r#"airlock_http_requests_total{route="manifests",method="PUT",status="201"} 1"#), "{text}");
+    assert!(text.contains("airlock_http_request_duration_seconds_count{route=\"uploads\"}"), "{text}");
+}
+
+#[tokio::test]
+async fn garbage_collection_keeps_what_manifests_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None });
+    let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
+    let (digest, _) = registry.push_image("r", "v1", b"kept layer").await;
+    let orphan = registry.push_blob("r", b"an orphan").await;
+    let young = storage.storage.gc(true, std::time::Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((young.removed, young.too_young), (0, 1), "a fresh blob may belong to a push in progress");
+    let dry = storage.storage.gc(true, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!((dry.kept, dry.removed, dry.bytes), (3, 1, 9));
+    assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{orphan}"), &[], vec![]).await.status, StatusCode::OK, "a dry run removes nothing");
+    let done = storage.storage.gc(false, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(done.removed, 1);
+    assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{orphan}"), &[], vec![]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(registry.call("GET", &format!("/v2/r/manifests/{digest}"), &[], vec![]).await.status, StatusCode::OK);
+    // Delete the manifest: its blobs go at the next collection.
+    registry.call("DELETE", &format!("/v2/r/manifests/{digest}"), &[], vec![]).await;
+    let after = storage.storage.gc(false, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!((after.kept, after.removed), (0, 3));
+}

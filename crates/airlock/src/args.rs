@@ -79,6 +79,11 @@ pub enum Command {
     /// `listening on http://ADDRESS` when ready; stops cleanly on Ctrl-C or SIGTERM, finishing
     /// requests in flight.
     Serve(ServeArgs),
+    /// Remove blobs of a serve root that no manifest reaches (mark and sweep).
+    ///
+    /// Safe beside a running server: upload sessions are left alone, and blobs younger than
+    /// `--grace` are kept, since they may belong to a push whose manifest has not arrived.
+    Gc(GcArgs),
     /// Show a manifest: its digest, media type, platforms or layers.
     Inspect(InspectArgs),
     /// List the tags of a repository.
@@ -170,6 +175,32 @@ pub struct ServeArgs {
     /// With `--htpasswd`: hand out bearer tokens at `/token` (Docker token auth).
     #[arg(long, requires = "htpasswd")]
     pub token: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The serve root.
+    #[arg(long, default_value = "airlock-data", value_name = "DIR")]
+    pub root: PathBuf,
+    /// Report what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Keep unreachable blobs younger than this: `90s`, `30m`, `1h`.
+    #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like `90s`, `30m` or `1h`"))?;
+    let seconds = match unit {
+        "" | "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86400,
+        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
+    };
+    Ok(std::time::Duration::from_secs(seconds))
 }
 
 #[derive(Debug, Args)]

@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Copy(args) => copy(global, args).await,
         Command::Sync(args) => return crate::sync::sync(global, args).await,
         Command::Serve(args) => serve(args).await,
+        Command::Gc(args) => gc(global, args).await,
         Command::Inspect(args) => inspect(global, args).await,
         Command::Tags(args) => tags(global, args).await,
         Command::Digest(args) => digest(global, args).await,
@@ -440,5 +441,30 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         tracing::info!("shutting down");
     };
     airlock_registry::serve(listener, registry, shutdown).await.context("the registry stopped")?;
+    Ok(())
+}
+
+async fn gc(global: &Global, args: &crate::args::GcArgs) -> Result<()> {
+    if !args.root.join("blobs").is_dir() {
+        return Err(usage(format!("`{}` is not a serve root (no `blobs/` in it)", args.root.display())));
+    }
+    let storage = airlock_registry::Storage::new(&args.root);
+    let report = storage.gc(args.dry_run, args.grace).await.with_context(|| format!("cannot collect garbage in `{}`", args.root.display()))?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({
+            "dry_run": args.dry_run, "kept": report.kept, "removed": report.removed, "bytes": report.bytes, "too_young": report.too_young,
+        })),
+        Output::Text if !global.quiet => {
+            let verb = if args.dry_run { "would remove" } else { "removed" };
+            output::data(&format!(
+                "{verb} {} blobs ({}); kept {} reachable and {} younger than the grace period",
+                report.removed,
+                output::bytes(report.bytes),
+                report.kept,
+                report.too_young
+            ));
+        }
+        Output::Text => {}
+    }
     Ok(())
 }

@@ -178,3 +178,31 @@ fn basic_auth_refuses_the_wrong_and_missing_credentials() {
     let (status, _) = get(&served.url("/v2/bob/hello/manifests/1.0"));
     assert_eq!(status, 401);
 }
+
+#[test]
+fn gc_removes_only_what_no_manifest_reaches() {
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    airlock.run(&["copy", &example, &served.at("keep:1.0")]).success();
+    airlock.run(&["copy", &example, &served.at("drop:1.0")]).success();
+    let upstream = Registry::start(Auth::None);
+    let other = image("amd64", &[layer(420, 50_000)]);
+    push(&upstream.host(), "other", &other, Some("v1"), None);
+    airlock.run(&["copy", &upstream.at("other:v1"), &served.at("other:v1")]).success();
+    crate::harness::proxy::runtime().block_on({
+        let url = served.url(&format!("/v2/other/manifests/{}", other.digest));
+        async move { assert_eq!(reqwest::Client::new().delete(&url).send().await.unwrap().status(), 202) }
+    });
+    let root_arg = root.path().to_str().unwrap();
+    let dry = airlock.run(&["gc", "--root", root_arg, "--dry-run", "--grace", "0s", "-o", "json"]).success().json();
+    assert_eq!(dry["removed"], 3, "the deleted image's manifest, config and layer");
+    let done = airlock.run(&["gc", "--root", root_arg, "--grace", "0s"]).success();
+    assert!(done.stdout.starts_with("removed 3 blobs"), "{}", done.stdout);
+    // The hello image, in two repositories, is whole.
+    let out = crate::harness::tempdir();
+    airlock.run(&["copy", &served.at("keep:1.0"), &format!("ocidir://{}:1.0", out.path().display())]).success();
+    assert_eq!(airlock.run(&["digest", &served.at("drop:1.0")]).success().stdout.trim(), airlock.run(&["digest", &served.at("keep:1.0")]).success().stdout.trim());
+    airlock.run(&["gc", "--root", "/nonexistent"]).code(2).stderr_has("not a serve root");
+}
