@@ -33,6 +33,14 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
+# The ORAS SDK, for the artifact interop tests.
+if ! python3 -c "import oras.client" 2>/dev/null; then
+  echo "test.sh: installing the Python package oras" >&2
+  python3 -m pip install -q oras 2>/dev/null \
+    || python3 -m pip install -q --user --break-system-packages oras \
+    || { echo "test.sh: please install the Python package oras (pip install oras)" >&2; exit 1; }
+fi
+
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

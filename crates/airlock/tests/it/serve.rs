@@ -206,3 +206,27 @@ fn gc_removes_only_what_no_manifest_reaches() {
     assert_eq!(airlock.run(&["digest", &served.at("drop:1.0")]).success().stdout.trim(), airlock.run(&["digest", &served.at("keep:1.0")]).success().stdout.trim());
     airlock.run(&["gc", "--root", "/nonexistent"]).code(2).stderr_has("not a serve root");
 }
+
+#[test]
+fn oras_artifacts_go_through_serve_and_docker_registry_unchanged() {
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let work = crate::harness::tempdir();
+    let disk = work.path().join("disk.qcow2");
+    std::fs::write(&disk, crate::harness::fixtures::noise(430, 70_000)).unwrap();
+    let pushed = crate::harness::oras(&["push", &served.at("ironic/disk:v1"), disk.to_str().unwrap(), "org.example.disktype=qcow2"]).success().json();
+    let digest = pushed["digest"].as_str().unwrap().to_owned();
+    let airlock = Airlock::new();
+    assert_eq!(airlock.run(&["digest", &served.at("ironic/disk:v1")]).success().stdout.trim(), digest);
+
+    // airlock carries it to docker-registry, oras pulls it from there, byte for byte.
+    let upstream = Registry::start(Auth::None);
+    airlock.run(&["copy", &served.at("ironic/disk:v1"), &upstream.at("ironic/disk:v1")]).success();
+    assert_eq!(upstream.skopeo_digest("ironic/disk:v1"), digest);
+    let out = crate::harness::tempdir();
+    let pulled = crate::harness::oras(&["pull", &upstream.at("ironic/disk:v1"), out.path().to_str().unwrap()]).success().json();
+    let file = pulled["files"][0].as_str().unwrap();
+    assert_eq!(std::fs::read(file).unwrap(), std::fs::read(&disk).unwrap());
+    let inspect = airlock.run(&["inspect", &upstream.at("ironic/disk:v1"), "-o", "json"]).success().json();
+    assert_eq!(inspect["layers"][0]["size"], 70_000);
+}

@@ -184,3 +184,15 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
+
+/// Runs the ORAS SDK adapter under tests (`oras_client.py`); fails with the install command
+/// when the `oras` package is missing.
+pub fn oras(args: &[&str]) -> Run {
+    let python = require("python3", "python3");
+    let probe = Command::new(&python).args(["-c", "import oras.client"]).output().expect("run python3");
+    assert!(probe.status.success(), "the Python package `oras` is not installed: `pip install oras` (README's test command installs it)");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/oras_client.py");
+    let mut command = Command::new(python);
+    command.arg(script).args(args);
+    run_command(command, None)
+}
