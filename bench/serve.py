@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""`airlock serve` against Debian's docker-registry, side by side, in one run.
+
+Both serve the same content (pushed by the same client, skopeo). wrk (2 threads, 32
+connections) then measures requests/s of a manifest GET and a 1 MiB blob GET on each, and ab
+(32 connections, keep-alive) a blob HEAD; a push of the corpus (skopeo copy of every image) is timed on each; peak RSS comes from
+/proc (VmHWM). Needs docker-registry, skopeo, wrk and a release build (Debian packages
+docker-registry skopeo wrk apache2-utils).
+
+  python3 bench/serve.py [--seconds 5]
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as common  # noqa: E402  (the sync benchmark's corpus and registry helpers)
+
+
+class Endpoint(common.Registry):
+    """The HTTP helpers of `run.Registry` for a server started elsewhere."""
+
+    def __init__(self, host):
+        self.port = int(host.rsplit(":", 1)[1])
+
+
+class Served:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="airlock-serve-bench-")
+        self.process = subprocess.Popen([common.AIRLOCK, "serve", "--root", self.dir, "--listen", "127.0.0.1:0"],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline().strip()
+        self.host = line.removeprefix("listening on http://")
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+def peak_rss_mib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wrk(url, seconds, method="GET", headers=()):
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(f'wrk.method = "{method}"\n')
+    for name, value in headers:
+        script.write(f'wrk.headers["{name}"] = "{value}"\n')
+    script.close()
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{seconds}s", "-s", script.name, url], capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def ab_head(url, seconds):
+    """HEAD requests/s with ab (wrk waits for a body after a HEAD that declares a length)."""
+    out = subprocess.run(["ab", "-q", "-k", "-i", "-c", "32", "-t", str(seconds), "-n", "10000000", url],
+                         capture_output=True, text=True, check=True).stdout
+    return float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    for tool, package in [("docker-registry", "docker-registry"), ("skopeo", "skopeo"), ("wrk", "wrk"), ("ab", "apache2-utils")]:
+        common.need(tool, package)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-q", "-p", "airlock"], cwd=common.ROOT, check=True,
+                       env=dict(os.environ, CARGO_TARGET_DIR=common.TARGET_DIR))
+    work = tempfile.mkdtemp(prefix="airlock-serve-bench-work-")
+    policy = os.path.join(work, "policy.json")
+    open(policy, "w").write('{"default":[{"type":"insecureAcceptAnything"}]}')
+
+    # The corpus as an OCI layout, pushed to each server by skopeo.
+    repos = common.corpus("small-many")
+    source = common.Registry()
+    for repo, tags in repos.items():
+        for tag, manifest in tags.items():
+            source.push(repo, manifest, tag)
+    layout = os.path.join(work, "layout")
+    images = [(repo, tag) for repo, tags in repos.items() for tag in tags]
+    for repo, tag in images:
+        subprocess.run(["skopeo", "--policy", policy, "copy", "-q", "--all", "--preserve-digests", "--src-tls-verify=false",
+                        f"docker://{source.host}/{repo}:{tag}", f"oci:{layout}:{repo}-{tag}"], check=True)
+    source.stop()
+    mib = common.write_blob(bytes(1024 * 1024), "application/octet-stream")
+
+    distribution, airlock = common.Registry(), Served()
+    servers = {"docker-registry": (distribution.host, distribution.process.pid), "airlock serve": (airlock.host, airlock.process.pid)}
+    push_seconds = {}
+    for name, (host, _) in servers.items():
+        start = time.perf_counter()
+        for repo, tag in images:
+            subprocess.run(["skopeo", "--policy", policy, "copy", "-q", "--all", "--preserve-digests", "--dest-tls-verify=false",
+                            f"oci:{layout}:{repo}-{tag}", f"docker://{host}/{repo}:{tag}"], check=True)
+        push_seconds[name] = time.perf_counter() - start
+        endpoint = Endpoint(host)
+        endpoint.repo = "app0"
+        endpoint.push_blob(mib)
+
+    repo, tag = images[1]
+    manifest_digest = distribution.digest(repo, tag)
+    accept = [("Accept", f"{common.OCI_MANIFEST}, {common.OCI_INDEX}")]
+    results = {}
+    for name, (host, pid) in servers.items():
+        base = f"http://{host}/v2"
+        results[name] = {
+            "manifest GET": wrk(f"{base}/{repo}/manifests/{tag}", args.seconds, headers=accept),
+            "blob HEAD": ab_head(f"{base}/app0/blobs/{mib.digest}", args.seconds),
+            "1 MiB blob GET": wrk(f"{base}/app0/blobs/{mib.digest}", args.seconds),
+            "rss": peak_rss_mib(pid),
+        }
+        assert Endpoint(host).digest(repo, tag) == manifest_digest, f"{name} serves another digest"
+    distribution.stop()
+    airlock.stop()
+
+    mine, theirs = results["airlock serve"], results["docker-registry"]
+    print(f"{'case':18} {'airlock serve':>14} {'docker-registry':>16} {'ratio':>7}")
+    for case in ("manifest GET", "blob HEAD", "1 MiB blob GET"):
+        print(f"{case:18} {mine[case]:11.0f} r/s {theirs[case]:12.0f} r/s {mine[case] / theirs[case]:6.2f}x")
+    print(f"{'push corpus':18} {push_seconds['airlock serve']:12.2f} s {push_seconds['docker-registry']:14.2f} s "
+          f"{push_seconds['docker-registry'] / push_seconds['airlock serve']:6.2f}x throughput")
+    print(f"{'peak RSS':18} {mine['rss']:10.1f} MiB {theirs['rss']:12.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
