@@ -12,6 +12,9 @@
 //!       users: {ci: [pull, push]}
 //!     - repositories: "team/*"
 //!       users: {alice: [pull, push, delete], bob: [pull]}
+//! tls:
+//!   certificate: /etc/airlock/cert.pem
+//!   key: /etc/airlock/key.pem
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,6 +33,18 @@ pub struct ServeFile {
     pub listen: Option<String>,
     /// Access control; absent: open to anyone who can connect.
     pub auth: Option<AuthFile>,
+    /// HTTPS instead of plain HTTP.
+    pub tls: Option<TlsFile>,
+}
+
+/// Certificate chain and key, PEM.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// The certificate chain.
+    pub certificate: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// Reads `path`; errors name the file, the line and the key.

@@ -13,6 +13,7 @@ mod error;
 pub mod metrics;
 mod routes;
 pub mod storage;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -32,7 +33,17 @@ pub fn router(registry: Arc<Registry>) -> axum::Router {
     routes::router(registry)
 }
 
-/// Serves on `listener` until `shutdown` resolves, finishing requests in flight.
-pub async fn serve(listener: tokio::net::TcpListener, registry: Arc<Registry>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, routes::router(registry)).with_graceful_shutdown(shutdown).await
+/// Serves on `listener` until `shutdown` resolves, finishing requests in flight; over TLS when
+/// `tls` is given.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: Arc<Registry>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = routes::router(registry);
+    match tls {
+        Some(config) => tls::serve_tls(listener, router, config, shutdown).await,
+        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+    }
 }

@@ -175,6 +175,12 @@ pub struct ServeArgs {
     /// With `--htpasswd`: hand out bearer tokens at `/token` (Docker token auth).
     #[arg(long, requires = "htpasswd")]
     pub token: bool,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -422,9 +422,21 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         None => None,
     };
     let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth });
+    let tls_files = match (&args.tls_cert, &args.tls_key, &file.tls) {
+        (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
+        (_, _, Some(tls)) => Some((tls.certificate.clone(), tls.key.clone())),
+        _ => None,
+    };
+    let tls = match tls_files {
+        Some((cert, key)) => {
+            Some(airlock_registry::tls::server_config(&cert, &key).map_err(|e| Failure { error: anyhow::anyhow!(e), hint: None, exit_code: 2 })?)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
-    output::data(&format!("listening on http://{address}"));
+    output::data(&format!("listening on {scheme}://{address}"));
     let shutdown = async {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -440,7 +452,7 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         }
         tracing::info!("shutting down");
     };
-    airlock_registry::serve(listener, registry, shutdown).await.context("the registry stopped")?;
+    airlock_registry::serve(listener, registry, tls, shutdown).await.context("the registry stopped")?;
     Ok(())
 }
 

@@ -230,3 +230,20 @@ fn oras_artifacts_go_through_serve_and_docker_registry_unchanged() {
     let inspect = airlock.run(&["inspect", &upstream.at("ironic/disk:v1"), "-o", "json"]).success().json();
     assert_eq!(inspect["layers"][0]["size"], 70_000);
 }
+
+#[test]
+fn https_with_a_certificate_from_files() {
+    let dir = crate::harness::tempdir();
+    let (cert, key) = crate::harness::registry::tls_files(dir.path());
+    let served = Served::start_with(&dir.path().join("data"), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    let ca = dir.path().join("certs/ca.crt");
+    let ca = ca.to_str().unwrap();
+    airlock.run(&["copy", &example, &served.at("hello:1.0"), "--retries", "1"]).code(1).stderr_has("--ca-cert");
+    airlock.run(&["copy", &example, &served.at("hello:1.0"), "--ca-cert", ca]).success();
+    let digest = airlock.run(&["digest", &served.at("hello:1.0"), "--ca-cert", ca]).success().stdout.trim().to_owned();
+    let cert_dir = dir.path().join("certs");
+    let raw = skopeo(&["inspect", "--raw", "--cert-dir", cert_dir.to_str().unwrap(), &format!("docker://{}", served.at("hello:1.0"))]).success();
+    assert_eq!(crate::harness::sha256(&raw.stdout_bytes), digest);
+}

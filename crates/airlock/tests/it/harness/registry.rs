@@ -70,22 +70,8 @@ impl Registry {
             ),
         };
         let tls_yaml = if tls {
-            // A CA (in certs/ca.crt, for skopeo's --cert-dir and airlock's --ca-cert) and a leaf
-            // for 127.0.0.1 signed by it (in server/); webpki refuses a CA used as the leaf.
-            let openssl = require("openssl", "openssl");
-            let (certs, server) = (dir.path().join("certs"), dir.path().join("server"));
-            std::fs::create_dir_all(&certs).unwrap();
-            std::fs::create_dir_all(&server).unwrap();
-            let run = |args: &[&str]| {
-                let out = Command::new(&openssl).args(args).current_dir(dir.path()).output().expect("run openssl");
-                assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            };
-            let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-            run(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=airlock-test-ca", "-keyout", "server/ca.key", "-out", "certs/ca.crt"]].concat());
-            run(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "server/key.pem", "-out", "server/leaf.csr"]].concat());
-            std::fs::write(server.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-            run(&["x509", "-req", "-in", "server/leaf.csr", "-CA", "certs/ca.crt", "-CAkey", "server/ca.key", "-CAcreateserial", "-days", "2", "-extfile", "server/san.ext", "-out", "server/leaf.crt"]);
-            format!("  tls:\n    certificate: {}\n    key: {}\n", server.join("leaf.crt").display(), server.join("key.pem").display())
+            let (cert, key) = tls_files(dir.path());
+            format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
         } else {
             String::new()
         };
@@ -203,4 +189,24 @@ fn wait_ready(port: u16, child: &mut Child) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// A CA (in `DIR/certs/ca.crt`, for skopeo's `--cert-dir` and airlock's `--ca-cert`) and a leaf
+/// for 127.0.0.1 signed by it (in `DIR/server/`; webpki refuses a CA used as the leaf). Returns
+/// the leaf's certificate and key.
+pub fn tls_files(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let openssl = require("openssl", "openssl");
+    let (certs, server) = (dir.join("certs"), dir.join("server"));
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::create_dir_all(&server).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&openssl).args(args).current_dir(dir).output().expect("run openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    run(&[&["req", "-x509"][..], &ec, &["-days", "2", "-subj", "/CN=airlock-test-ca", "-keyout", "server/ca.key", "-out", "certs/ca.crt"]].concat());
+    run(&[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "server/key.pem", "-out", "server/leaf.csr"]].concat());
+    std::fs::write(server.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&["x509", "-req", "-in", "server/leaf.csr", "-CA", "certs/ca.crt", "-CAkey", "server/ca.key", "-CAcreateserial", "-days", "2", "-extfile", "server/san.ext", "-out", "server/leaf.crt"]);
+    (server.join("leaf.crt"), server.join("key.pem"))
 }

@@ -31,6 +31,7 @@ impl Served {
         let address = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("airlock serve said {line:?} instead of `listening on http://…`"))
             .to_owned();
         Served { root: root.to_owned(), address, child }
