@@ -12,6 +12,8 @@
 //!       users: {ci: [pull, push]}
 //!     - repositories: "team/*"
 //!       users: {alice: [pull, push, delete], bob: [pull]}
+//! notifications:
+//!   - url: http://127.0.0.1:8080/events   # distribution's event format, retried
 //! tls:
 //!   certificate: /etc/airlock/cert.pem
 //!   key: /etc/airlock/key.pem
@@ -35,6 +37,9 @@ pub struct ServeFile {
     pub auth: Option<AuthFile>,
     /// HTTPS instead of plain HTTP.
     pub tls: Option<TlsFile>,
+    /// Webhooks told of manifest pushes and deletes.
+    #[serde(default)]
+    pub notifications: Vec<crate::events::Endpoint>,
 }
 
 /// Certificate chain and key, PEM.

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 mod error;
+pub mod events;
 pub mod metrics;
 mod routes;
 pub mod storage;
@@ -26,6 +27,8 @@ pub struct Registry {
     pub storage: Storage,
     /// Who may do what; `None` lets anyone do anything (the loopback default).
     pub auth: Option<auth::Auth>,
+    /// Where pushes and deletes are announced.
+    pub notifier: Option<events::Notifier>,
 }
 
 /// The registry's HTTP service.

@@ -183,8 +183,44 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
     let result = match (resource, method) {
         (Resource::Manifest(reference), Method::GET) => get_manifest(storage, &name, &reference, true).await,
         (Resource::Manifest(reference), Method::HEAD) => get_manifest(storage, &name, &reference, false).await,
-        (Resource::Manifest(reference), Method::PUT) => put_manifest(storage, &name, &reference, request).await,
-        (Resource::Manifest(reference), Method::DELETE) => delete_manifest(storage, &name, &reference).await,
+        (Resource::Manifest(reference), Method::PUT) => {
+            let actor = actor_of(&registry, request.headers());
+            let result = put_manifest(storage, &name, &reference, request).await;
+            if let (Ok(response), Some(notifier)) = (&result, &registry.notifier) {
+                let digest = response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let stored = match &digest {
+                    Some(digest) => storage.get_manifest(&name, digest).await.ok(),
+                    None => None,
+                };
+                notifier.publish(crate::events::Event {
+                    action: "push",
+                    repository: name.clone(),
+                    digest,
+                    media_type: stored.as_ref().map(|(_, media_type, _)| media_type.clone()),
+                    size: stored.as_ref().map(|(_, _, bytes)| bytes.len() as u64),
+                    tag: airlock_oci::parse_digest(&reference).is_err().then(|| reference.clone()),
+                    actor,
+                });
+            }
+            result
+        }
+        (Resource::Manifest(reference), Method::DELETE) => {
+            let actor = actor_of(&registry, request.headers());
+            let result = delete_manifest(storage, &name, &reference).await;
+            if let (Ok(_), Some(notifier)) = (&result, &registry.notifier) {
+                let is_digest = airlock_oci::parse_digest(&reference).is_ok();
+                notifier.publish(crate::events::Event {
+                    action: "delete",
+                    repository: name.clone(),
+                    digest: is_digest.then(|| reference.clone()),
+                    media_type: None,
+                    size: None,
+                    tag: (!is_digest).then(|| reference.clone()),
+                    actor,
+                });
+            }
+            result
+        }
         (Resource::Blob(digest), Method::GET) => get_blob(storage, &name, &digest, request.headers(), true).await,
         (Resource::Blob(digest), Method::HEAD) => get_blob(storage, &name, &digest, request.headers(), false).await,
         (Resource::Blob(digest), Method::DELETE) => delete_blob(storage, &name, &digest).await,
@@ -198,6 +234,14 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
         (_, method) => Err(RegistryError::unsupported(format!("{method} is not supported here"))),
     };
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The authenticated user behind a request, for events.
+fn actor_of(registry: &Registry, headers: &HeaderMap) -> Option<String> {
+    match registry.auth.as_ref()?.identify(authorization(headers)) {
+        Caller::User(user) | Caller::Token(user, _) => Some(user),
+        _ => None,
+    }
 }
 
 fn digest_param(text: &str) -> Result<Digest> {

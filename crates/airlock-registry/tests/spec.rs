@@ -41,7 +41,7 @@ fn sha256(bytes: &[u8]) -> String {
 impl Registry {
     fn new() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None })), _dir: dir }
+        Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None })), _dir: dir }
     }
 
     async fn call(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
@@ -296,7 +296,7 @@ async fn health_and_metrics() {
 #[tokio::test]
 async fn garbage_collection_keeps_what_manifests_reach() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None });
+    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None });
     let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
     let (digest, _) = registry.push_image("r", "v1", b"kept layer").await;
     let orphan = registry.push_blob("r", b"an orphan").await;

@@ -421,7 +421,8 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         Some(auth) => Some(airlock_registry::auth::Auth::load(auth, &root).map_err(|e| Failure { error: anyhow::anyhow!(e), hint: None, exit_code: 2 })?),
         None => None,
     };
-    let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth });
+    let notifier = (!file.notifications.is_empty()).then(|| airlock_registry::events::Notifier::start(&file.notifications));
+    let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth, notifier });
     let tls_files = match (&args.tls_cert, &args.tls_key, &file.tls) {
         (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
         (_, _, Some(tls)) => Some((tls.certificate.clone(), tls.key.clone())),

@@ -247,3 +247,33 @@ fn https_with_a_certificate_from_files() {
     let raw = skopeo(&["inspect", "--raw", "--cert-dir", cert_dir.to_str().unwrap(), &format!("docker://{}", served.at("hello:1.0"))]).success();
     assert_eq!(crate::harness::sha256(&raw.stdout_bytes), digest);
 }
+
+#[test]
+fn pushes_and_deletes_are_announced_to_webhooks_with_retries() {
+    let sink = crate::harness::proxy::EventSink::start(1);
+    let dir = crate::harness::tempdir();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(&config, format!("notifications:\n  - url: {}\n", sink.url())).unwrap();
+    let served = Served::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    airlock.run(&["copy", &example, &served.at("team/hello:1.0")]).success();
+    let digest = airlock.run(&["digest", &served.at("team/hello:1.0")]).success().stdout.trim().to_owned();
+    let events = sink.wait_for(1);
+    assert_eq!(events.len(), 1, "the push was announced, after a refused first delivery");
+    let event = &events[0]["events"][0];
+    assert_eq!(events[0]["content_type"], "application/vnd.docker.distribution.events.v1+json");
+    assert_eq!(event["action"], "push");
+    assert_eq!(event["target"]["repository"], "team/hello");
+    assert_eq!(event["target"]["tag"], "1.0");
+    assert_eq!(event["target"]["digest"], digest);
+    assert_eq!(event["target"]["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+
+    crate::harness::proxy::runtime().block_on({
+        let url = served.url(&format!("/v2/team/hello/manifests/{digest}"));
+        async move { assert_eq!(reqwest::Client::new().delete(&url).send().await.unwrap().status(), 202) }
+    });
+    let events = sink.wait_for(2);
+    let deleted = &events[1]["events"][0];
+    assert_eq!((deleted["action"].as_str(), deleted["target"]["digest"].as_str()), (Some("delete"), Some(digest.as_str())));
+}

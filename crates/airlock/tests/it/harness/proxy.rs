@@ -318,3 +318,54 @@ async fn serve_referrers(state: &ProxyState, path: &str, authorization: Option<H
     }
     response
 }
+
+/// A webhook receiver: records every event body; the first `fail_first` deliveries get a 500.
+pub struct EventSink {
+    pub port: u16,
+    received: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+impl EventSink {
+    pub fn start(fail_first: usize) -> EventSink {
+        let listener = runtime().block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(std::sync::atomic::AtomicUsize::new(fail_first));
+        let sink = received.clone();
+        let router = axum::Router::new().fallback(move |request: Request| {
+            let sink = sink.clone();
+            let failures = failures.clone();
+            async move {
+                let content_type = request.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let body = axum::body::to_bytes(request.into_body(), 1 << 20).await.unwrap_or_default();
+                let left = failures.load(std::sync::atomic::Ordering::SeqCst);
+                if left > 0 {
+                    failures.store(left - 1, std::sync::atomic::Ordering::SeqCst);
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let mut event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                event["content_type"] = content_type.into();
+                sink.lock().unwrap().push(event);
+                StatusCode::OK
+            }
+        });
+        runtime().spawn(async move { axum::serve(listener, router).await });
+        EventSink { port, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/events", self.port)
+    }
+
+    /// Waits until `n` deliveries arrived (or 20 s passed) and returns them.
+    pub fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let received = self.received.lock().unwrap().clone();
+            if received.len() >= n || Instant::now() > deadline {
+                return received;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
