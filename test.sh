@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs airlock's whole test suite. On a fresh Debian machine it first installs what the tests
-# start for real (docker-registry, skopeo, umoci, htpasswd, openssl), and only what is missing.
+# start for real (docker-registry, skopeo, umoci, htpasswd, openssl, podman, runc, a static
+# busybox, the oras Python SDK), and only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
@@ -12,11 +13,17 @@ declare -A packages=(
   [umoci]=umoci
   [htpasswd]=apache2-utils
   [openssl]=openssl
+  [podman]=podman
+  [runc]=runc
 )
 missing=()
 for command in "${!packages[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
 done
+# The podman tests run a static busybox in their image.
+if command -v dpkg >/dev/null && ! dpkg -s busybox-static >/dev/null 2>&1; then
+  missing+=(busybox-static)
+fi
 if ((${#missing[@]})); then
   echo "test.sh: installing ${missing[*]}" >&2
   if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else sudo=(false); fi

@@ -277,3 +277,27 @@ fn pushes_and_deletes_are_announced_to_webhooks_with_retries() {
     let deleted = &events[1]["events"][0];
     assert_eq!((deleted["action"].as_str(), deleted["target"]["digest"].as_str()), (Some("delete"), Some(digest.as_str())));
 }
+
+#[test]
+fn podman_pushes_pulls_and_runs_images_served_by_airlock() {
+    let work = crate::harness::tempdir();
+    let layout = crate::harness::busybox_layout(work.path());
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let airlock = Airlock::new();
+    airlock.run(&["copy", &layout, &served.at("tools/busybox:1.0")]).success();
+    let digest = airlock.run(&["digest", &served.at("tools/busybox:1.0")]).success().stdout.trim().to_owned();
+
+    let podman = crate::harness::Podman::new();
+    podman.run(&["pull", "--tls-verify=false", &served.at("tools/busybox:1.0")]).success();
+    let run = podman.run_container(&served.at("tools/busybox:1.0"), &[]).success();
+    assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
+    // podman pushes back under another name; the manifest it writes reads back with its digest.
+    podman.run(&["push", "--tls-verify=false", &served.at("tools/busybox:1.0"), &format!("docker://{}", served.at("mirror/busybox:1.0"))]).success();
+    let pushed = airlock.run(&["inspect", &served.at("mirror/busybox:1.0"), "-o", "json"]).success().json();
+    let raw = airlock.run(&["inspect", "--raw", &served.at("mirror/busybox:1.0")]).success();
+    assert_eq!(pushed["digest"].as_str().unwrap(), crate::harness::sha256(&raw.stdout_bytes));
+    let run = podman.run_container(&served.at("mirror/busybox:1.0"), &[]).success();
+    assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
+    assert!(!digest.is_empty());
+}

@@ -196,3 +196,69 @@ pub fn oras(args: &[&str]) -> Run {
     command.arg(script).args(args);
     run_command(command, None)
 }
+
+/// podman with its own storage in a temp dir. Runtime flags come from `AIRLOCK_TEST_PODMAN_FLAGS`
+/// (default: `--runtime runc --cgroup-manager cgroupfs`) and run flags from
+/// `AIRLOCK_TEST_PODMAN_RUN_FLAGS` (default: `--ulimit nofile=20000:20000 --ulimit nproc=1000:1000`),
+/// so a machine that needs others can say so without a code change.
+pub struct Podman {
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    pub fn new() -> Podman {
+        require("podman", "podman");
+        require("runc", "runc");
+        Podman { dir: tempdir() }
+    }
+
+    fn flags(variable: &str, default: &str) -> Vec<String> {
+        std::env::var(variable).unwrap_or_else(|_| default.to_owned()).split_whitespace().map(str::to_owned).collect()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let mut command = Command::new("podman");
+        command
+            .args(Self::flags("AIRLOCK_TEST_PODMAN_FLAGS", "--runtime runc --cgroup-manager cgroupfs"))
+            .arg("--root")
+            .arg(self.dir.path().join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(args);
+        run_command(command, None)
+    }
+
+    /// `podman run --rm` with the configured run flags.
+    pub fn run_container(&self, image: &str, command: &[&str]) -> Run {
+        let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--tls-verify=false".into()];
+        args.extend(Self::flags("AIRLOCK_TEST_PODMAN_RUN_FLAGS", "--ulimit nofile=20000:20000 --ulimit nproc=1000:1000"));
+        args.push(image.into());
+        args.extend(command.iter().map(|c| c.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args)
+    }
+}
+
+/// An OCI layout (tag `1.0`) of a runnable image: Debian's static busybox and a greeting,
+/// built with umoci.
+pub fn busybox_layout(dir: &Path) -> String {
+    let umoci = require("umoci", "umoci");
+    let busybox = std::path::Path::new("/bin/busybox");
+    assert!(busybox.is_file(), "/bin/busybox is missing: `apt-get install busybox-static` (README's test command installs it)");
+    let layout = dir.join("busybox");
+    let bundle = dir.join("bundle");
+    let image = format!("{}:1.0", layout.display());
+    let umoci_run = |args: &[&str]| {
+        let mut command = Command::new(&umoci);
+        command.args(args);
+        run_command(command, None).success();
+    };
+    umoci_run(&["init", "--layout", layout.to_str().unwrap()]);
+    umoci_run(&["new", "--image", &image]);
+    umoci_run(&["unpack", "--rootless", "--image", &image, bundle.to_str().unwrap()]);
+    std::fs::copy(busybox, bundle.join("rootfs/busybox")).expect("copy busybox");
+    std::fs::write(bundle.join("rootfs/hello.txt"), "hello from a container served by airlock\n").unwrap();
+    umoci_run(&["repack", "--image", &image, bundle.to_str().unwrap()]);
+    umoci_run(&["config", "--image", &image, "--config.cmd", "/busybox", "--config.cmd", "cat", "--config.cmd", "/hello.txt", "--os", "linux", "--architecture", "amd64"]);
+    format!("ocidir://{}:1.0", layout.display())
+}
