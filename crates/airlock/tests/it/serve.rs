@@ -160,6 +160,11 @@ fn token_auth_with_rules_for_skopeo_and_airlock() {
     airlock.run(&["copy", &served.at("public/app:v1"), &served.at("bob/app:v1"), "--src-creds", bob, "--dest-creds", bob]).success();
     airlock.run(&["digest", &served.at("alice/app:v1"), "--creds", bob]).code(1);
     airlock.run(&["copy", &served.at("bob/app:v1"), &served.at("alice/x:v1"), "--src-creds", bob, "--dest-creds", bob]).code(1);
+    // podman logs in through the same token service.
+    let podman = crate::harness::Podman::new();
+    let podman_auth = airlock.path("podman-auth.json");
+    podman.run(&["login", "--tls-verify=false", "--authfile", podman_auth.to_str().unwrap(), "-u", "alice", "-p", "wrong", &served.address]).code(125);
+    podman.run(&["login", "--tls-verify=false", "--authfile", podman_auth.to_str().unwrap(), "-u", "alice", "-p", "alice-Secret-1", &served.address]).success();
     // Secrets stay out of the server's answers and airlock's output.
     let run = airlock.run(&["digest", &served.at("bob/app:v1"), "--creds", bob, "-vvv"]).success();
     assert!(!run.stderr.contains("bob-Secret-2"));
@@ -300,4 +305,36 @@ fn podman_pushes_pulls_and_runs_images_served_by_airlock() {
     let run = podman.run_container(&served.at("mirror/busybox:1.0"), &[]).success();
     assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
     assert!(!digest.is_empty());
+}
+
+#[test]
+fn sigterm_lets_a_download_in_flight_finish() {
+    let upstream = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(440, 24 * 1024 * 1024)]);
+    push(&upstream.host(), "big", &img, Some("v1"), None);
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let airlock = Airlock::new();
+    airlock.run(&["copy", &upstream.at("big:v1"), &served.at("big:v1")]).success();
+    let layer_digest = img.blobs[1].digest.clone();
+    let url = served.url(&format!("/v2/big/blobs/{layer_digest}"));
+    // Start a download, read its first bytes, then ask the server to stop.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let download = std::thread::spawn(move || {
+        crate::harness::proxy::runtime().block_on(async move {
+            let mut response = reqwest::get(&url).await.unwrap();
+            let mut body = Vec::new();
+            body.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+            sender.send(()).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            while let Some(chunk) = response.chunk().await.unwrap() {
+                body.extend_from_slice(&chunk);
+            }
+            crate::harness::sha256(&body)
+        })
+    });
+    receiver.recv().unwrap();
+    let status = served.terminate();
+    assert!(status.success(), "airlock serve exited with {status} on SIGTERM");
+    assert_eq!(download.join().unwrap(), layer_digest, "the download in flight was cut by the shutdown");
 }

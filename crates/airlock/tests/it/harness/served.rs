@@ -46,6 +46,16 @@ impl Served {
         format!("http://{}{path}", self.address)
     }
 
+    /// SIGTERM, then wait for the exit; returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().expect("wait for airlock serve")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to tidy up.
     pub fn kill(mut self) {
         let _ = self.child.kill();
