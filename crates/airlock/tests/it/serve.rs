@@ -338,3 +338,86 @@ fn sigterm_lets_a_download_in_flight_finish() {
     assert!(status.success(), "airlock serve exited with {status} on SIGTERM");
     assert_eq!(download.join().unwrap(), layer_digest, "the download in flight was cut by the shutdown");
 }
+
+#[test]
+fn a_kill_in_the_middle_of_a_chunk_leaves_a_resumable_session_and_no_blob() {
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    let data = crate::harness::fixtures::noise(450, 4 * 1024 * 1024);
+    let digest = crate::harness::sha256(&data);
+    let base = format!("http://{}", served.address);
+    let location = crate::harness::proxy::runtime().block_on({
+        let base = base.clone();
+        async move {
+            let start = reqwest::Client::new().post(format!("{base}/v2/app/blobs/uploads/")).send().await.unwrap();
+            start.headers()["location"].to_str().unwrap().to_owned()
+        }
+    });
+    // A PATCH whose body trickles: the server is killed while it is still arriving.
+    let (sent_some, sent) = std::sync::mpsc::channel();
+    let patch = std::thread::spawn({
+        let url = format!("{base}{location}");
+        let first = data[..1024 * 1024].to_vec();
+        move || {
+            crate::harness::proxy::runtime().block_on(async move {
+                let chunks = futures::stream::unfold((first, 0usize, Some(sent_some)), |(bytes, at, signal)| async move {
+                    if at >= bytes.len() {
+                        return None;
+                    }
+                    if at >= 256 * 1024 {
+                        if let Some(signal) = &signal {
+                            let _ = signal.send(());
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    let chunk = bytes::Bytes::copy_from_slice(&bytes[at..(at + 64 * 1024).min(bytes.len())]);
+                    Some((Ok::<_, std::io::Error>(chunk), (bytes, at + 64 * 1024, signal)))
+                });
+                let _ = reqwest::Client::new().patch(&url).body(reqwest::Body::wrap_stream(chunks)).send().await;
+            })
+        }
+    });
+    sent.recv().unwrap();
+    // Kill once the server has written part of the chunk (its upload status says so).
+    let status_url = format!("{base}{location}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let range = crate::harness::proxy::runtime().block_on({
+            let url = status_url.clone();
+            async move { reqwest::get(&url).await.unwrap().headers()["range"].to_str().unwrap().to_owned() }
+        });
+        let received: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+        if range != "0-0" {
+            break received;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server never received any of the chunk");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    served.kill();
+    patch.join().unwrap();
+
+    let served = Served::start(root.path());
+    let url = format!("http://{}{location}", served.address);
+    let blob_url = served.url(&format!("/v2/app/blobs/{digest}"));
+    crate::harness::proxy::runtime().block_on(async move {
+        let client = reqwest::Client::new();
+        assert_eq!(client.head(&blob_url).send().await.unwrap().status(), 404, "a partial upload is never a blob");
+        let status = client.get(&url).send().await.unwrap();
+        assert_eq!(status.status(), 204);
+        let range = status.headers()["range"].to_str().unwrap().to_owned();
+        let received: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+        assert!(received >= seen && received < 1024 * 1024, "the session kept what arrived ({seen} seen before the kill): {range}");
+        // Resume from where the server says it is.
+        let rest = data[received..].to_vec();
+        let done = client
+            .put(format!("{url}?digest={digest}"))
+            .header("content-range", format!("{received}-{}", data.len() - 1))
+            .body(rest)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 201);
+        let blob = client.get(&blob_url).send().await.unwrap().bytes().await.unwrap();
+        assert_eq!(crate::harness::sha256(&blob), digest);
+    });
+}
