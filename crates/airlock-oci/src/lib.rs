@@ -26,4 +26,4 @@ pub use digest::{DigestError, DigestHasher, parse_digest, digest_of};
 pub use manifest::{Manifest, ManifestError, ManifestKind, filter_index};
 pub use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, MediaType, Platform};
 pub use platform::{PlatformError, PlatformSpec};
-pub use reference::{validate_repository, validate_tag, LayoutRef, Reference, ReferenceError, RegistryRef, DEFAULT_TAG, DOCKER_HUB};
+pub use reference::{validate_repository, validate_tag, LayoutRef, Reference, ReferenceError, RegistryRef, RootRef, DEFAULT_TAG, DOCKER_HUB};

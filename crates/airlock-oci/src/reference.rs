@@ -1,6 +1,7 @@
 //! Image references in the forms users type: `[registry/]repository[:tag][@digest]`, skopeo's
 //! `docker://…`, Ironic's `oci://host/repo[:tag|@digest]`, and `ocidir://PATH[:tag|@digest]` for
-//! an OCI image-layout folder.
+//! an OCI image-layout folder, and `root://PATH//REPOSITORY[:tag|@digest]` for a repository
+//! in the storage folder of `airlock serve`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -31,6 +32,21 @@ pub enum Reference {
     Registry(RegistryRef),
     /// An OCI image-layout folder (`ocidir://`).
     Layout(LayoutRef),
+    /// A repository in the storage folder of `airlock serve` (`root://PATH//REPOSITORY`).
+    Root(RootRef),
+}
+
+/// A reference into the storage folder of `airlock serve`, read and written without a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootRef {
+    /// The folder given to `airlock serve --root`.
+    pub root: String,
+    /// The repository in it.
+    pub repository: String,
+    /// The tag as written.
+    pub tag: Option<String>,
+    /// The digest as written.
+    pub digest: Option<Digest>,
 }
 
 /// A reference into a registry, normalised as Docker does.
@@ -63,6 +79,7 @@ impl Reference {
         match self {
             Reference::Registry(r) => r.tag.as_deref(),
             Reference::Layout(r) => r.tag.as_deref(),
+            Reference::Root(r) => r.tag.as_deref(),
         }
     }
 
@@ -71,6 +88,7 @@ impl Reference {
         match self {
             Reference::Registry(r) => r.digest.as_ref(),
             Reference::Layout(r) => r.digest.as_ref(),
+            Reference::Root(r) => r.digest.as_ref(),
         }
     }
 
@@ -92,6 +110,10 @@ impl Reference {
                 r.digest = None;
             }
             Reference::Layout(r) => {
+                r.tag = Some(tag.to_owned());
+                r.digest = None;
+            }
+            Reference::Root(r) => {
                 r.tag = Some(tag.to_owned());
                 r.digest = None;
             }
@@ -122,6 +144,10 @@ impl fmt::Display for Reference {
                 write!(f, "ocidir://{}", r.path)?;
                 (r.tag.as_deref(), r.digest.as_ref())
             }
+            Reference::Root(r) => {
+                write!(f, "root://{}//{}", r.root, r.repository)?;
+                (r.tag.as_deref(), r.digest.as_ref())
+            }
         };
         match (tag, digest) {
             (None, None) => write!(f, ":{DEFAULT_TAG}"),
@@ -150,6 +176,17 @@ impl FromStr for Reference {
             }
             return Ok(Reference::Layout(LayoutRef { path: path.to_owned(), tag, digest }));
         }
+        if let Some(rest) = input.strip_prefix("root://") {
+            let Some((root, name)) = rest.split_once("//") else {
+                return Err(error("expected `root://PATH//REPOSITORY[:tag|@digest]` (two slashes between the folder and the repository)".into()));
+            };
+            if root.is_empty() {
+                return Err(error("the folder path is empty; expected `root://PATH//REPOSITORY[:tag]`".into()));
+            }
+            let (repository, tag, digest) = split_tag_and_digest(name).map_err(error)?;
+            validate_repository(repository).map_err(error)?;
+            return Ok(Reference::Root(RootRef { root: root.to_owned(), repository: repository.to_owned(), tag, digest }));
+        }
         let (rest, explicit_host) = if let Some(rest) = input.strip_prefix("oci://") {
             (rest, true)
         } else if let Some(rest) = input.strip_prefix("docker://") {
@@ -170,9 +207,9 @@ impl FromStr for RegistryRef {
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         match input.parse::<Reference>()? {
             Reference::Registry(r) => Ok(r),
-            Reference::Layout(_) => Err(ReferenceError {
+            Reference::Layout(_) | Reference::Root(_) => Err(ReferenceError {
                 input: input.to_owned(),
-                reason: "expected a registry reference, not an `ocidir://` folder".into(),
+                reason: "expected a registry reference, not a folder".into(),
             }),
         }
     }
@@ -362,6 +399,16 @@ mod tests {
         let Reference::Layout(layout) = "ocidir:///tmp/x:v1".parse().unwrap() else { panic!() };
         assert_eq!(layout.path, "/tmp/x");
         assert_eq!(layout.tag.as_deref(), Some("v1"));
+    }
+
+    #[test]
+    fn serve_roots() {
+        check("root:///var/lib/airlock//team/app:v1", "root:///var/lib/airlock//team/app:v1");
+        check("root://data//app", "root://data//app:latest");
+        let Reference::Root(root) = "root:///srv//a/b@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b".parse().unwrap() else { panic!() };
+        assert_eq!((root.root.as_str(), root.repository.as_str()), ("/srv", "a/b"));
+        check_err("root:///srv/app", "two slashes");
+        check_err("root:///srv//App", "lowercase");
     }
 
     #[test]

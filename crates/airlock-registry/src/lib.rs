@@ -14,12 +14,14 @@ pub mod events;
 pub mod metrics;
 mod routes;
 pub mod storage;
+mod store;
 pub mod tls;
 
 use std::sync::Arc;
 
 pub use error::RegistryError;
 pub use storage::Storage;
+pub use store::RootStore;
 
 /// What the routes share.
 pub struct Registry {

@@ -375,7 +375,10 @@ impl Storage {
         E: std::fmt::Display,
     {
         let id = self.start_upload(name).await?;
-        self.append_upload(name, &id, None, body).await?;
+        if let Err(error) = self.append_upload(name, &id, None, body).await {
+            let _ = tokio::fs::remove_dir_all(self.upload_dir(&id)).await;
+            return Err(error);
+        }
         self.finish_upload(name, &id, digest).await
     }
 }

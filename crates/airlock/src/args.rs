@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 ///
 /// References: `[registry/]repository[:tag][@digest]` (Docker Hub when no registry is named:
 /// `alpine` is `docker.io/library/alpine:latest`), also `docker://REF`, `oci://HOST/REPO[:tag|@digest]`,
-/// and `ocidir://PATH[:tag|@digest]` for an OCI image-layout folder.
+/// `ocidir://PATH[:tag|@digest]` for an OCI image-layout folder, and `root://PATH//REPO[:tag]` for
+/// a repository in the folder of `airlock serve --root PATH` (with or without the server running).
 #[derive(Debug, Parser)]
 #[command(name = "airlock", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {

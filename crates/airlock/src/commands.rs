@@ -62,7 +62,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
 
 pub(crate) fn parse_reference(text: &str) -> Result<Reference> {
     text.parse::<Reference>().map_err(|e| Failure {
-        hint: Some("a reference is `[registry/]repository[:tag][@digest]`, `oci://host/repo[:tag]` or `ocidir://PATH[:tag]`".into()),
+        hint: Some("a reference is `[registry/]repository[:tag][@digest]`, `oci://host/repo[:tag]`, `ocidir://PATH[:tag]` or `root://PATH//repo[:tag]`".into()),
         error: e.into(),
         exit_code: 2,
     })
@@ -101,6 +101,7 @@ pub(crate) async fn open(registries: &Registries, reference: &Reference, access:
     match reference {
         Reference::Registry(registry) => Arc::new(registries.store(registry, access).await),
         Reference::Layout(layout) => Arc::new(LayoutStore::new(&layout.path)),
+        Reference::Root(root) => Arc::new(airlock_registry::RootStore::new(Arc::new(airlock_registry::Storage::new(&root.root)), &root.repository)),
     }
 }
 

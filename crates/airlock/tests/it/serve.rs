@@ -421,3 +421,38 @@ fn a_kill_in_the_middle_of_a_chunk_leaves_a_resumable_session_and_no_blob() {
         assert_eq!(crate::harness::sha256(&blob), digest);
     });
 }
+
+#[test]
+fn root_references_read_and_write_a_serve_folder_without_a_server() {
+    let upstream = Registry::start(Auth::None);
+    let amd = image("amd64", &[layer(460, 30_000)]);
+    let arm = image("arm64", &[layer(461, 30_000)]);
+    let idx = index(&[(&amd, "amd64", None), (&arm, "arm64", None)]);
+    push(&upstream.host(), "multi", &idx, Some("1.0"), None);
+    let signature = referrer(&idx, "application/vnd.dev.cosign.artifact.sig.v1+json", b"sig");
+    push_referrers(&upstream.host(), "multi", &idx, &[&signature], None);
+    let root = crate::harness::tempdir();
+    let target = format!("root://{}//mirror/multi:1.0", root.path().display());
+    let airlock = Airlock::new();
+    let report = airlock.run(&["copy", &upstream.at("multi:1.0"), &target, "-o", "json"]).success().json();
+    assert_eq!((report["digest"].as_str(), report["referrers_copied"].as_u64()), (Some(idx.digest.as_str()), Some(1)));
+    // Within one root, another repository mounts instead of copying.
+    let again = airlock.run(&["copy", &target, &format!("root://{}//other/multi:1.0", root.path().display()), "-o", "json"]).success().json();
+    assert_eq!(again["blobs_copied"], 0);
+
+    // A server on that folder serves what was written, to skopeo.
+    let served = Served::start(root.path());
+    assert_eq!(skopeo_digest(&format!("docker://{}", served.at("mirror/multi:1.0"))), idx.digest);
+    assert_eq!(skopeo_digest(&format!("docker://{}", served.at("other/multi:1.0"))), idx.digest);
+    drop(served);
+
+    // Corrupt bytes never land in the folder.
+    let proxy = crate::harness::FaultProxy::start(&upstream.host());
+    proxy.inject(crate::harness::Fault::FlipBlobBytes);
+    let other = image("amd64", &[layer(462, 10_000)]);
+    push(&upstream.host(), "flip", &other, Some("v1"), None);
+    let flipped = format!("root://{}//flip:v1", root.path().display());
+    airlock.run(&["copy", &proxy.at("flip:v1"), &flipped]).code(1).stderr_has("digest mismatch");
+    airlock.run(&["digest", &flipped]).code(1).stderr_has("not found");
+    assert!(std::fs::read_dir(root.path().join("uploads")).map(|d| d.count()).unwrap_or(0) == 0, "no upload session left behind");
+}
