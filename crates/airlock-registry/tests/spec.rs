@@ -314,3 +314,44 @@ async fn garbage_collection_keeps_what_manifests_reach() {
     let after = storage.storage.gc(false, std::time::Duration::ZERO).await.unwrap();
     assert_eq!((after.kept, after.removed), (0, 3));
 }
+
+#[tokio::test]
+async fn the_remaining_error_paths_answer_the_spec_codes() {
+    let registry = Registry::new();
+    let (digest, manifest) = registry.push_image("r", "v1", b"layer").await;
+    // Uploads: the session id comes back; a PUT needs a digest; unknown sessions are 404.
+    let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
+    assert!(!start.header("docker-upload-uuid").is_empty());
+    let location = start.header("location").to_owned();
+    let no_digest = registry.call("PUT", &location, &[], b"x".to_vec()).await;
+    assert_eq!((no_digest.status, no_digest.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    let unknown = registry.call("PATCH", "/v2/r/blobs/uploads/nosuchsession", &[], b"x".to_vec()).await;
+    assert_eq!((unknown.status, unknown.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
+    let other_repo = registry.call("GET", &location.replace("/v2/r/", "/v2/s/"), &[], vec![]).await;
+    assert_eq!(other_repo.status, StatusCode::NOT_FOUND, "a session belongs to its repository");
+    // Manifests: an invalid tag, an unknown delete, an index over a missing child.
+    let bad_tag = registry.call("PUT", "/v2/r/manifests/-bad", &[], manifest.clone()).await;
+    assert_eq!((bad_tag.status, bad_tag.error_code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"));
+    let delete_unknown = registry.call("DELETE", &format!("/v2/r/manifests/{}", sha256(b"nothing")), &[], vec![]).await;
+    assert_eq!((delete_unknown.status, delete_unknown.error_code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": manifest.len()},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(b"absent"), "size": 10},
+        ],
+    }))
+    .unwrap();
+    let orphan_index = registry.call("PUT", "/v2/r/manifests/multi", &[("content-type", "application/vnd.oci.image.index.v1+json")], index).await;
+    assert_eq!((orphan_index.status, orphan_index.error_code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+    // Tag listing: a non-number n.
+    let bad_n = registry.call("GET", "/v2/r/tags/list?n=many", &[], vec![]).await;
+    assert_eq!(bad_n.status, StatusCode::BAD_REQUEST);
+    // Unsupported methods and routes.
+    assert_eq!(registry.call("POST", "/v2/r/manifests/v1", &[], vec![]).await.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(registry.call("GET", "/v2/r/nonsense", &[], vec![]).await.status, StatusCode::NOT_FOUND);
+    // Every error body has the spec's shape.
+    let body = registry.call("GET", "/v2/r/manifests/nope", &[], vec![]).await.json();
+    let error = &body["errors"][0];
+    assert!(error["code"].is_string() && error["message"].is_string() && error.get("detail").is_some(), "{body}");
+}
