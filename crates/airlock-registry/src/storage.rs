@@ -368,18 +368,47 @@ impl Storage {
         not_found_as(tokio::fs::remove_file(repo.join("_manifests").join(key(&digest))).await, StorageError::ManifestUnknown)
     }
 
-    /// Stores a whole blob given in one request (monolithic upload), verified.
+    /// Stores a whole blob given in one request (monolithic upload): written to a temporary
+    /// file beside the blobs while hashed, renamed into place only when the digest matches. No
+    /// upload session is involved, so a request dropped half way leaves at most a `.tmp-` file,
+    /// which nothing reads and `gc` removes.
     pub async fn put_blob<S, E>(&self, name: &str, digest: &Digest, body: S) -> Result<u64>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let id = self.start_upload(name).await?;
-        if let Err(error) = self.append_upload(name, &id, None, body).await {
-            let _ = tokio::fs::remove_dir_all(self.upload_dir(&id)).await;
-            return Err(error);
+        let Some(mut hasher) = DigestHasher::new(digest.algorithm()) else {
+            return Err(StorageError::DigestInvalid);
+        };
+        let target = self.blob_path(digest);
+        let dir = target.parent().expect("blob paths have a parent").to_owned();
+        tokio::fs::create_dir_all(&dir).await?;
+        let temp = dir.join(format!(".tmp-{}", unique()));
+        let result = async {
+            let mut file = tokio::fs::File::create(&temp).await?;
+            let mut size = 0u64;
+            let mut body = std::pin::pin!(body);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+                size += chunk.len() as u64;
+            }
+            if &hasher.finish() != digest {
+                return Err(StorageError::DigestInvalid);
+            }
+            file.sync_all().await?;
+            drop(file);
+            tokio::fs::rename(&temp, &target).await?;
+            Ok(size)
         }
-        self.finish_upload(name, &id, digest).await
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
+        let size = result?;
+        self.link_blob(name, digest).await?;
+        Ok(size)
     }
 }
 
@@ -421,13 +450,16 @@ pub struct GcReport {
     /// Unreachable blobs kept because they are younger than the grace period (an upload whose
     /// manifest has not arrived yet).
     pub too_young: u64,
+    /// Upload sessions idle for longer than the grace period, removed (or that would be).
+    pub stale_uploads: u64,
 }
 
 impl Storage {
     /// Mark and sweep: every blob that no manifest of any repository reaches, and that is older
     /// than `grace`, is removed with its repository links. Manifests themselves are reachable
-    /// while a repository links them. Upload sessions are not touched, and the grace period
-    /// keeps blobs of pushes in progress (uploaded, manifest not yet written).
+    /// while a repository links them. The grace period keeps blobs of pushes in progress
+    /// (uploaded, manifest not yet written); upload sessions are removed only once idle for
+    /// longer than it.
     pub async fn gc(&self, dry_run: bool, grace: std::time::Duration) -> Result<GcReport> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || gc_blocking(&root, dry_run, grace)).await.expect("gc does not panic")
@@ -466,10 +498,28 @@ fn gc_blocking(root: &Path, dry_run: bool, grace: std::time::Duration) -> Result
     // Sweep.
     let mut report = GcReport::default();
     let now = std::time::SystemTime::now();
+    let age_of = |path: &Path| {
+        std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).and_then(|m| now.duration_since(m).ok()).unwrap_or_default()
+    };
+    for id in read_dir_names(&root.join("uploads"))? {
+        let dir = root.join("uploads").join(&id);
+        // Idle since the last byte arrived (the data file), or since it started.
+        let activity = if dir.join("data").exists() { dir.join("data") } else { dir.clone() };
+        if age_of(&activity) > grace {
+            report.stale_uploads += 1;
+            if !dry_run {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
     for algorithm in read_dir_names(&root.join("blobs"))? {
         let dir = root.join("blobs").join(&algorithm);
         for hex in read_dir_names(&dir)? {
             if hex.starts_with(".tmp-") {
+                // A write that died before its rename.
+                if age_of(&dir.join(&hex)) > grace && !dry_run {
+                    let _ = std::fs::remove_file(dir.join(&hex));
+                }
                 continue;
             }
             if marked.contains(&format!("{algorithm}:{hex}")) {

@@ -300,13 +300,17 @@ async fn garbage_collection_keeps_what_manifests_reach() {
     let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
     let (digest, _) = registry.push_image("r", "v1", b"kept layer").await;
     let orphan = registry.push_blob("r", b"an orphan").await;
-    let young = storage.storage.gc(true, std::time::Duration::from_secs(3600)).await.unwrap();
-    assert_eq!((young.removed, young.too_young), (0, 1), "a fresh blob may belong to a push in progress");
+    let session = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
+    let young = storage.storage.gc(false, std::time::Duration::from_secs(3600)).await.unwrap();
+    assert_eq!((young.removed, young.too_young, young.stale_uploads), (0, 1, 0), "a fresh blob may belong to a push in progress");
+    let location = session.header("location").to_owned();
+    assert_eq!(registry.call("GET", &location, &[], vec![]).await.status, StatusCode::NO_CONTENT, "an active session survives");
     let dry = storage.storage.gc(true, std::time::Duration::ZERO).await.unwrap();
-    assert_eq!((dry.kept, dry.removed, dry.bytes), (3, 1, 9));
+    assert_eq!((dry.kept, dry.removed, dry.bytes, dry.stale_uploads), (3, 1, 9, 1));
     assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{orphan}"), &[], vec![]).await.status, StatusCode::OK, "a dry run removes nothing");
     let done = storage.storage.gc(false, std::time::Duration::ZERO).await.unwrap();
-    assert_eq!(done.removed, 1);
+    assert_eq!((done.removed, done.stale_uploads), (1, 1));
+    assert_eq!(registry.call("GET", &location, &[], vec![]).await.status, StatusCode::NOT_FOUND, "an idle session is purged");
     assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{orphan}"), &[], vec![]).await.status, StatusCode::NOT_FOUND);
     assert_eq!(registry.call("GET", &format!("/v2/r/manifests/{digest}"), &[], vec![]).await.status, StatusCode::OK);
     // Delete the manifest: its blobs go at the next collection.

@@ -82,8 +82,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Remove blobs of a serve root that no manifest reaches (mark and sweep).
     ///
-    /// Safe beside a running server: upload sessions are left alone, and blobs younger than
-    /// `--grace` are kept, since they may belong to a push whose manifest has not arrived.
+    /// Safe beside a running server: blobs younger than `--grace` are kept, since they may belong
+    /// to a push whose manifest has not arrived, and upload sessions go only once idle for longer.
     Gc(GcArgs),
     /// Show a manifest: its digest, media type, platforms or layers.
     Inspect(InspectArgs),
@@ -192,7 +192,7 @@ pub struct GcArgs {
     /// Report what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Keep unreachable blobs younger than this: `90s`, `30m`, `1h`.
+    /// Keep unreachable blobs and upload sessions younger than this: `90s`, `30m`, `1h`.
     #[arg(long, default_value = "1h", value_name = "DURATION", value_parser = parse_duration)]
     pub grace: std::time::Duration,
 }

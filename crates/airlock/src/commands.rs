@@ -467,13 +467,15 @@ async fn gc(global: &Global, args: &crate::args::GcArgs) -> Result<()> {
     match global.output {
         Output::Json => output::json(&serde_json::json!({
             "dry_run": args.dry_run, "kept": report.kept, "removed": report.removed, "bytes": report.bytes, "too_young": report.too_young,
+            "stale_uploads": report.stale_uploads,
         })),
         Output::Text if !global.quiet => {
             let verb = if args.dry_run { "would remove" } else { "removed" };
             output::data(&format!(
-                "{verb} {} blobs ({}); kept {} reachable and {} younger than the grace period",
+                "{verb} {} blobs ({}) and {} idle upload sessions; kept {} reachable and {} younger than the grace period",
                 report.removed,
                 output::bytes(report.bytes),
+                report.stale_uploads,
                 report.kept,
                 report.too_young
             ));
