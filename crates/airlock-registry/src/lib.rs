@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod backend;
 pub mod config;
 mod error;
 pub mod events;

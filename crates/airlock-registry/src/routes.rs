@@ -12,7 +12,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::auth::{Action, Caller};
 use crate::error::RegistryError;
@@ -22,7 +21,6 @@ use crate::Registry;
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
-const CHUNK: usize = 256 * 1024;
 
 pub fn router(registry: Arc<Registry>) -> Router {
     let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -327,7 +325,7 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
 
 async fn get_blob(storage: &Storage, name: &str, digest: &str, headers: &HeaderMap, body: bool) -> Result<Response> {
     let digest = digest_param(digest)?;
-    let (mut file, size) = storage.open_blob(name, &digest).await?;
+    let size = storage.blob_size(name, &digest).await?;
     let range = parse_range(headers, size)?;
     let (status, start, length) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
@@ -345,24 +343,29 @@ async fn get_blob(storage: &Storage, name: &str, digest: &str, headers: &HeaderM
     if !body {
         return Ok(response.body(Body::empty()).expect("valid headers"));
     }
-    if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start)).await.map_err(crate::storage::StorageError::from)?;
-    }
-    let stream = futures::stream::unfold((file, length), |(mut file, left)| async move {
+    let (stream, _) = storage.read_blob(name, &digest, start).await?;
+    Ok(response.body(Body::from_stream(take_bytes(stream, length))).expect("valid headers"))
+}
+
+/// The first `limit` bytes of a stream (a `Range` that ends before the blob does).
+fn take_bytes(stream: crate::backend::ByteStream, limit: u64) -> crate::backend::ByteStream {
+    use futures::StreamExt;
+    Box::pin(futures::stream::unfold((stream, limit), |(mut stream, left)| async move {
         if left == 0 {
             return None;
         }
-        let mut buffer = vec![0u8; CHUNK.min(left as usize)];
-        match file.read(&mut buffer).await {
-            Ok(0) => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than recorded")), (file, 0))),
-            Ok(n) => {
-                buffer.truncate(n);
-                Some((Ok(bytes::Bytes::from(buffer)), (file, left - n as u64)))
+        match stream.next().await {
+            Some(Ok(mut chunk)) => {
+                if chunk.len() as u64 > left {
+                    chunk.truncate(left as usize);
+                }
+                let left = left - chunk.len() as u64;
+                Some((Ok(chunk), (stream, left)))
             }
-            Err(e) => Some((Err(e), (file, 0))),
+            Some(Err(e)) => Some((Err(e), (stream, 0))),
+            None => Some((Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shorter than recorded")), (stream, 0))),
         }
-    });
-    Ok(response.body(Body::from_stream(stream)).expect("valid headers"))
+    }))
 }
 
 async fn delete_blob(storage: &Storage, name: &str, digest: &str) -> Result<Response> {

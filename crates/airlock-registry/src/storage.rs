@@ -1,28 +1,31 @@
 //! The embedded registry's storage: content-addressed blobs shared by every repository, and per
-//! repository the links that say what it holds.
+//! repository the links that say what it holds. It is written against [`Backend`], so the same
+//! logic runs over a folder ([`FsBackend`]) or, later, an object store.
 //!
 //! ```text
-//! ROOT/blobs/sha256/<hex>                             content, written once, never changed
-//! ROOT/repositories/<name>/_blobs/sha256-<hex>        this repository holds the blob
-//! ROOT/repositories/<name>/_manifests/sha256-<hex>    this repository holds the manifest (file: its media type)
-//! ROOT/repositories/<name>/_tags/<tag>                the tag (file: the digest)
-//! ROOT/repositories/<name>/_referrers/<subject>/<referrer>   a referrer's descriptor (JSON)
-//! ROOT/uploads/<id>/{repository,data}                 an upload session (survives a restart)
+//! blobs/sha256/<hex>                             content, written once, never changed
+//! repositories/<name>/_blobs/sha256-<hex>        this repository holds the blob
+//! repositories/<name>/_manifests/sha256-<hex>    this repository holds the manifest (its media type)
+//! repositories/<name>/_tags/<tag>                the tag (the digest)
+//! repositories/<name>/_referrers/<subject>/<referrer>   a referrer's descriptor (JSON)
+//! uploads/<id>/{repository,data}                 an upload session (survives a restart)
 //! ```
 //!
 //! Underscore-prefixed names cannot be repository path components, so a repository `a` and a
-//! repository `a/_tags` cannot collide. Every file is written to a temporary name, fsynced and
-//! renamed: a crash leaves the old state or the new one. Blobs are verified before they are
-//! renamed into place; a tag is written only after its manifest, whose blobs are checked first.
+//! repository `a/_tags` cannot collide. Every object is written atomically by the backend.
+//! Blobs are verified before they become visible; a tag is written only after its manifest,
+//! whose blobs are checked first.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use airlock_oci::{Descriptor, Digest, DigestHasher, Manifest};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::io::AsyncWriteExt;
+
+use crate::backend::{unique, Backend, ByteStream, FsBackend};
 
 /// Storage errors, already in the distribution spec's vocabulary.
 #[derive(Debug, thiserror::Error)]
@@ -64,90 +67,115 @@ pub enum StorageError {
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// A registry's storage on disk.
+/// A registry's storage.
 pub struct Storage {
+    backend: Arc<dyn Backend>,
     root: PathBuf,
-}
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn unique() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{:x}{:x}{:x}", std::process::id(), nanos, COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 fn key(digest: &Digest) -> String {
     format!("{}-{}", digest.algorithm(), digest.digest())
 }
 
-/// Writes `bytes` to `path` atomically.
-async fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().expect("storage paths have a parent");
-    tokio::fs::create_dir_all(dir).await?;
-    let temp = dir.join(format!(".tmp-{}", unique()));
-    let mut file = tokio::fs::File::create(&temp).await?;
-    file.write_all(bytes).await?;
-    file.sync_all().await?;
-    drop(file);
-    tokio::fs::rename(&temp, path).await
+fn blob_key(digest: &Digest) -> String {
+    format!("blobs/{}/{}", digest.algorithm(), digest.digest())
 }
 
-async fn exists(path: &Path) -> bool {
-    tokio::fs::try_exists(path).await.unwrap_or(false)
+fn repo_key(name: &str) -> String {
+    format!("repositories/{name}")
+}
+
+fn upload_key(id: &str) -> String {
+    format!("uploads/{id}")
 }
 
 fn not_found_as<T>(result: std::io::Result<T>, error: StorageError) -> Result<T> {
     result.map_err(|e| if e.kind() == ErrorKind::NotFound { error } else { StorageError::Io(e) })
 }
 
+/// A request body as the backend wants it; a body error becomes an `Other` I/O error.
+fn into_byte_stream<S, E>(body: S) -> ByteStream
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display,
+{
+    Box::pin(body.map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string()))))
+}
+
+/// Fails with `InvalidData` at the end of the body when it does not hash to `digest`.
+fn verified(body: ByteStream, digest: &Digest) -> Result<ByteStream> {
+    let hasher = DigestHasher::new(digest.algorithm()).ok_or(StorageError::DigestInvalid)?;
+    let expected = digest.clone();
+    Ok(Box::pin(futures::stream::unfold((body, Some(hasher)), move |(mut body, hasher)| {
+        let expected = expected.clone();
+        async move {
+            let mut hasher = hasher?;
+            match body.next().await {
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk);
+                    Some((Ok(chunk), (body, Some(hasher))))
+                }
+                Some(Err(e)) => Some((Err(e), (body, None))),
+                None if hasher.finish() == expected => None,
+                None => Some((Err(std::io::Error::new(ErrorKind::InvalidData, "digest mismatch")), (body, None))),
+            }
+        }
+    })))
+}
+
+fn body_error(error: std::io::Error) -> StorageError {
+    match error.kind() {
+        ErrorKind::InvalidData => StorageError::DigestInvalid,
+        ErrorKind::Other => StorageError::Body(error.to_string()),
+        _ => StorageError::Io(error),
+    }
+}
+
 impl Storage {
-    /// Storage under `root`, created as needed.
+    /// Storage in the folder `root`, created as needed.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Storage { root: root.into() }
+        let root = root.into();
+        Storage { backend: Arc::new(FsBackend::new(root.clone())), root }
     }
 
-    /// The folder it lives in.
+    /// Storage over another backend; `name` says where, in messages.
+    pub fn with_backend(backend: Arc<dyn Backend>, name: impl Into<PathBuf>) -> Self {
+        Storage { backend, root: name.into() }
+    }
+
+    /// Where it lives (the folder, for the filesystem backend).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root.join("blobs").join(digest.algorithm().as_ref()).join(digest.digest())
-    }
-
-    fn repo(&self, name: &str) -> PathBuf {
-        self.root.join("repositories").join(name)
-    }
-
-    fn upload_dir(&self, id: &str) -> PathBuf {
-        self.root.join("uploads").join(id)
+    async fn exists(&self, key: &str) -> bool {
+        self.backend.size(key).await.is_ok()
     }
 
     /// Whether the repository exists (has ever held anything).
     pub async fn repository_exists(&self, name: &str) -> bool {
-        exists(&self.repo(name)).await
+        self.backend.list(&repo_key(name)).await.is_ok_and(|names| !names.is_empty())
     }
 
     /// The size of a blob the repository holds.
     pub async fn blob_size(&self, name: &str, digest: &Digest) -> Result<u64> {
-        if !exists(&self.repo(name).join("_blobs").join(key(digest))).await {
+        if !self.exists(&format!("{}/_blobs/{}", repo_key(name), key(digest))).await {
             return Err(StorageError::BlobUnknown);
         }
-        let metadata = not_found_as(tokio::fs::metadata(self.blob_path(digest)).await, StorageError::BlobUnknown)?;
-        Ok(metadata.len())
+        not_found_as(self.backend.size(&blob_key(digest)).await, StorageError::BlobUnknown)
     }
 
-    /// Opens a blob the repository holds.
-    pub async fn open_blob(&self, name: &str, digest: &Digest) -> Result<(tokio::fs::File, u64)> {
+    /// Streams a blob the repository holds from `offset`; also returns its whole size.
+    pub async fn read_blob(&self, name: &str, digest: &Digest, offset: u64) -> Result<(ByteStream, u64)> {
         let size = self.blob_size(name, digest).await?;
-        let file = not_found_as(tokio::fs::File::open(self.blob_path(digest)).await, StorageError::BlobUnknown)?;
-        Ok((file, size))
+        let stream = not_found_as(self.backend.read(&blob_key(digest), offset).await, StorageError::BlobUnknown)?;
+        Ok((stream, size))
     }
 
     async fn link_blob(&self, name: &str, digest: &Digest) -> Result<()> {
-        let link = self.repo(name).join("_blobs").join(key(digest));
-        if !exists(&link).await {
-            write_atomic(&link, b"").await?;
+        let link = format!("{}/_blobs/{}", repo_key(name), key(digest));
+        if !self.exists(&link).await {
+            self.backend.put(&link, b"").await?;
         }
         Ok(())
     }
@@ -167,73 +195,59 @@ impl Storage {
 
     /// Removes a blob from a repository (the content stays until garbage collection).
     pub async fn delete_blob(&self, name: &str, digest: &Digest) -> Result<()> {
-        not_found_as(tokio::fs::remove_file(self.repo(name).join("_blobs").join(key(digest))).await, StorageError::BlobUnknown)
+        not_found_as(self.backend.delete(&format!("{}/_blobs/{}", repo_key(name), key(digest))).await, StorageError::BlobUnknown)
     }
 
     /// Starts an upload session for `name`; returns its id.
     pub async fn start_upload(&self, name: &str) -> Result<String> {
         let id = unique();
-        let dir = self.upload_dir(&id);
-        tokio::fs::create_dir_all(&dir).await?;
-        write_atomic(&dir.join("repository"), name.as_bytes()).await?;
-        tokio::fs::File::create(dir.join("data")).await?;
+        self.backend.put(&format!("{}/repository", upload_key(&id)), name.as_bytes()).await?;
+        self.backend.create(&format!("{}/data", upload_key(&id))).await?;
         Ok(id)
     }
 
     /// Bytes received by an upload of `name`.
     pub async fn upload_offset(&self, name: &str, id: &str) -> Result<u64> {
-        let dir = self.upload_dir(id);
-        let owner = not_found_as(tokio::fs::read(dir.join("repository")).await, StorageError::UploadUnknown)?;
+        if id.contains('/') || id.starts_with('.') {
+            return Err(StorageError::UploadUnknown);
+        }
+        let owner = not_found_as(self.backend.get(&format!("{}/repository", upload_key(id))).await, StorageError::UploadUnknown)?;
         if owner != name.as_bytes() {
             return Err(StorageError::UploadUnknown);
         }
-        Ok(not_found_as(tokio::fs::metadata(dir.join("data")).await, StorageError::UploadUnknown)?.len())
+        not_found_as(self.backend.size(&format!("{}/data", upload_key(id))).await, StorageError::UploadUnknown)
     }
 
     /// Appends a chunk; `start` is where the client says it begins (`Content-Range`), if it
     /// said. Returns the new offset.
     pub async fn append_upload<S, E>(&self, name: &str, id: &str, start: Option<u64>, body: S) -> Result<u64>
     where
-        S: Stream<Item = Result<Bytes, E>> + Send,
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
         E: std::fmt::Display,
     {
         let offset = self.upload_offset(name, id).await?;
         if start.is_some_and(|start| start != offset) {
             return Err(StorageError::RangeInvalid { offset });
         }
-        let path = self.upload_dir(id).join("data");
-        let mut file = tokio::fs::OpenOptions::new().append(true).open(&path).await?;
-        let mut written = 0u64;
-        let mut body = std::pin::pin!(body);
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
-            file.write_all(&chunk).await?;
-            written += chunk.len() as u64;
-        }
-        file.flush().await?;
-        Ok(offset + written)
+        self.backend.append(&format!("{}/data", upload_key(id)), into_byte_stream(body)).await.map_err(body_error)
     }
 
     /// Finishes an upload: verifies the whole content against `digest`, moves it into place and
     /// links it to the repository. A mismatch deletes the session.
     pub async fn finish_upload(&self, name: &str, id: &str, digest: &Digest) -> Result<u64> {
-        self.upload_offset(name, id).await?;
-        let dir = self.upload_dir(id);
-        let data = dir.join("data");
-        let size = hash_file(&data, digest).await?;
-        let Some(size) = size else {
-            let _ = tokio::fs::remove_dir_all(&dir).await;
-            return Err(StorageError::DigestInvalid);
-        };
-        let target = self.blob_path(digest);
-        if exists(&target).await {
-            tokio::fs::remove_dir_all(&dir).await?;
-        } else {
-            tokio::fs::create_dir_all(target.parent().expect("blob paths have a parent")).await?;
-            tokio::fs::File::open(&data).await?.sync_all().await?;
-            tokio::fs::rename(&data, &target).await?;
-            let _ = tokio::fs::remove_dir_all(&dir).await;
+        let size = self.upload_offset(name, id).await?;
+        let data = format!("{}/data", upload_key(id));
+        let mut hasher = DigestHasher::new(digest.algorithm()).ok_or(StorageError::DigestInvalid)?;
+        let mut stream = not_found_as(self.backend.read(&data, 0).await, StorageError::UploadUnknown)?;
+        while let Some(chunk) = stream.next().await {
+            hasher.update(&chunk?);
         }
+        if &hasher.finish() != digest {
+            let _ = self.backend.delete_prefix(&upload_key(id)).await;
+            return Err(StorageError::DigestInvalid);
+        }
+        self.backend.commit(&data, &blob_key(digest)).await?;
+        let _ = self.backend.delete_prefix(&upload_key(id)).await;
         self.link_blob(name, digest).await?;
         Ok(size)
     }
@@ -241,36 +255,59 @@ impl Storage {
     /// Abandons an upload.
     pub async fn cancel_upload(&self, name: &str, id: &str) -> Result<()> {
         self.upload_offset(name, id).await?;
-        Ok(tokio::fs::remove_dir_all(self.upload_dir(id)).await?)
+        Ok(self.backend.delete_prefix(&upload_key(id)).await?)
+    }
+
+    /// Stores a whole blob given in one request (monolithic upload), verified before it becomes
+    /// visible. No upload session is involved, so a request dropped half way leaves nothing a
+    /// reader sees (at most a temporary that `gc` removes).
+    pub async fn put_blob<S, E>(&self, name: &str, digest: &Digest, body: S) -> Result<u64>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        let body = verified(into_byte_stream(body), digest)?;
+        let size = self.backend.put_stream(&blob_key(digest), body).await.map_err(body_error)?;
+        self.link_blob(name, digest).await?;
+        Ok(size)
     }
 
     /// Resolves a tag or digest to the manifest's digest and media type.
     pub async fn resolve(&self, name: &str, reference: &str) -> Result<(Digest, String)> {
-        let repo = self.repo(name);
-        if !exists(&repo).await {
-            return Err(StorageError::NameUnknown);
-        }
+        let repo = repo_key(name);
         let digest = match airlock_oci::parse_digest(reference) {
             Ok(digest) => digest,
             Err(_) => {
-                let text = not_found_as(tokio::fs::read_to_string(repo.join("_tags").join(reference)).await, StorageError::ManifestUnknown)?;
-                airlock_oci::parse_digest(text.trim()).map_err(|e| StorageError::ManifestInvalid(e.to_string()))?
+                let text = match self.backend.get(&format!("{repo}/_tags/{reference}")).await {
+                    Ok(text) => text,
+                    Err(e) if e.kind() == ErrorKind::NotFound => {
+                        return Err(if self.repository_exists(name).await { StorageError::ManifestUnknown } else { StorageError::NameUnknown });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                airlock_oci::parse_digest(String::from_utf8_lossy(&text).trim()).map_err(|e| StorageError::ManifestInvalid(e.to_string()))?
             }
         };
-        let media_type = not_found_as(tokio::fs::read_to_string(repo.join("_manifests").join(key(&digest))).await, StorageError::ManifestUnknown)?;
-        Ok((digest, media_type))
+        match self.backend.get(&format!("{repo}/_manifests/{}", key(&digest))).await {
+            Ok(media_type) => Ok((digest, String::from_utf8_lossy(&media_type).into_owned())),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(if self.repository_exists(name).await { StorageError::ManifestUnknown } else { StorageError::NameUnknown })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A manifest's bytes and media type.
     pub async fn get_manifest(&self, name: &str, reference: &str) -> Result<(Digest, String, Vec<u8>)> {
         let (digest, media_type) = self.resolve(name, reference).await?;
-        let bytes = not_found_as(tokio::fs::read(self.blob_path(&digest)).await, StorageError::ManifestUnknown)?;
+        let bytes = not_found_as(self.backend.get(&blob_key(&digest)).await, StorageError::ManifestUnknown)?;
         Ok((digest, media_type, bytes))
     }
 
     /// Stores a manifest exactly as received, under its digest and `tag`. Refused when it
     /// references a blob (or, for an index, a manifest) the repository lacks.
     pub async fn put_manifest(&self, name: &str, tag: Option<&str>, manifest: &Manifest) -> Result<()> {
+        let repo = repo_key(name);
         match manifest.kind() {
             airlock_oci::ManifestKind::Image { config, layers, .. } => {
                 for blob in std::iter::once(config).chain(layers) {
@@ -281,8 +318,7 @@ impl Storage {
             }
             airlock_oci::ManifestKind::Index { manifests, .. } => {
                 for child in manifests {
-                    let known = exists(&self.repo(name).join("_manifests").join(key(child.digest()))).await
-                        || self.blob_size(name, child.digest()).await.is_ok();
+                    let known = self.exists(&format!("{repo}/_manifests/{}", key(child.digest()))).await || self.blob_size(name, child.digest()).await.is_ok();
                     if !known {
                         return Err(StorageError::ManifestBlobUnknown(child.digest().clone()));
                     }
@@ -290,152 +326,60 @@ impl Storage {
             }
         }
         let digest = manifest.digest();
-        let path = self.blob_path(digest);
-        if !exists(&path).await {
-            write_atomic(&path, manifest.bytes()).await?;
+        if !self.exists(&blob_key(digest)).await {
+            self.backend.put(&blob_key(digest), manifest.bytes()).await?;
         }
-        let repo = self.repo(name);
-        write_atomic(&repo.join("_manifests").join(key(digest)), manifest.media_type().as_bytes()).await?;
+        self.backend.put(&format!("{repo}/_manifests/{}", key(digest)), manifest.media_type().as_bytes()).await?;
         if let Some(subject) = manifest.subject() {
             let descriptor = serde_json::to_vec(&manifest.descriptor()).expect("a descriptor serialises");
-            write_atomic(&repo.join("_referrers").join(key(subject.digest())).join(key(digest)), &descriptor).await?;
+            self.backend.put(&format!("{repo}/_referrers/{}/{}", key(subject.digest()), key(digest)), &descriptor).await?;
         }
         if let Some(tag) = tag {
-            write_atomic(&repo.join("_tags").join(tag), digest.to_string().as_bytes()).await?;
+            self.backend.put(&format!("{repo}/_tags/{tag}"), digest.to_string().as_bytes()).await?;
         }
         Ok(())
     }
 
     /// Every tag of a repository, sorted.
     pub async fn tags(&self, name: &str) -> Result<Vec<String>> {
-        let repo = self.repo(name);
-        if !exists(&repo).await {
+        if !self.repository_exists(name).await {
             return Err(StorageError::NameUnknown);
         }
-        let mut tags = Vec::new();
-        let mut entries = match tokio::fs::read_dir(repo.join("_tags")).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(tags),
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            let tag = entry.file_name().to_string_lossy().into_owned();
-            if !tag.starts_with(".tmp-") {
-                tags.push(tag);
-            }
-        }
-        tags.sort();
-        Ok(tags)
+        Ok(self.backend.list(&format!("{}/_tags", repo_key(name))).await?)
     }
 
     /// The descriptors of the manifests whose subject is `subject`.
     pub async fn referrers(&self, name: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
-        let dir = self.repo(name).join("_referrers").join(key(subject));
+        let repo = repo_key(name);
+        let prefix = format!("{repo}/_referrers/{}", key(subject));
         let mut found = Vec::new();
-        let mut entries = match tokio::fs::read_dir(&dir).await {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(found),
-            Err(e) => return Err(e.into()),
-        };
-        while let Some(entry) = entries.next_entry().await? {
-            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                continue;
-            }
+        for entry in self.backend.list(&prefix).await? {
             // A referrer whose manifest was deleted is no longer listed.
-            let Ok(bytes) = tokio::fs::read(entry.path()).await else { continue };
+            let Ok(bytes) = self.backend.get(&format!("{prefix}/{entry}")).await else { continue };
             let Ok(descriptor) = serde_json::from_slice::<Descriptor>(&bytes) else { continue };
-            if exists(&self.repo(name).join("_manifests").join(key(descriptor.digest()))).await {
+            if self.exists(&format!("{repo}/_manifests/{}", key(descriptor.digest()))).await {
                 found.push(descriptor);
             }
         }
-        found.sort_by_key(|a| a.digest().to_string());
+        found.sort_by_key(|d| d.digest().to_string());
         Ok(found)
     }
 
     /// Deletes a manifest by digest (and every tag pointing at it), or a tag.
     pub async fn delete_manifest(&self, name: &str, reference: &str) -> Result<()> {
-        let repo = self.repo(name);
+        let repo = repo_key(name);
         if airlock_oci::parse_digest(reference).is_err() {
-            return not_found_as(tokio::fs::remove_file(repo.join("_tags").join(reference)).await, StorageError::ManifestUnknown);
+            return not_found_as(self.backend.delete(&format!("{repo}/_tags/{reference}")).await, StorageError::ManifestUnknown);
         }
         let (digest, _) = self.resolve(name, reference).await?;
         for tag in self.tags(name).await? {
-            let path = repo.join("_tags").join(&tag);
-            if tokio::fs::read_to_string(&path).await.is_ok_and(|d| d.trim() == digest.to_string()) {
-                let _ = tokio::fs::remove_file(&path).await;
+            let tag_key = format!("{repo}/_tags/{tag}");
+            if self.backend.get(&tag_key).await.is_ok_and(|d| String::from_utf8_lossy(&d).trim() == digest.to_string()) {
+                let _ = self.backend.delete(&tag_key).await;
             }
         }
-        not_found_as(tokio::fs::remove_file(repo.join("_manifests").join(key(&digest))).await, StorageError::ManifestUnknown)
+        not_found_as(self.backend.delete(&format!("{repo}/_manifests/{}", key(&digest))).await, StorageError::ManifestUnknown)
     }
-
-    /// Stores a whole blob given in one request (monolithic upload): written to a temporary
-    /// file beside the blobs while hashed, renamed into place only when the digest matches. No
-    /// upload session is involved, so a request dropped half way leaves at most a `.tmp-` file,
-    /// which nothing reads and `gc` removes.
-    pub async fn put_blob<S, E>(&self, name: &str, digest: &Digest, body: S) -> Result<u64>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send,
-        E: std::fmt::Display,
-    {
-        let Some(mut hasher) = DigestHasher::new(digest.algorithm()) else {
-            return Err(StorageError::DigestInvalid);
-        };
-        let target = self.blob_path(digest);
-        let dir = target.parent().expect("blob paths have a parent").to_owned();
-        tokio::fs::create_dir_all(&dir).await?;
-        let temp = dir.join(format!(".tmp-{}", unique()));
-        let result = async {
-            let mut file = tokio::fs::File::create(&temp).await?;
-            let mut size = 0u64;
-            let mut body = std::pin::pin!(body);
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| StorageError::Body(e.to_string()))?;
-                hasher.update(&chunk);
-                file.write_all(&chunk).await?;
-                size += chunk.len() as u64;
-            }
-            if &hasher.finish() != digest {
-                return Err(StorageError::DigestInvalid);
-            }
-            file.sync_all().await?;
-            drop(file);
-            tokio::fs::rename(&temp, &target).await?;
-            Ok(size)
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&temp).await;
-        }
-        let size = result?;
-        self.link_blob(name, digest).await?;
-        Ok(size)
-    }
-}
-
-/// Hashes a file with `digest`'s algorithm; its size when it matches, `None` when not.
-async fn hash_file(path: &Path, digest: &Digest) -> Result<Option<u64>> {
-    let Some(mut hasher) = DigestHasher::new(digest.algorithm()) else {
-        return Err(StorageError::DigestInvalid);
-    };
-    let path = path.to_owned();
-    let (hasher, size) = tokio::task::spawn_blocking(move || -> std::io::Result<(DigestHasher, u64)> {
-        use std::io::Read;
-        let mut file = std::fs::File::open(&path)?;
-        let mut buffer = vec![0u8; 256 * 1024];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buffer)?;
-            if n == 0 {
-                return Ok((hasher, size));
-            }
-            hasher.update(&buffer[..n]);
-            size += n as u64;
-        }
-    })
-    .await
-    .expect("hashing does not panic")
-    .map_err(|e| if e.kind() == ErrorKind::NotFound { StorageError::UploadUnknown } else { StorageError::Io(e) })?;
-    Ok((&hasher.finish() == digest).then_some(size))
 }
 
 /// What a garbage collection found (and, unless a dry run, removed).
@@ -460,112 +404,91 @@ impl Storage {
     /// while a repository links them. The grace period keeps blobs of pushes in progress
     /// (uploaded, manifest not yet written); upload sessions are removed only once idle for
     /// longer than it.
-    pub async fn gc(&self, dry_run: bool, grace: std::time::Duration) -> Result<GcReport> {
-        let root = self.root.clone();
-        tokio::task::spawn_blocking(move || gc_blocking(&root, dry_run, grace)).await.expect("gc does not panic")
-    }
-}
-
-fn gc_blocking(root: &Path, dry_run: bool, grace: std::time::Duration) -> Result<GcReport> {
-    use std::collections::HashSet;
-    let mut repositories = Vec::new();
-    find_repositories(&root.join("repositories"), &mut repositories)?;
-    // Mark: every linked manifest, and what it lists.
-    let mut marked: HashSet<String> = HashSet::new();
-    let mut pending: Vec<String> = Vec::new();
-    for repository in &repositories {
-        for entry in read_dir_names(&repository.join("_manifests"))? {
-            if let Some((algorithm, hex)) = entry.split_once('-') {
-                pending.push(format!("{algorithm}:{hex}"));
-            }
-        }
-    }
-    while let Some(digest) = pending.pop() {
-        if !marked.insert(digest.clone()) {
-            continue;
-        }
-        let Ok(parsed) = airlock_oci::parse_digest(&digest) else { continue };
-        let path = root.join("blobs").join(parsed.algorithm().as_ref()).join(parsed.digest());
-        let Ok(bytes) = std::fs::read(&path) else { continue };
-        let Ok(manifest) = Manifest::parse_verified(bytes, None, &parsed) else { continue };
-        match manifest.kind() {
-            airlock_oci::ManifestKind::Image { config, layers, .. } => {
-                pending.extend(std::iter::once(config).chain(layers).map(|d| d.digest().to_string()));
-            }
-            airlock_oci::ManifestKind::Index { manifests, .. } => pending.extend(manifests.iter().map(|d| d.digest().to_string())),
-        }
-    }
-    // Sweep.
-    let mut report = GcReport::default();
-    let now = std::time::SystemTime::now();
-    let age_of = |path: &Path| {
-        std::fs::metadata(path).ok().and_then(|m| m.modified().ok()).and_then(|m| now.duration_since(m).ok()).unwrap_or_default()
-    };
-    for id in read_dir_names(&root.join("uploads"))? {
-        let dir = root.join("uploads").join(&id);
-        // Idle since the last byte arrived (the data file), or since it started.
-        let activity = if dir.join("data").exists() { dir.join("data") } else { dir.clone() };
-        if age_of(&activity) > grace {
-            report.stale_uploads += 1;
-            if !dry_run {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-        }
-    }
-    for algorithm in read_dir_names(&root.join("blobs"))? {
-        let dir = root.join("blobs").join(&algorithm);
-        for hex in read_dir_names(&dir)? {
-            if hex.starts_with(".tmp-") {
-                // A write that died before its rename.
-                if age_of(&dir.join(&hex)) > grace && !dry_run {
-                    let _ = std::fs::remove_file(dir.join(&hex));
+    pub async fn gc(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
+        use std::collections::HashSet;
+        let mut repositories = Vec::new();
+        self.find_repositories("repositories".to_owned(), &mut repositories).await?;
+        // Mark: every linked manifest, and what it lists.
+        let mut marked: HashSet<String> = HashSet::new();
+        let mut pending: Vec<String> = Vec::new();
+        for repository in &repositories {
+            for entry in self.backend.list(&format!("{repository}/_manifests")).await? {
+                if let Some((algorithm, hex)) = entry.split_once('-') {
+                    pending.push(format!("{algorithm}:{hex}"));
                 }
+            }
+        }
+        while let Some(digest) = pending.pop() {
+            if !marked.insert(digest.clone()) {
                 continue;
             }
-            if marked.contains(&format!("{algorithm}:{hex}")) {
-                report.kept += 1;
-                continue;
-            }
-            let path = dir.join(&hex);
-            let metadata = std::fs::metadata(&path)?;
-            let age = metadata.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
-            if age < grace {
-                report.too_young += 1;
-                continue;
-            }
-            report.removed += 1;
-            report.bytes += metadata.len();
-            if !dry_run {
-                for repository in &repositories {
-                    let _ = std::fs::remove_file(repository.join("_blobs").join(format!("{algorithm}-{hex}")));
+            let Ok(parsed) = airlock_oci::parse_digest(&digest) else { continue };
+            let Ok(bytes) = self.backend.get(&blob_key(&parsed)).await else { continue };
+            let Ok(manifest) = Manifest::parse_verified(bytes, None, &parsed) else { continue };
+            match manifest.kind() {
+                airlock_oci::ManifestKind::Image { config, layers, .. } => {
+                    pending.extend(std::iter::once(config).chain(layers).map(|d| d.digest().to_string()));
                 }
-                std::fs::remove_file(&path)?;
+                airlock_oci::ManifestKind::Index { manifests, .. } => pending.extend(manifests.iter().map(|d| d.digest().to_string())),
             }
         }
-    }
-    Ok(report)
-}
-
-/// Folders under `dir` that are repositories (they hold a `_`-prefixed folder).
-fn find_repositories(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut is_repository = false;
-    for name in read_dir_names(dir)? {
-        if name.starts_with('_') {
-            is_repository = true;
-        } else if dir.join(&name).is_dir() {
-            find_repositories(&dir.join(&name), found)?;
+        // Sweep: idle upload sessions, then unreachable blobs.
+        let mut report = GcReport::default();
+        for id in self.backend.list("uploads").await? {
+            let data = format!("{}/data", upload_key(&id));
+            let activity = match self.backend.age(&data).await {
+                Ok(age) => age,
+                Err(_) => self.backend.age(&format!("{}/repository", upload_key(&id))).await.unwrap_or(Duration::MAX),
+            };
+            if activity > grace {
+                report.stale_uploads += 1;
+                if !dry_run {
+                    self.backend.delete_prefix(&upload_key(&id)).await?;
+                }
+            }
         }
+        if !dry_run {
+            self.backend.purge_temporaries(grace).await?;
+        }
+        for algorithm in self.backend.list("blobs").await? {
+            for hex in self.backend.list(&format!("blobs/{algorithm}")).await? {
+                if marked.contains(&format!("{algorithm}:{hex}")) {
+                    report.kept += 1;
+                    continue;
+                }
+                let blob = format!("blobs/{algorithm}/{hex}");
+                if self.backend.age(&blob).await? < grace {
+                    report.too_young += 1;
+                    continue;
+                }
+                report.removed += 1;
+                report.bytes += self.backend.size(&blob).await?;
+                if !dry_run {
+                    for repository in &repositories {
+                        let _ = self.backend.delete(&format!("{repository}/_blobs/{algorithm}-{hex}")).await;
+                    }
+                    self.backend.delete(&blob).await?;
+                }
+            }
+        }
+        Ok(report)
     }
-    if is_repository {
-        found.push(dir.to_owned());
-    }
-    Ok(())
-}
 
-fn read_dir_names(dir: &Path) -> std::io::Result<Vec<String>> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => entries.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect(),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
+    /// Keys of the repositories under `prefix` (those holding a `_`-prefixed entry).
+    fn find_repositories<'a>(&'a self, prefix: String, found: &'a mut Vec<String>) -> futures::future::BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut is_repository = false;
+            for name in self.backend.list(&prefix).await? {
+                if name.starts_with('_') {
+                    is_repository = true;
+                } else {
+                    self.find_repositories(format!("{prefix}/{name}"), found).await?;
+                }
+            }
+            if is_repository {
+                found.push(prefix);
+            }
+            Ok(())
+        })
     }
 }

@@ -9,7 +9,6 @@ use airlock_oci::{Descriptor, Digest, Manifest};
 use airlock_store::{verify::verify_stream, BlobStream, Error, ErrorKind, MountSource, PutManifestOutcome, Result, Store};
 use async_trait::async_trait;
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::storage::{Storage, StorageError};
 
@@ -79,25 +78,10 @@ impl Store for RootStore {
 
     async fn get_blob(&self, descriptor: &Descriptor, offset: u64) -> Result<BlobStream> {
         let what = format!("blob {}", descriptor.digest());
-        let (mut file, _) = self.storage.open_blob(&self.repository, descriptor.digest()).await.map_err(|e| self.error(what.clone(), e))?;
-        if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset)).await.map_err(|e| self.error(what.clone(), e.into()))?;
-        }
+        let (stream, _) = self.storage.read_blob(&self.repository, descriptor.digest(), offset).await.map_err(|e| self.error(what, e))?;
         let location = self.location.clone();
-        Ok(Box::pin(futures::stream::unfold(Some(file), move |file| {
-            let location = location.clone();
-            async move {
-                let mut file = file?;
-                let mut buffer = vec![0u8; 256 * 1024];
-                match file.read(&mut buffer).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buffer.truncate(n);
-                        Some((Ok(bytes::Bytes::from(buffer)), Some(file)))
-                    }
-                    Err(source) => Some((Err(Error::from(ErrorKind::Io { action: "read blob from".into(), path: location, source })), None)),
-                }
-            }
+        Ok(Box::pin(stream.map(move |chunk| {
+            chunk.map_err(|source| Error::from(ErrorKind::Io { action: "read blob from".into(), path: location.clone(), source }))
         })))
     }
 
