@@ -12,6 +12,7 @@
 //!       users: {ci: [pull, push]}
 //!     - repositories: "team/*"
 //!       users: {alice: [pull, push, delete], bob: [pull]}
+//! delete: false                        # DELETE answers 405 UNSUPPORTED
 //! notifications:
 //!   - url: http://127.0.0.1:8080/events   # distribution's event format, retried
 //! tls:
@@ -40,6 +41,8 @@ pub struct ServeFile {
     /// Webhooks told of manifest pushes and deletes.
     #[serde(default)]
     pub notifications: Vec<crate::events::Endpoint>,
+    /// Allow deleting manifests, tags and blobs (default true).
+    pub delete: Option<bool>,
 }
 
 /// Certificate chain and key, PEM.

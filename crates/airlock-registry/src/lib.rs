@@ -32,6 +32,8 @@ pub struct Registry {
     pub auth: Option<auth::Auth>,
     /// Where pushes and deletes are announced.
     pub notifier: Option<events::Notifier>,
+    /// Whether manifests, tags and blobs may be deleted (`UNSUPPORTED` otherwise).
+    pub allow_delete: bool,
 }
 
 /// The registry's HTTP service.

@@ -153,6 +153,9 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
             HashMap::new()
         }))
         .unwrap_or_default();
+    if method == Method::DELETE && !registry.allow_delete && matches!(resource, Resource::Manifest(_) | Resource::Blob(_)) {
+        return RegistryError::unsupported("deletes are disabled on this registry").into_response();
+    }
     if let Some(auth) = &registry.auth {
         let action = match method {
             Method::GET | Method::HEAD => Action::Pull,

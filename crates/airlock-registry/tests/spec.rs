@@ -41,7 +41,7 @@ fn sha256(bytes: &[u8]) -> String {
 impl Registry {
     fn new() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None })), _dir: dir }
+        Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: true })), _dir: dir }
     }
 
     async fn call(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
@@ -296,7 +296,7 @@ async fn health_and_metrics() {
 #[tokio::test]
 async fn garbage_collection_keeps_what_manifests_reach() {
     let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None });
+    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: true });
     let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
     let (digest, _) = registry.push_image("r", "v1", b"kept layer").await;
     let orphan = registry.push_blob("r", b"an orphan").await;
@@ -358,4 +358,19 @@ async fn the_remaining_error_paths_answer_the_spec_codes() {
     let body = registry.call("GET", "/v2/r/manifests/nope", &[], vec![]).await.json();
     let error = &body["errors"][0];
     assert!(error["code"].is_string() && error["message"].is_string() && error.get("detail").is_some(), "{body}");
+}
+
+#[tokio::test]
+async fn deletes_can_be_disabled_and_oversized_manifests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: false })), _dir: dir };
+    let (digest, _) = registry.push_image("r", "v1", b"layer").await;
+    for target in [format!("/v2/r/manifests/{digest}"), "/v2/r/manifests/v1".to_owned()] {
+        let refused = registry.call("DELETE", &target, &[], vec![]).await;
+        assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
+    }
+    assert_eq!(registry.call("GET", "/v2/r/manifests/v1", &[], vec![]).await.status, StatusCode::OK);
+    let huge = vec![b' '; 4 * 1024 * 1024 + 1];
+    let too_big = registry.call("PUT", "/v2/r/manifests/big", &[("content-type", "application/vnd.oci.image.manifest.v1+json")], huge).await;
+    assert_eq!((too_big.status, too_big.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"));
 }

@@ -423,7 +423,8 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         None => None,
     };
     let notifier = (!file.notifications.is_empty()).then(|| airlock_registry::events::Notifier::start(&file.notifications));
-    let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth, notifier });
+    let allow_delete = file.delete.unwrap_or(true);
+    let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth, notifier, allow_delete });
     let tls_files = match (&args.tls_cert, &args.tls_key, &file.tls) {
         (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
         (_, _, Some(tls)) => Some((tls.certificate.clone(), tls.key.clone())),
