@@ -421,15 +421,34 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>> {
 
 async fn patch_upload(storage: &Storage, name: &str, id: &str, request: Request) -> Result<Response> {
     let start = chunk_start(request.headers())?;
-    let offset = storage.append_upload(name, id, start, request.into_body().into_data_stream()).await?;
-    Ok(with_headers(StatusCode::ACCEPTED, upload_headers(name, id, offset)))
+    match storage.append_upload(name, id, start, request.into_body().into_data_stream()).await {
+        Ok(offset) => Ok(with_headers(StatusCode::ACCEPTED, upload_headers(name, id, offset))),
+        Err(error) => Ok(out_of_order(name, id, error)),
+    }
+}
+
+/// A chunk that does not start where the upload is: `416` with the session's `Location` and
+/// `Range`, so the client can resume from the last valid byte.
+fn out_of_order(name: &str, id: &str, error: crate::storage::StorageError) -> Response {
+    if let crate::storage::StorageError::RangeInvalid { offset } = error {
+        let mut response = RegistryError::from(error).into_response();
+        for (header, value) in upload_headers(name, id, offset) {
+            if header != "content-length" {
+                response.headers_mut().insert(header, value);
+            }
+        }
+        return response;
+    }
+    RegistryError::from(error).into_response()
 }
 
 async fn finish_upload(storage: &Storage, name: &str, id: &str, query: &HashMap<String, String>, request: Request) -> Result<Response> {
     let digest = query.get("digest").ok_or_else(|| RegistryError::digest_invalid("the digest query parameter is missing"))?;
     let digest = digest_param(digest)?;
     let start = chunk_start(request.headers())?;
-    storage.append_upload(name, id, start, request.into_body().into_data_stream()).await?;
+    if let Err(error) = storage.append_upload(name, id, start, request.into_body().into_data_stream()).await {
+        return Ok(out_of_order(name, id, error));
+    }
     storage.finish_upload(name, id, &digest).await?;
     Ok(blob_created(name, &digest))
 }

@@ -160,6 +160,8 @@ async fn chunked_uploads_in_order_with_status_and_cancel() {
     assert_eq!((first.status, first.header("range")), (StatusCode::ACCEPTED, "0-4"));
     let out_of_order = registry.call("PATCH", &location, &[("content-range", "9-12")], b"oops".to_vec()).await;
     assert_eq!(out_of_order.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(out_of_order.header("range"), "0-4", "a 416 says where to resume");
+    assert_eq!(out_of_order.header("location"), location);
     let second = registry.call("PATCH", &location, &[("content-range", "5-10")], b" world".to_vec()).await;
     assert_eq!(second.header("range"), "0-10");
     let status = registry.call("GET", &location, &[], vec![]).await;
@@ -373,4 +375,53 @@ async fn deletes_can_be_disabled_and_oversized_manifests_are_refused() {
     let huge = vec![b' '; 4 * 1024 * 1024 + 1];
     let too_big = registry.call("PUT", "/v2/r/manifests/big", &[("content-type", "application/vnd.oci.image.manifest.v1+json")], huge).await;
     assert_eq!((too_big.status, too_big.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"));
+}
+
+#[tokio::test]
+async fn referrers_pushed_before_their_subject_and_referrer_indexes_are_listed_with_annotations() {
+    let registry = Registry::new();
+    let empty = registry.push_blob("r", b"{}").await;
+    let payload = registry.push_blob("r", b"attestation").await;
+    let subject_digest = sha256(b"an image pushed later");
+    let subject = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject_digest, "size": 21});
+    // A referrer typed by its config, and one by artifactType, both before the subject exists.
+    let by_config = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.example.config-typed", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": payload, "size": 11}],
+        "subject": subject, "annotations": {"org.example.note": "config-typed"},
+    }))
+    .unwrap();
+    let by_field = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "artifactType": "application/vnd.example.field-typed",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/octet-stream", "digest": payload, "size": 11}],
+        "subject": subject, "annotations": {"org.example.note": "field-typed"},
+    }))
+    .unwrap();
+    for manifest in [&by_config, &by_field] {
+        let put = registry.call("PUT", &format!("/v2/r/manifests/{}", sha256(manifest)), &[("content-type", "application/vnd.oci.image.manifest.v1+json")], manifest.clone()).await;
+        assert_eq!(put.status, StatusCode::CREATED);
+        assert_eq!(put.header("oci-subject"), subject_digest);
+    }
+    // An index that refers to the same subject, listing the first referrer.
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "artifactType": "application/vnd.example.index-typed",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sha256(&by_config), "size": by_config.len()}],
+        "subject": subject, "annotations": {"org.example.note": "index"},
+    }))
+    .unwrap();
+    let put = registry.call("PUT", &format!("/v2/r/manifests/{}", sha256(&index)), &[("content-type", "application/vnd.oci.image.index.v1+json")], index.clone()).await;
+    assert_eq!((put.status, put.header("oci-subject")), (StatusCode::CREATED, subject_digest.as_str()));
+
+    let listed = registry.call("GET", &format!("/v2/r/referrers/{subject_digest}"), &[], vec![]).await.json();
+    let manifests = listed["manifests"].as_array().unwrap();
+    assert_eq!(manifests.len(), 3);
+    let by_digest = |digest: &str| manifests.iter().find(|m| m["digest"] == digest).unwrap_or_else(|| panic!("{digest} not listed"));
+    assert_eq!(by_digest(&sha256(&by_config))["artifactType"], "application/vnd.example.config-typed");
+    assert_eq!(by_digest(&sha256(&by_field))["artifactType"], "application/vnd.example.field-typed");
+    assert_eq!(by_digest(&sha256(&index))["artifactType"], "application/vnd.example.index-typed");
+    for manifest in manifests {
+        assert_eq!(manifest["annotations"].as_object().unwrap().len(), 1, "the manifest's annotations are carried into its descriptor");
+    }
 }
