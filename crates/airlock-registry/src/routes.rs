@@ -382,6 +382,7 @@ fn upload_headers(name: &str, id: &str, offset: u64) -> Vec<(&'static str, Heade
         header("location", format!("/v2/{name}/blobs/uploads/{id}")),
         header("range", format!("0-{}", offset.saturating_sub(1))),
         header("docker-upload-uuid", id),
+        header("blob-upload-session-id", id),
         header("content-length", "0"),
     ]
 }

@@ -328,6 +328,7 @@ async fn the_remaining_error_paths_answer_the_spec_codes() {
     // Uploads: the session id comes back; a PUT needs a digest; unknown sessions are 404.
     let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
     assert!(!start.header("docker-upload-uuid").is_empty());
+    assert_eq!(start.header("blob-upload-session-id"), start.header("docker-upload-uuid"));
     let location = start.header("location").to_owned();
     let no_digest = registry.call("PUT", &location, &[], b"x".to_vec()).await;
     assert_eq!((no_digest.status, no_digest.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
@@ -424,4 +425,22 @@ async fn referrers_pushed_before_their_subject_and_referrer_indexes_are_listed_w
     for manifest in manifests {
         assert_eq!(manifest["annotations"].as_object().unwrap().len(), 1, "the manifest's annotations are carried into its descriptor");
     }
+}
+
+#[tokio::test]
+async fn a_streamed_patch_without_content_range_then_an_empty_put() {
+    let registry = Registry::new();
+    let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
+    let location = start.header("location").to_owned();
+    let patch = registry.call("PATCH", &location, &[("content-type", "application/octet-stream")], b"streamed in one go".to_vec()).await;
+    assert_eq!((patch.status, patch.header("range")), (StatusCode::ACCEPTED, "0-17"));
+    let next = patch.header("location").to_owned();
+    let digest = sha256(b"streamed in one go");
+    let done = registry.call("PUT", &format!("{next}?digest={digest}"), &[("content-length", "0")], vec![]).await;
+    assert_eq!(done.status, StatusCode::CREATED);
+    assert_eq!(done.header("location"), format!("/v2/r/blobs/{digest}"));
+    let head = registry.call("HEAD", &format!("/v2/r/blobs/{digest}"), &[], vec![]).await;
+    assert_eq!((head.status, head.header("content-length")), (StatusCode::OK, "18"));
+    let missing_tag = registry.call("HEAD", "/v2/r/manifests/nonexistent", &[], vec![]).await;
+    assert_eq!(missing_tag.status, StatusCode::NOT_FOUND);
 }
