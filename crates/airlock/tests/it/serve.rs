@@ -223,6 +223,9 @@ fn oras_artifacts_go_through_serve_and_docker_registry_unchanged() {
     let digest = pushed["digest"].as_str().unwrap().to_owned();
     let airlock = Airlock::new();
     assert_eq!(airlock.run(&["digest", &served.at("ironic/disk:v1")]).success().stdout.trim(), digest);
+    let from_serve = crate::harness::tempdir();
+    let pulled = crate::harness::oras(&["pull", &served.at("ironic/disk:v1"), from_serve.path().to_str().unwrap()]).success().json();
+    assert_eq!(std::fs::read(pulled["files"][0].as_str().unwrap()).unwrap(), std::fs::read(&disk).unwrap());
 
     // airlock carries it to docker-registry, oras pulls it from there, byte for byte.
     let upstream = Registry::start(Auth::None);
