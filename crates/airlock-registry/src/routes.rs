@@ -31,9 +31,17 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/token", get(token))
         .fallback(dispatch)
         .with_state(registry)
+        .layer(axum::middleware::map_response(api_version))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::observe))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], exposition.render()) }))
+}
+
+/// Every `/v2` answer, errors and challenges included, names the API it speaks, as distribution
+/// does: some clients decide from a `401` whether a registry is a v2 registry.
+async fn api_version(mut response: Response) -> Response {
+    response.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    response
 }
 
 async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
@@ -43,7 +51,7 @@ async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Resp
             return challenge(&registry, &headers, None, caller == Caller::Refused);
         }
     }
-    ([("docker-distribution-api-version", "registry/2.0"), ("content-type", "application/json")], "{}").into_response()
+    ([("content-type", "application/json")], "{}").into_response()
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -55,7 +63,12 @@ fn challenge(registry: &Registry, headers: &HeaderMap, scope: Option<(&str, Acti
     let uses_tokens = registry.auth.as_ref().is_some_and(|a| a.uses_tokens());
     let value = if uses_tokens {
         let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
-        let mut value = format!("Bearer realm=\"http://{host}/token\",service=\"{}\"", crate::auth::SERVICE);
+        // TLS connections are marked by `tls::serve_tls`; a reverse proxy says so itself.
+        let scheme = match headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()) {
+            Some("https") => "https",
+            _ => "http",
+        };
+        let mut value = format!("Bearer realm=\"{scheme}://{host}/token\",service=\"{}\"", crate::auth::SERVICE);
         if let Some((name, action)) = scope {
             let action = match action {
                 Action::Pull => "pull",
@@ -255,12 +268,11 @@ fn header(name: &'static str, value: impl AsRef<str>) -> (&'static str, HeaderVa
 
 async fn get_manifest(storage: &Storage, name: &str, reference: &str, body: bool) -> Result<Response> {
     let (digest, media_type, bytes) = storage.get_manifest(name, reference).await?;
-    let mut response = Response::builder()
+    let response = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", media_type)
         .header("docker-content-digest", digest.to_string())
         .header("content-length", bytes.len());
-    response = response.header("docker-distribution-api-version", "registry/2.0");
     let body = if body { Body::from(bytes) } else { Body::empty() };
     Ok(response.body(body).expect("valid headers"))
 }

@@ -47,7 +47,7 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(router.clone().layer(axum::middleware::map_request(mark_tls)));
         connections.spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,
@@ -64,4 +64,11 @@ pub async fn serve_tls(
     // In-flight connections finish; new ones are no longer accepted.
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Marks a request as arrived over TLS (overwriting what the client said), so that the token
+/// challenge names an `https` realm.
+async fn mark_tls(mut request: axum::extract::Request) -> axum::extract::Request {
+    request.headers_mut().insert("x-forwarded-proto", axum::http::HeaderValue::from_static("https"));
+    request
 }

@@ -444,3 +444,153 @@ async fn a_streamed_patch_without_content_range_then_an_empty_put() {
     let missing_tag = registry.call("HEAD", "/v2/r/manifests/nonexistent", &[], vec![]).await;
     assert_eq!(missing_tag.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn manifest_pushes_say_where_to_pull_and_heads_carry_the_digest() {
+    let registry = Registry::new();
+    let config = registry.push_blob("r", b"{}").await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": 2},
+        "layers": [],
+    }))
+    .unwrap();
+    let digest = sha256(&manifest);
+    let put = registry.call("PUT", "/v2/r/manifests/docker", &[("content-type", "application/vnd.docker.distribution.manifest.v2+json")], manifest.clone()).await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    assert_eq!(put.header("location"), format!("/v2/r/manifests/{digest}"), "a manifest push says where to pull it");
+    assert_eq!(put.header("docker-content-digest"), digest);
+    let head = registry.call("HEAD", "/v2/r/manifests/docker", &[], vec![]).await;
+    assert_eq!(head.header("docker-content-digest"), digest);
+    assert_eq!(head.header("content-type"), "application/vnd.docker.distribution.manifest.v2+json", "the type it was pushed with");
+    let blob_head = registry.call("HEAD", &format!("/v2/r/blobs/{config}"), &[], vec![]).await;
+    assert_eq!(blob_head.header("docker-content-digest"), config);
+    assert!(blob_head.body.is_empty());
+    let elsewhere = registry.call("GET", &format!("/v2/s/manifests/{digest}"), &[], vec![]).await;
+    assert_eq!(elsewhere.status, StatusCode::NOT_FOUND, "a manifest belongs to its repository");
+
+    // Tags: up to 128 characters of [a-zA-Z0-9_][a-zA-Z0-9._-]*.
+    let longest = format!("A{}", "b._-".repeat(127).chars().take(127).collect::<String>());
+    assert_eq!(longest.len(), 128);
+    let put = registry.call("PUT", &format!("/v2/r/manifests/{longest}"), &[("content-type", "application/vnd.docker.distribution.manifest.v2+json")], manifest.clone()).await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    let too_long = format!("{longest}x");
+    let put = registry.call("PUT", &format!("/v2/r/manifests/{too_long}"), &[], manifest).await;
+    assert_eq!(put.status, StatusCode::BAD_REQUEST);
+    let listed = registry.call("GET", &format!("/v2/r/tags/list?last={longest}"), &[], vec![]).await.json();
+    assert_eq!(listed["tags"], serde_json::json!(["docker"]), "`last` alone starts after that tag");
+    let all = registry.call("GET", "/v2/r/tags/list?n=10", &[], vec![]).await;
+    assert!(all.headers.get("link").is_none(), "no Link when nothing follows");
+    assert_eq!(all.json()["name"], "r");
+}
+
+#[tokio::test]
+async fn deleted_referrers_leave_the_list_and_untyped_indexes_carry_no_artifact_type() {
+    let registry = Registry::new();
+    let (subject, manifest) = registry.push_image("r", "v1", b"layer").await;
+    let subject_descriptor = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": manifest.len()});
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [], "subject": subject_descriptor,
+    }))
+    .unwrap();
+    let index_digest = sha256(&index);
+    let put = registry.call("PUT", &format!("/v2/r/manifests/{index_digest}"), &[("content-type", "application/vnd.oci.image.index.v1+json")], index).await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    let listed = registry.call("GET", &format!("/v2/r/referrers/{subject}"), &[], vec![]).await.json();
+    assert_eq!(listed["manifests"][0]["digest"], index_digest);
+    assert!(listed["manifests"][0].get("artifactType").is_none(), "an index without artifactType lists none: {listed}");
+    assert_eq!(listed["mediaType"], "application/vnd.oci.image.index.v1+json");
+    assert_eq!(listed["schemaVersion"], 2);
+
+    assert_eq!(registry.call("DELETE", &format!("/v2/r/manifests/{index_digest}"), &[], vec![]).await.status, StatusCode::ACCEPTED);
+    let listed = registry.call("GET", &format!("/v2/r/referrers/{subject}"), &[], vec![]).await.json();
+    assert_eq!(listed["manifests"], serde_json::json!([]), "a deleted referrer leaves the list");
+    let invalid = registry.call("GET", "/v2/r/referrers/sha256:short", &[], vec![]).await;
+    assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    let by_tag = registry.call("GET", "/v2/r/referrers/v1", &[], vec![]).await;
+    assert_eq!(by_tag.status, StatusCode::BAD_REQUEST, "referrers are asked for by digest");
+}
+
+#[tokio::test]
+async fn disabled_blob_deletes_and_unknown_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: false })), _dir: dir };
+    let blob = registry.push_blob("r", b"kept").await;
+    let refused = registry.call("DELETE", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await;
+    assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
+    assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.status, StatusCode::OK);
+
+    let registry = Registry::new();
+    let gone = registry.call("DELETE", &format!("/v2/nothing/manifests/{}", sha256(b"x")), &[], vec![]).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let gone = registry.call("DELETE", &format!("/v2/nothing/blobs/{}", sha256(b"x")), &[], vec![]).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let tag_gone = registry.call("DELETE", "/v2/nothing/manifests/v1", &[], vec![]).await;
+    assert_eq!(tag_gone.status, StatusCode::NOT_FOUND);
+    // A chunk that does not start where the last one ended, on the first PATCH.
+    let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
+    let location = start.header("location").to_owned();
+    let skipped = registry.call("PATCH", &location, &[("content-range", "3-5")], b"abc".to_vec()).await;
+    assert_eq!(skipped.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    // A final PUT whose digest does not match what was sent stores nothing and says so.
+    let wrong = registry.call("PUT", &format!("{location}?digest={}", sha256(b"other")), &[], b"abc".to_vec()).await;
+    assert_eq!((wrong.status, wrong.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    assert_eq!(registry.call("HEAD", &format!("/v2/r/blobs/{}", sha256(b"abc")), &[], vec![]).await.status, StatusCode::NOT_FOUND);
+}
+
+/// A registry where alice may push `public/*` and anyone may pull it; other repositories need a
+/// user. `token` switches from basic auth on every request to the built-in token issuer.
+fn guarded(token: bool) -> Registry {
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, format!("alice:{}\n", bcrypt::hash("secret", 4).unwrap())).unwrap();
+    let file: airlock_registry::auth::AuthFile = serde_saphyr::from_str(&format!(
+        "htpasswd: {}\ntoken: {token}\nrules:\n  - repositories: 'public/*'\n    anonymous: [pull]\n    users: {{alice: [pull, push]}}\n",
+        htpasswd.display()
+    ))
+    .unwrap();
+    let auth = airlock_registry::auth::Auth::load(&file, dir.path()).unwrap();
+    Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path().join("data")), auth: Some(auth), notifier: None, allow_delete: true })), _dir: dir }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
+#[tokio::test]
+async fn unauthorized_and_denied_answers_carry_the_challenge_and_the_spec_codes() {
+    let registry = guarded(false);
+    let base = registry.call("GET", "/v2/", &[], vec![]).await;
+    assert_eq!((base.status, base.error_code().as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+    assert_eq!(base.header("www-authenticate"), "Basic realm=\"airlock\"");
+    assert_eq!(base.header("docker-distribution-api-version"), "registry/2.0");
+    let wrong = registry.call("GET", "/v2/", &[("authorization", &basic("alice", "nope"))], vec![]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(registry.call("GET", "/v2/", &[("authorization", &basic("alice", "secret"))], vec![]).await.status, StatusCode::OK);
+    let anonymous_pull = registry.call("GET", "/v2/public/x/tags/list", &[], vec![]).await;
+    assert_eq!(anonymous_pull.error_code(), "NAME_UNKNOWN", "anonymous pulls of public/* get past auth");
+    let anonymous_push = registry.call("POST", "/v2/public/x/blobs/uploads/", &[], vec![]).await;
+    assert_eq!(anonymous_push.status, StatusCode::UNAUTHORIZED);
+    let alice = basic("alice", "secret");
+    let push = registry.call("POST", "/v2/public/x/blobs/uploads/", &[("authorization", &alice)], vec![]).await;
+    assert_eq!(push.status, StatusCode::ACCEPTED);
+    let delete = registry.call("DELETE", &format!("/v2/public/x/blobs/{}", sha256(b"x")), &[("authorization", &alice)], vec![]).await;
+    assert_eq!((delete.status, delete.error_code().as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+
+    let registry = guarded(true);
+    let challenge = registry.call("POST", "/v2/public/x/blobs/uploads/", &[("host", "registry.test")], vec![]).await;
+    assert_eq!(challenge.status, StatusCode::UNAUTHORIZED);
+    let value = challenge.header("www-authenticate");
+    assert!(value.starts_with("Bearer realm=\"") && value.contains("/token\""), "{value}");
+    assert!(value.contains("scope=\"repository:public/x:pull,push\""), "{value}");
+    let token = registry.call("GET", "/token?service=airlock&scope=repository:public/x:pull,push", &[("authorization", &alice)], vec![]).await.json();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let push = registry.call("POST", "/v2/public/x/blobs/uploads/", &[("authorization", &format!("Bearer {token}"))], vec![]).await;
+    assert_eq!(push.status, StatusCode::ACCEPTED);
+    let elsewhere = registry.call("POST", "/v2/public/y/blobs/uploads/", &[("authorization", &format!("Bearer {token}"))], vec![]).await;
+    assert!(matches!(elsewhere.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), "a token is for the repository it names: {}", elsewhere.status);
+    let refused = registry.call("GET", "/token?scope=repository:public/x:pull", &[("authorization", &basic("alice", "nope"))], vec![]).await;
+    assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
+}

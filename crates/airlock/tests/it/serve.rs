@@ -108,7 +108,7 @@ fn content_and_upload_sessions_survive_a_kill() {
 }
 
 /// A registry with users alice and bob (bcrypt, via `htpasswd -B`) and rules, in token or basic mode.
-fn guarded(root: &std::path::Path, token: bool) -> Served {
+fn guarded(root: &std::path::Path, token: bool, extra: &[&str]) -> Served {
     let htpasswd = root.join("htpasswd");
     let mut lines = String::new();
     for (user, password) in [("alice", "alice-Secret-1"), ("bob", "bob-Secret-2")] {
@@ -126,7 +126,7 @@ fn guarded(root: &std::path::Path, token: bool) -> Served {
         ),
     )
     .unwrap();
-    Served::start_with(&root.join("data"), &["--config", config.to_str().unwrap()])
+    Served::start_with(&root.join("data"), &[&["--config", config.to_str().unwrap()], extra].concat())
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn token_auth_with_rules_for_skopeo_and_airlock() {
     let img = image("amd64", &[layer(410, 20_000)]);
     push(&upstream.host(), "app", &img, Some("v1"), None);
     let root = crate::harness::tempdir();
-    let served = guarded(root.path(), true);
+    let served = guarded(root.path(), true, &[]);
     let airlock = Airlock::new();
     let authfile = airlock.authfile();
     let authfile = authfile.to_str().unwrap();
@@ -173,7 +173,7 @@ fn token_auth_with_rules_for_skopeo_and_airlock() {
 #[test]
 fn basic_auth_refuses_the_wrong_and_missing_credentials() {
     let root = crate::harness::tempdir();
-    let served = guarded(root.path(), false);
+    let served = guarded(root.path(), false, &[]);
     let airlock = Airlock::new();
     let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
     airlock.run(&["copy", &example, &served.at("bob/hello:1.0")]).code(1).stderr_has("401");
@@ -243,16 +243,18 @@ fn oras_artifacts_go_through_serve_and_docker_registry_unchanged() {
 fn https_with_a_certificate_from_files() {
     let dir = crate::harness::tempdir();
     let (cert, key) = crate::harness::registry::tls_files(dir.path());
-    let served = Served::start_with(&dir.path().join("data"), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    // Token auth over TLS: the challenge must name an https realm.
+    let served = guarded(dir.path(), true, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
     let airlock = Airlock::new();
+    let bob = "bob:bob-Secret-2";
     let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
     let ca = dir.path().join("certs/ca.crt");
     let ca = ca.to_str().unwrap();
-    airlock.run(&["copy", &example, &served.at("hello:1.0"), "--retries", "1"]).code(1).stderr_has("--ca-cert");
-    airlock.run(&["copy", &example, &served.at("hello:1.0"), "--ca-cert", ca]).success();
-    let digest = airlock.run(&["digest", &served.at("hello:1.0"), "--ca-cert", ca]).success().stdout.trim().to_owned();
+    airlock.run(&["copy", &example, &served.at("bob/hello:1.0"), "--retries", "1", "--dest-creds", bob]).code(1).stderr_has("--ca-cert");
+    airlock.run(&["copy", &example, &served.at("bob/hello:1.0"), "--ca-cert", ca, "--dest-creds", bob]).success();
+    let digest = airlock.run(&["digest", &served.at("bob/hello:1.0"), "--ca-cert", ca, "--creds", bob]).success().stdout.trim().to_owned();
     let cert_dir = dir.path().join("certs");
-    let raw = skopeo(&["inspect", "--raw", "--cert-dir", cert_dir.to_str().unwrap(), &format!("docker://{}", served.at("hello:1.0"))]).success();
+    let raw = skopeo(&["inspect", "--raw", "--cert-dir", cert_dir.to_str().unwrap(), "--creds", bob, &format!("docker://{}", served.at("bob/hello:1.0"))]).success();
     assert_eq!(crate::harness::sha256(&raw.stdout_bytes), digest);
 }
 
