@@ -52,6 +52,20 @@ impl PlatformSpec {
     }
 }
 
+impl PlatformSpec {
+    /// Whether `other` (e.g. read from an image config) is allowed by this spec: same OS and
+    /// architecture, and the same variant when this spec names one.
+    pub fn matches_spec(&self, other: &PlatformSpec) -> bool {
+        self.os == other.os
+            && self.architecture == other.architecture
+            && match (&self.variant, &other.variant) {
+                (None, _) => true,
+                (Some(want), Some(have)) => want == have,
+                (Some(want), None) => self.architecture == "arm64" && want == "v8",
+            }
+    }
+}
+
 impl FromStr for PlatformSpec {
     type Err = PlatformError;
     fn from_str(input: &str) -> Result<Self, Self::Err> {

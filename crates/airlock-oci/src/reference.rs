@@ -101,6 +101,16 @@ impl Reference {
         }
     }
 
+    /// The repository without tag or digest (`host/repo`, `ocidir://PATH`, `root://PATH//repo`),
+    /// to compare places and to name them in messages.
+    pub fn repository_key(&self) -> String {
+        match self {
+            Reference::Registry(r) => format!("{}/{}", r.registry, r.repository),
+            Reference::Layout(r) => format!("ocidir://{}", r.path),
+            Reference::Root(r) => format!("root://{}//{}", r.root, r.repository),
+        }
+    }
+
     /// The same place with another tag and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
         let mut copy = self.clone();

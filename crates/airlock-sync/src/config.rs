@@ -121,6 +121,22 @@ pub struct RegistryConfig {
     pub requests_per_second: Option<f64>,
 }
 
+impl RegistryConfig {
+    /// Puts these settings into the options registries are opened with.
+    pub fn apply_to(&self, options: &mut airlock_store::remote::RegistryOptions) {
+        use airlock_store::remote::{Credential, RegistrySettings, Secret};
+        if self.plain_http {
+            options.plain_http.push(self.registry.clone());
+        }
+        if let Some((username, secret)) = &self.credentials {
+            options.explicit_credentials.insert(self.registry.clone(), Credential::Basic { username: username.clone(), password: Secret::new(secret.clone()) });
+        }
+        options
+            .registry_settings
+            .insert(self.registry.clone(), RegistrySettings { requests_per_second: self.requests_per_second, max_requests: self.concurrency });
+    }
+}
+
 /// Reads and checks a sync file: every key known, every value valid, every secret readable.
 pub fn load(path: &Path) -> Result<(Vec<SyncJob>, Vec<RegistryConfig>), ConfigError> {
     let name = path.display().to_string();
@@ -130,7 +146,32 @@ pub fn load(path: &Path) -> Result<(Vec<SyncJob>, Vec<RegistryConfig>), ConfigEr
 
 /// [`load`] for text already read; `name` is used in errors.
 pub fn parse(text: &str, name: &str) -> Result<(Vec<SyncJob>, Vec<RegistryConfig>), ConfigError> {
-    let file: SyncFile = serde_saphyr::from_str(text).map_err(|e| {
+    let file: SyncFile = parse_yaml(text, name)?;
+    let error = |reason: String| ConfigError { path: name.to_owned(), location: None, reason };
+    if file.sync.is_empty() {
+        return Err(error("`sync` lists nothing to mirror".into()));
+    }
+    let mut jobs = Vec::new();
+    for (idx, entry) in file.sync.iter().enumerate() {
+        let at = |key: &str, reason: String| error(format!("sync[{idx}].{key}: {reason}"));
+        let source: Reference = entry.source.parse().map_err(|e: airlock_oci::ReferenceError| at("source", e.to_string()))?;
+        let target: Reference = entry.target.parse().map_err(|e: airlock_oci::ReferenceError| at("target", e.to_string()))?;
+        let filter = tag_filter(&entry.tags, entry.tag_regex.as_deref(), &entry.exclude, entry.semver.as_deref(), entry.latest).map_err(|(key, reason)| at(key, reason))?;
+        let platforms = entry
+            .platforms
+            .iter()
+            .map(|p| p.parse::<PlatformSpec>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| at("platforms", e.to_string()))?;
+        jobs.push(SyncJob { source, target, filter, platforms, referrers: entry.referrers });
+    }
+    Ok((jobs, registries(&file.registries, name)?))
+}
+
+/// Deserializes YAML, turning the parser's error into one that names the file, the line and
+/// column, and the key.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, name: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str(text).map_err(|e| {
         let message = e.to_string();
         let message = message.lines().next().unwrap_or(&message);
         // The parser's message carries its location twice; say it once, in front.
@@ -146,34 +187,31 @@ pub fn parse(text: &str, name: &str) -> Result<(Vec<SyncJob>, Vec<RegistryConfig
             location = found.or(location);
         }
         ConfigError { path: name.to_owned(), location, reason }
-    })?;
-    let error = |reason: String| ConfigError { path: name.to_owned(), location: None, reason };
-    if file.sync.is_empty() {
-        return Err(error("`sync` lists nothing to mirror".into()));
+    })
+}
+
+/// A tag filter from the keys a file writes; an error names the key at fault.
+pub fn tag_filter(
+    tags: &[String],
+    tag_regex: Option<&str>,
+    exclude: &[String],
+    semver: Option<&str>,
+    latest: Option<usize>,
+) -> Result<TagFilter, (&'static str, String)> {
+    let regex = tag_regex.map(full_match).transpose().map_err(|e| ("tag_regex", e.to_string()))?;
+    let exclude = exclude.iter().map(|p| full_match(p)).collect::<Result<_, _>>().map_err(|e| ("exclude", e.to_string()))?;
+    let semver = semver.map(version_requirement).transpose().map_err(|e| ("semver", e.to_string()))?;
+    if latest == Some(0) {
+        return Err(("latest", "must be at least 1".into()));
     }
-    let mut jobs = Vec::new();
-    for (idx, entry) in file.sync.iter().enumerate() {
-        let at = |key: &str, reason: String| error(format!("sync[{idx}].{key}: {reason}"));
-        let source: Reference = entry.source.parse().map_err(|e: airlock_oci::ReferenceError| at("source", e.to_string()))?;
-        let target: Reference = entry.target.parse().map_err(|e: airlock_oci::ReferenceError| at("target", e.to_string()))?;
-        let regex = entry.tag_regex.as_deref().map(full_match).transpose().map_err(|e| at("tag_regex", e.to_string()))?;
-        let exclude = entry.exclude.iter().map(|p| full_match(p)).collect::<Result<_, _>>().map_err(|e| at("exclude", e.to_string()))?;
-        let semver = entry.semver.as_deref().map(version_requirement).transpose().map_err(|e| at("semver", e.to_string()))?;
-        let platforms = entry
-            .platforms
-            .iter()
-            .map(|p| p.parse::<PlatformSpec>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| at("platforms", e.to_string()))?;
-        if entry.latest == Some(0) {
-            return Err(at("latest", "must be at least 1".into()));
-        }
-        let filter = TagFilter { tags: entry.tags.clone(), regex, exclude, semver, latest: entry.latest };
-        jobs.push(SyncJob { source, target, filter, platforms, referrers: entry.referrers });
-    }
+    Ok(TagFilter { tags: tags.to_vec(), regex, exclude, semver, latest })
+}
+
+/// Checks the `registries` section of a file and reads the secrets it points at.
+pub fn registries(entries: &BTreeMap<String, RegistryEntry>, name: &str) -> Result<Vec<RegistryConfig>, ConfigError> {
     let mut registries = Vec::new();
-    for (registry, entry) in &file.registries {
-        let at = |key: &str, reason: String| error(format!("registries.{registry}.{key}: {reason}"));
+    for (registry, entry) in entries {
+        let at = |key: &str, reason: String| ConfigError { path: name.to_owned(), location: None, reason: format!("registries.{registry}.{key}: {reason}") };
         let secret = match (&entry.password_env, &entry.password_file) {
             (Some(_), Some(_)) => return Err(at("password_env", "give `password_env` or `password_file`, not both".into())),
             (Some(variable), None) => Some(std::env::var(variable).map_err(|_| at("password_env", format!("environment variable `{variable}` is not set")))?),
@@ -205,7 +243,7 @@ pub fn parse(text: &str, name: &str) -> Result<(Vec<SyncJob>, Vec<RegistryConfig
             requests_per_second: entry.requests_per_second,
         });
     }
-    Ok((jobs, registries))
+    Ok(registries)
 }
 
 #[cfg(test)]

@@ -21,17 +21,8 @@ pub async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
     let jobs = match &args.file {
         Some(path) => {
             let (jobs, registries) = config::load(path).map_err(|e| Failure { error: e.into(), hint: None, exit_code: 2 })?;
-            for registry in registries {
-                if registry.plain_http {
-                    options.plain_http.push(registry.registry.clone());
-                }
-                if let Some((username, secret)) = registry.credentials {
-                    options.explicit_credentials.insert(registry.registry.clone(), Credential::Basic { username, password: Secret::new(secret) });
-                }
-                options.registry_settings.insert(
-                    registry.registry,
-                    RegistrySettings { requests_per_second: registry.requests_per_second, max_requests: registry.concurrency },
-                );
+            for registry in &registries {
+                registry.apply_to(&mut options);
             }
             jobs
         }

@@ -361,7 +361,7 @@ impl RemoteStore {
 }
 
 /// `localhost`, `*.localhost` and loopback addresses, with or without a port.
-fn is_loopback(registry: &str) -> bool {
+pub fn is_loopback(registry: &str) -> bool {
     let host = match registry.rsplit_once(':') {
         Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
         _ => registry,

@@ -1,0 +1,230 @@
+//! Running one gate against a staged candidate: `policy`, `test`, `command`, `signature`.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_oci::{Digest, Reference};
+use airlock_store::Store;
+use tokio::io::AsyncReadExt;
+
+use crate::config::{Gate, GateKind, Runtime};
+use crate::policy::{check, ImageFacts};
+use crate::runs::GateRecord;
+
+/// How much of a program's output a gate keeps (the end, where failures are said).
+const LOG_LIMIT: usize = 64 * 1024;
+
+/// What the gates know about the candidate.
+pub struct Candidate<'a> {
+    /// The import's name.
+    pub import: &'a str,
+    /// The run.
+    pub run_id: &'a str,
+    /// The upstream tag.
+    pub tag: &'a str,
+    /// The staged candidate, by digest (`host/staging/node@sha256:…`).
+    pub reference: Reference,
+    /// Its digest.
+    pub digest: &'a Digest,
+    /// The upstream repository and the digest seen there (what a signature signs).
+    pub upstream: Arc<dyn Store>,
+    /// The upstream digest.
+    pub upstream_digest: &'a Digest,
+    /// Each platform's configuration and size.
+    pub facts: &'a [ImageFacts],
+    /// Basic credentials for the staging registry, for the container runtime.
+    pub staging_credentials: Option<(String, String)>,
+    /// Whether the staging registry speaks plain HTTP (or is on loopback).
+    pub staging_insecure: bool,
+}
+
+impl Candidate<'_> {
+    /// The variables of argument templates.
+    pub fn variables(&self) -> BTreeMap<&'static str, String> {
+        let repository = self.reference.repository_key();
+        BTreeMap::from([
+            ("reference", self.reference.to_string()),
+            ("digest", self.digest.to_string()),
+            ("repository", repository),
+            ("tag", self.tag.to_owned()),
+            ("run_id", self.run_id.to_owned()),
+            ("import", self.import.to_owned()),
+            ("date", crate::pipeline::today()),
+        ])
+    }
+}
+
+/// Renders a template checked by the config loader.
+pub fn render(template: &str, variables: &BTreeMap<&'static str, String>) -> String {
+    let env = minijinja::Environment::new();
+    env.render_str(template, variables).unwrap_or_else(|_| template.to_owned())
+}
+
+/// Runs `gate`; the record says passed or failed and why.
+pub async fn run(gate: &Gate, candidate: &Candidate<'_>, runtime: &Runtime) -> GateRecord {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(gate.timeout, run_kind(&gate.kind, candidate, runtime)).await;
+    let (passed, log) = match outcome {
+        Ok(result) => result,
+        Err(_) => (false, format!("timed out after {}s", gate.timeout.as_secs())),
+    };
+    GateRecord {
+        name: gate.name.clone(),
+        kind: gate.kind.as_str().to_owned(),
+        result: if passed { "passed" } else { "failed" }.to_owned(),
+        duration_ms: started.elapsed().as_millis() as u64,
+        log,
+    }
+}
+
+async fn run_kind(kind: &GateKind, candidate: &Candidate<'_>, runtime: &Runtime) -> (bool, String) {
+    match kind {
+        GateKind::Policy(policy) => {
+            let mut log = String::new();
+            let mut passed = true;
+            for image in candidate.facts {
+                let violations = check(policy, image);
+                if violations.is_empty() {
+                    log.push_str(&format!("{}: policy satisfied\n", image.platform));
+                } else {
+                    passed = false;
+                    for violation in violations {
+                        log.push_str(&format!("{}: {violation}\n", image.platform));
+                    }
+                }
+            }
+            (passed, log)
+        }
+        GateKind::Command(command) => {
+            let variables = candidate.variables();
+            let args: Vec<String> = command.iter().map(|a| render(a, &variables)).collect();
+            let mut process = tokio::process::Command::new(&args[0]);
+            process.args(&args[1..]);
+            for (name, value) in &variables {
+                process.env(format!("AIRLOCK_{}", name.to_ascii_uppercase()), value);
+            }
+            let (code, output) = execute(process).await;
+            (code == Some(0), format!("$ {}\n{output}{}", args.join(" "), exit_line(code)))
+        }
+        GateKind::Test { dockerfile, context, command, build_args } => test(candidate, runtime, dockerfile, context, command, build_args).await,
+        GateKind::Signature { key } => match crate::signature::verify(candidate.upstream.as_ref(), candidate.upstream_digest, key).await {
+            Ok(log) => (true, log),
+            Err(reason) => (false, reason),
+        },
+    }
+}
+
+fn exit_line(code: Option<i32>) -> String {
+    match code {
+        Some(code) => format!("exit status {code}\n"),
+        None => "killed by a signal or not started\n".to_owned(),
+    }
+}
+
+/// Builds a test image `FROM` the candidate and runs it.
+async fn test(
+    candidate: &Candidate<'_>,
+    runtime: &Runtime,
+    dockerfile: &std::path::Path,
+    context: &std::path::Path,
+    command: &[String],
+    build_args: &BTreeMap<String, String>,
+) -> (bool, String) {
+    if !matches!(candidate.reference, Reference::Registry(_)) {
+        return (false, format!("a test gate needs the staging repository in a registry the container runtime can pull from; `{}` is not", candidate.reference));
+    }
+    let variables = candidate.variables();
+    let image = format!("localhost/airlock-test-{}:{}", candidate.import.to_ascii_lowercase(), candidate.run_id);
+    let podman = runtime.command.rsplit('/').next().unwrap_or("").starts_with("podman");
+    // Credentials reach the runtime in a private file, never on its command line.
+    let authfile = match &candidate.staging_credentials {
+        Some((user, secret)) if podman => {
+            use base64::Engine as _;
+            let Reference::Registry(registry) = &candidate.reference else { unreachable!("checked above") };
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
+            let body = serde_json::json!({"auths": {registry.registry.clone(): {"auth": auth}}});
+            match tempfile::Builder::new().prefix("airlock-auth").suffix(".json").tempfile() {
+                Ok(file) => {
+                    if std::fs::write(file.path(), body.to_string()).is_err() {
+                        return (false, "cannot write a credentials file for the container runtime".into());
+                    }
+                    Some(file)
+                }
+                Err(e) => return (false, format!("cannot create a credentials file for the container runtime: {e}")),
+            }
+        }
+        _ => None,
+    };
+    let mut log = String::new();
+    let mut build = tokio::process::Command::new(&runtime.command);
+    build.args(&runtime.args).arg("build").args(&runtime.build_args);
+    if podman && candidate.staging_insecure {
+        build.arg("--tls-verify=false");
+    }
+    if let Some(file) = &authfile {
+        build.arg("--authfile").arg(file.path());
+    }
+    build.arg("-f").arg(dockerfile).arg("-t").arg(&image).arg("--build-arg").arg(format!("AIRLOCK_CANDIDATE={}", candidate.reference));
+    for (name, value) in build_args {
+        build.arg("--build-arg").arg(format!("{name}={}", render(value, &variables)));
+    }
+    build.arg(context);
+    log.push_str(&format!("$ {} build … -t {image} --build-arg AIRLOCK_CANDIDATE={} {}\n", runtime.command, candidate.reference, context.display()));
+    let (code, output) = execute(build).await;
+    log.push_str(&output);
+    if code != Some(0) {
+        log.push_str(&format!("building the test image failed: {}", exit_line(code)));
+        return (false, log);
+    }
+    let mut run = tokio::process::Command::new(&runtime.command);
+    run.args(&runtime.args).arg("run").arg("--rm").args(&runtime.run_args).arg(&image).args(command);
+    log.push_str(&format!("$ {} run --rm {} {image} {}\n", runtime.command, runtime.run_args.join(" "), command.join(" ")));
+    let (code, output) = execute(run).await;
+    log.push_str(&output);
+    log.push_str(&exit_line(code));
+    let mut remove = tokio::process::Command::new(&runtime.command);
+    remove.args(&runtime.args).args(["rmi", "-f", &image]);
+    let _ = execute(remove).await;
+    (code == Some(0), tail(log))
+}
+
+/// Keeps the end of a long log.
+fn tail(log: String) -> String {
+    if log.len() <= LOG_LIMIT {
+        return log;
+    }
+    let mut start = log.len() - LOG_LIMIT;
+    while !log.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[… {start} bytes cut]\n{}", &log[start..])
+}
+
+/// Runs a program to the end; its exit code and its output (stdout, then stderr).
+async fn execute(mut command: tokio::process::Command) -> (Option<i32>, String) {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let program = format!("{:?}", command.as_std().get_program());
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return (None, format!("cannot start {program}: {e}\n")),
+    };
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (_, _, status) = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err), child.wait());
+    out.extend_from_slice(&err);
+    let text = tail(String::from_utf8_lossy(&out).into_owned());
+    (status.ok().and_then(|s| s.code()), text)
+}
+
+/// Runs a dependent's program with the promotion in its environment.
+pub async fn run_program(args: &[String], env: &[(String, String)], timeout: Duration) -> (bool, String) {
+    let mut process = tokio::process::Command::new(&args[0]);
+    process.args(&args[1..]).envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    match tokio::time::timeout(timeout, execute(process)).await {
+        Ok((code, output)) => (code == Some(0), format!("$ {}\n{output}{}", args.join(" "), exit_line(code))),
+        Err(_) => (false, format!("$ {}\ntimed out after {}s\n", args.join(" "), timeout.as_secs())),
+    }
+}

@@ -1,0 +1,543 @@
+//! The import pipeline: resolve upstream, stage, gate, promote, report, notify; and rollback.
+//!
+//! ```text
+//! upstream:tag ──HEAD──▶ digest D ── same as last run? ──▶ up to date (nothing written)
+//!      │ copy by digest (platforms filtered)
+//!      ▼
+//! staging:<unique tag>  ── gates in order (policy, test, command, signature) ──▶ any failed: run Failed, target untouched
+//!      │ copy by digest
+//!      ▼
+//! target@D' ── gate report attached as a referrer ── target:<unique tag> ── target:<tag> (last)
+//!      │
+//!      ▼ dependents (commands, webhooks), only when the stable tag moved
+//! ```
+//!
+//! Every step is recorded in the run database. The stable tag is the last write of a
+//! promotion, after the content, the report and the unique tag: a kill at any moment leaves it
+//! on the old digest or the new one, and both are complete in the target.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use airlock_copy::{CopyOptions, Copier};
+use airlock_oci::{Descriptor, Digest, Manifest, ManifestKind, Reference};
+use airlock_store::remote::{Access, Registries};
+use airlock_store::Store;
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::config::{Config, DependentAction, Import};
+use crate::gates::{self, Candidate};
+use crate::policy::ImageFacts;
+use crate::runs::{status_of, GateRecord, Runs, Status, Trigger};
+
+/// The artifact type of the gate report attached to a promoted digest.
+pub const REPORT_ARTIFACT_TYPE: &str = "application/vnd.airlock.gate-report.v1+json";
+
+/// How long a lock may be held before another process may take it over.
+const LOCK_STALE: Duration = Duration::from_secs(6 * 3600);
+
+/// What the pipeline needs: the checked file, the registries, the run database.
+pub struct Pipeline {
+    /// The file.
+    pub config: Config,
+    /// Registry clients (credentials, plain HTTP, limits from the file and the flags).
+    pub registries: Registries,
+    /// The run database (SQLite connections are not shared across threads: one at a time).
+    pub runs: Mutex<Runs>,
+    /// Copies share one budget and one record of blobs moved.
+    pub copier: Copier,
+}
+
+/// What happened to one tag of an import.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// The import.
+    pub import: String,
+    /// The upstream tag.
+    pub tag: String,
+    /// `promoted`, `failed`, `up to date`, `rejected before`, `busy`, `rolled back`.
+    pub action: &'static str,
+    /// The run recorded, if any.
+    pub run_id: Option<String>,
+    /// The upstream digest seen.
+    pub upstream_digest: Option<String>,
+    /// What the stable tag points at now, when this run moved it.
+    pub promoted_digest: Option<String>,
+    /// Why it failed or was skipped.
+    pub reason: Option<String>,
+}
+
+impl Outcome {
+    fn new(import: &str, tag: &str, action: &'static str) -> Outcome {
+        Outcome { import: import.to_owned(), tag: tag.to_owned(), action, run_id: None, upstream_digest: None, promoted_digest: None, reason: None }
+    }
+
+    /// Whether the outcome counts as a failure for the exit code.
+    pub fn failed(&self) -> bool {
+        self.action == "failed"
+    }
+}
+
+/// Opens the store a reference names: a registry, an OCI layout folder or a serve root.
+pub async fn open_store(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
+    match reference {
+        Reference::Registry(registry) => Arc::new(registries.store(registry, access).await),
+        Reference::Layout(layout) => Arc::new(airlock_store::layout::LayoutStore::new(&layout.path)),
+        Reference::Root(root) => Arc::new(airlock_registry::RootStore::new(Arc::new(airlock_registry::Storage::new(&root.root)), &root.repository)),
+    }
+}
+
+/// Today as `YYYYMMDD`, for tag templates.
+pub fn today() -> String {
+    let days = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}{month:02}{day:02}")
+}
+
+fn copy_options(platforms: Vec<airlock_oci::PlatformSpec>) -> CopyOptions {
+    let mut options = CopyOptions::new();
+    options.platforms = platforms;
+    options.force = true;
+    options
+}
+
+impl Pipeline {
+    fn db<T>(&self, f: impl FnOnce(&Runs) -> Result<T, crate::runs::DbError>) -> Result<T, String> {
+        let runs = self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&runs).map_err(|e| e.to_string())
+    }
+
+    /// Runs `import` for each selected upstream tag. `force` runs even when upstream did not
+    /// change since the last run (a timer, or a human who wants the gates again).
+    pub async fn import(&self, import: &Import, trigger: Trigger, force: bool) -> Vec<Outcome> {
+        let holder = crate::runs::this_holder();
+        match self.db(|runs| runs.lock(&import.name, &holder, LOCK_STALE)) {
+            Ok(Ok(())) => {}
+            Ok(Err(other)) => {
+                let mut outcome = Outcome::new(&import.name, "", "busy");
+                outcome.reason = Some(format!("another airlock ({other}) is running this import"));
+                return vec![outcome];
+            }
+            Err(e) => {
+                let mut outcome = Outcome::new(&import.name, "", "failed");
+                outcome.reason = Some(e);
+                return vec![outcome];
+            }
+        }
+        // Holding the lock, any run still marked running was left by a killed process.
+        let _ = self.db(|runs| runs.reap(&import.name, "interrupted: the process running it stopped"));
+        let outcomes = self.import_locked(import, trigger, force).await;
+        let _ = self.db(|runs| runs.unlock(&import.name, &holder));
+        outcomes
+    }
+
+    async fn import_locked(&self, import: &Import, trigger: Trigger, force: bool) -> Vec<Outcome> {
+        let source = open_store(&self.registries, &import.source, Access::Pull).await;
+        let tags = if import.filter.needs_listing() {
+            match source.list_tags().await {
+                Ok(available) => import.filter.select(&available),
+                Err(e) => {
+                    let mut outcome = Outcome::new(&import.name, "", "failed");
+                    outcome.reason = Some(format!("cannot list the tags of {}: {e}", import.source.repository_key()));
+                    return vec![outcome];
+                }
+            }
+        } else {
+            import.filter.select(&[])
+        };
+        let mut outcomes = Vec::new();
+        for tag in tags {
+            outcomes.push(self.import_tag(import, source.clone(), &tag, trigger, force).await);
+        }
+        outcomes
+    }
+
+    async fn import_tag(&self, import: &Import, source: Arc<dyn Store>, tag: &str, trigger: Trigger, force: bool) -> Outcome {
+        let mut outcome = Outcome::new(&import.name, tag, "failed");
+        let upstream = match source.resolve(tag).await {
+            Ok(descriptor) => descriptor.digest().clone(),
+            Err(e) => {
+                outcome.reason = Some(format!("cannot resolve {}:{tag}: {e}", import.source.repository_key()));
+                return outcome;
+            }
+        };
+        outcome.upstream_digest = Some(upstream.to_string());
+        if !force {
+            match self.db(|runs| runs.last_import(&import.name, tag)) {
+                Ok(Some(last)) if last.upstream_digest.as_deref() == Some(&upstream.to_string()) => {
+                    let rejected = status_of(&last) == Status::Failed;
+                    outcome.action = if rejected { "rejected before" } else { "up to date" };
+                    outcome.run_id = Some(last.run_id.clone());
+                    outcome.reason = rejected.then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
+                    return outcome;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    outcome.reason = Some(e);
+                    return outcome;
+                }
+            }
+        }
+        let run_id = match self.db(|runs| runs.start(&import.name, tag, trigger, Some(&upstream.to_string()))) {
+            Ok(id) => id,
+            Err(e) => {
+                outcome.reason = Some(e);
+                return outcome;
+            }
+        };
+        outcome.run_id = Some(run_id.clone());
+        let started = Instant::now();
+        let result = self.gated_promotion(import, source, tag, &upstream, &run_id).await;
+        let _ = match &result {
+            Ok(promotion) => {
+                outcome.action = "promoted";
+                outcome.promoted_digest = Some(promotion.digest.to_string());
+                self.db(|runs| {
+                    runs.finish(&run_id, Status::Succeeded, Some(&promotion.digest.to_string()), promotion.previous.as_deref(), Some(&promotion.unique_tag), None)
+                })
+            }
+            Err(reason) => {
+                outcome.reason = Some(reason.clone());
+                let _ = self.db(|runs| runs.log(&run_id, &format!("failed: {reason}")));
+                self.db(|runs| runs.finish(&run_id, Status::Failed, None, None, None, Some(reason)))
+            }
+        };
+        let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
+        if let Ok(promotion) = &result {
+            if promotion.previous.as_deref() != Some(&promotion.digest.to_string()) {
+                self.notify(import, tag, &run_id, promotion.previous.as_deref(), &promotion.digest, Trigger::ImageUpdate).await;
+            } else {
+                let _ = self.db(|runs| runs.log(&run_id, "the stable tag already pointed at this digest: dependents not notified"));
+            }
+        }
+        outcome
+    }
+
+    fn log(&self, run_id: &str, text: &str) {
+        tracing::info!(run = run_id, "{text}");
+        let _ = self.db(|runs| runs.log(run_id, text));
+    }
+
+    async fn gated_promotion(&self, import: &Import, source: Arc<dyn Store>, tag: &str, upstream: &Digest, run_id: &str) -> Result<Promotion, String> {
+        let staging = open_store(&self.registries, &import.staging, Access::Push).await;
+        let target = open_store(&self.registries, &import.target, Access::Push).await;
+        let variables = std::collections::BTreeMap::from([
+            ("tag", tag.to_owned()),
+            ("run_id", run_id.to_owned()),
+            ("digest", upstream.digest().chars().take(12).collect::<String>()),
+            ("date", today()),
+            ("import", import.name.clone()),
+            ("reference", import.source.with_tag(tag).to_string()),
+            ("repository", import.source.repository_key()),
+        ]);
+        let unique_tag = gates::render(&import.unique_tag, &variables);
+        airlock_oci::validate_tag(&unique_tag).map_err(|e| format!("the unique tag `{unique_tag}` from `{}` is not a valid tag: {e}", import.unique_tag))?;
+        if unique_tag == tag {
+            return Err(format!("the unique tag template `{}` gives the stable tag itself", import.unique_tag));
+        }
+
+        // 1. Stage: the candidate goes to quarantine, by digest, under the unique tag.
+        self.log(run_id, &format!("staging {}@{upstream} to {}:{unique_tag}", import.source.repository_key(), import.staging.repository_key()));
+        let staged = self
+            .copier
+            .copy_with(&copy_options(import.platforms.clone()), source.as_ref(), &upstream.to_string(), staging.as_ref(), std::slice::from_ref(&unique_tag))
+            .await
+            .map_err(|e| format!("staging failed: {e}"))?;
+        let candidate_digest = staged.digest.clone();
+        self.log(run_id, &format!("staged {candidate_digest} ({} blobs copied, {} bytes)", staged.blobs_copied, staged.bytes_copied));
+        let manifest = staging.get_manifest(&candidate_digest.to_string()).await.map_err(|e| format!("cannot read the staged candidate: {e}"))?;
+        let facts = image_facts(staging.as_ref(), &manifest).await?;
+        let platform = facts.iter().map(|f| f.platform.clone()).collect::<Vec<_>>().join(",");
+        let _ = self.db(|runs| runs.set_platform(run_id, &platform));
+
+        // 2. Gates, in order, each when its `when` gates passed.
+        let mut candidate_reference = import.staging.with_tag(&unique_tag);
+        match &mut candidate_reference {
+            Reference::Registry(r) => r.digest = Some(candidate_digest.clone()),
+            Reference::Layout(r) => r.digest = Some(candidate_digest.clone()),
+            Reference::Root(r) => r.digest = Some(candidate_digest.clone()),
+        }
+        if let Reference::Registry(r) = &mut candidate_reference {
+            r.tag = None;
+        }
+        let staging_registry = match &import.staging {
+            Reference::Registry(r) => Some(r.registry.clone()),
+            _ => None,
+        };
+        let staging_credentials = staging_registry.as_ref().and_then(|host| self.config.registries.iter().find(|r| &r.registry == host)).and_then(|r| r.credentials.clone());
+        let staging_insecure = staging_registry.as_ref().is_some_and(|host| {
+            self.config.registries.iter().any(|r| &r.registry == host && r.plain_http) || airlock_store::remote::is_loopback(host)
+        });
+        let candidate = Candidate {
+            import: &import.name,
+            run_id,
+            tag,
+            reference: candidate_reference,
+            digest: &candidate_digest,
+            upstream: source.clone(),
+            upstream_digest: upstream,
+            facts: &facts,
+            staging_credentials,
+            staging_insecure,
+        };
+        let mut records: Vec<GateRecord> = Vec::new();
+        for (position, gate) in import.gates.iter().enumerate() {
+            let needed: Vec<&str> = if gate.when.is_empty() { records.iter().map(|r| r.name.as_str()).collect() } else { gate.when.iter().map(String::as_str).collect() };
+            let blocked = needed.iter().find(|name| records.iter().any(|r| &r.name == *name && r.result != "passed"));
+            let record = match blocked {
+                Some(name) => GateRecord {
+                    name: gate.name.clone(),
+                    kind: gate.kind.as_str().to_owned(),
+                    result: "skipped".into(),
+                    duration_ms: 0,
+                    log: format!("skipped: gate `{name}` did not pass\n"),
+                },
+                None => {
+                    self.log(run_id, &format!("gate `{}` ({}) running", gate.name, gate.kind.as_str()));
+                    gates::run(gate, &candidate, &self.config.runtime).await
+                }
+            };
+            self.log(run_id, &format!("gate `{}`: {} in {} ms", record.name, record.result, record.duration_ms));
+            let _ = self.db(|runs| runs.gate(run_id, position, &record));
+            records.push(record);
+        }
+        if let Some(failed) = records.iter().find(|r| r.result == "failed") {
+            let first_line = failed.log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("exit status")).unwrap_or("").trim().to_owned();
+            return Err(format!("gate `{}` failed: {first_line}", failed.name));
+        }
+
+        // 3. Promote: content, report, unique tag, stable tag (last).
+        let previous = match target.resolve(tag).await {
+            Ok(descriptor) => Some(descriptor.digest().to_string()),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(format!("cannot read {}:{tag}: {e}", import.target.repository_key())),
+        };
+        self.log(run_id, &format!("promoting {candidate_digest} to {}", import.target.repository_key()));
+        self.copier
+            .copy_with(&copy_options(Vec::new()), staging.as_ref(), &candidate_digest.to_string(), target.as_ref(), &[])
+            .await
+            .map_err(|e| format!("promotion failed while copying: {e}"))?;
+        let report = serde_json::json!({
+            "import": import.name, "run_id": run_id, "tag": tag, "unique_tag": unique_tag,
+            "upstream": import.source.with_tag(tag).to_string(), "upstream_digest": upstream.to_string(),
+            "candidate_digest": candidate_digest.to_string(), "platform": platform,
+            "gates": records.iter().map(|r| serde_json::json!({"name": r.name, "kind": r.kind, "result": r.result, "duration_ms": r.duration_ms})).collect::<Vec<_>>(),
+        });
+        attach_report(target.as_ref(), &manifest, &report, run_id).await.map_err(|e| format!("cannot attach the gate report: {e}"))?;
+        for write in [&unique_tag, &tag.to_owned()] {
+            target.put_manifest(&manifest, Some(write)).await.map_err(|e| format!("cannot tag {}:{write}: {e}", import.target.repository_key()))?;
+        }
+        self.log(run_id, &format!("promoted {candidate_digest} as {0}:{unique_tag} and {0}:{tag}", import.target.repository_key()));
+        Ok(Promotion { digest: candidate_digest, previous, unique_tag })
+    }
+
+    /// Tells the dependents of `import` that its stable tag moved.
+    async fn notify(&self, import: &Import, tag: &str, run_id: &str, old: Option<&str>, new: &Digest, trigger: Trigger) {
+        let target = import.target.with_tag(tag).to_string();
+        let document = serde_json::json!({
+            "import": import.name, "tag": tag, "target": target, "old_digest": old, "new_digest": new.to_string(), "run_id": run_id,
+            "trigger": trigger.as_str(),
+        });
+        let env = vec![
+            ("AIRLOCK_IMPORT".to_owned(), import.name.clone()),
+            ("AIRLOCK_TAG".to_owned(), tag.to_owned()),
+            ("AIRLOCK_TARGET".to_owned(), target.clone()),
+            ("AIRLOCK_OLD_DIGEST".to_owned(), old.unwrap_or("").to_owned()),
+            ("AIRLOCK_NEW_DIGEST".to_owned(), new.to_string()),
+            ("AIRLOCK_RUN_ID".to_owned(), run_id.to_owned()),
+        ];
+        for dependent in &import.dependents {
+            let (ok, log) = match &dependent.action {
+                DependentAction::Command(args) => gates::run_program(args, &env, Duration::from_secs(3600)).await,
+                DependentAction::Webhook(url) => post_webhook(url, &document).await,
+            };
+            let verdict = if ok { "notified" } else { "NOT notified" };
+            self.log(run_id, &format!("dependent `{}` {verdict}\n{log}", dependent.name));
+        }
+    }
+
+    /// Points the stable tag of `import`/`tag` back at an earlier promoted digest: `to` is a
+    /// run id or a digest; by default the promotion before the current one.
+    pub async fn rollback(&self, import: &Import, tag: &str, to: Option<&str>) -> Result<Outcome, String> {
+        let promotions = self.db(|runs| runs.promotions(&import.name, tag))?;
+        let target = open_store(&self.registries, &import.target, Access::Push).await;
+        let current = match target.resolve(tag).await {
+            Ok(descriptor) => Some(descriptor.digest().to_string()),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(format!("cannot read {}:{tag}: {e}", import.target.repository_key())),
+        };
+        let wanted: String = match to {
+            Some(to) if to.contains(':') => to.to_owned(),
+            Some(run) => {
+                let run = self.db(|runs| runs.get(run))?.ok_or_else(|| format!("no run `{run}` in the run database"))?;
+                if run.import != import.name || run.tag != tag {
+                    return Err(format!("run `{}` is of {}:{}, not {}:{tag}", run.run_id, run.import, run.tag, import.name));
+                }
+                run.promoted_digest.ok_or_else(|| format!("run `{}` promoted nothing ({})", run.run_id, run.status))?
+            }
+            None => promotions
+                .iter()
+                .filter_map(|r| r.promoted_digest.clone())
+                .find(|d| Some(d) != current.as_ref())
+                .ok_or_else(|| format!("{}:{tag} has no earlier promotion to roll back to", import.name))?,
+        };
+        if !promotions.iter().any(|r| r.promoted_digest.as_deref() == Some(wanted.as_str())) {
+            return Err(format!("{wanted} was never promoted for {}:{tag}; rollback only goes to validated digests", import.name));
+        }
+        let digest = airlock_oci::parse_digest(&wanted).map_err(|e| e.to_string())?;
+        let manifest = target.get_manifest(&wanted).await.map_err(|e| format!("{} no longer holds {wanted}: {e}", import.target.repository_key()))?;
+        let run_id = self.db(|runs| runs.start(&import.name, tag, Trigger::Rollback, None))?;
+        let started = Instant::now();
+        let _ = self.db(|runs| runs.log(&run_id, &format!("rolling {}:{tag} back from {} to {wanted}", import.target.repository_key(), current.as_deref().unwrap_or("nothing"))));
+        let result = target.put_manifest(&manifest, Some(tag)).await;
+        let mut outcome = Outcome::new(&import.name, tag, "rolled back");
+        outcome.run_id = Some(run_id.clone());
+        match result {
+            Ok(_) => {
+                self.db(|runs| runs.finish(&run_id, Status::Succeeded, Some(&wanted), current.as_deref(), None, None))?;
+                let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
+                outcome.promoted_digest = Some(wanted.clone());
+                if current.as_deref() != Some(wanted.as_str()) {
+                    self.notify(import, tag, &run_id, current.as_deref(), &digest, Trigger::Rollback).await;
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                let reason = format!("cannot tag {}:{tag}: {e}", import.target.repository_key());
+                self.db(|runs| runs.finish(&run_id, Status::Failed, None, None, None, Some(&reason)))?;
+                Err(reason)
+            }
+        }
+    }
+}
+
+struct Promotion {
+    digest: Digest,
+    previous: Option<String>,
+    unique_tag: String,
+}
+
+/// POSTs the promotion to a webhook, three attempts.
+async fn post_webhook(url: &str, document: &serde_json::Value) -> (bool, String) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a client without custom settings");
+    let mut last = String::new();
+    for attempt in 1..=3u32 {
+        match client.post(url).json(document).send().await {
+            Ok(response) if response.status().is_success() => return (true, format!("POST {url}: {}\n", response.status())),
+            Ok(response) => last = format!("POST {url}: {}", response.status()),
+            Err(e) => last = format!("POST {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+    }
+    (false, format!("{last} (after 3 attempts)\n"))
+}
+
+/// Attaches the gate report to `subject` as an OCI artifact whose `subject` is it.
+async fn attach_report(store: &dyn Store, subject: &Manifest, report: &serde_json::Value, run_id: &str) -> airlock_store::Result<()> {
+    let empty = bytes::Bytes::from_static(b"{}");
+    let body = bytes::Bytes::from(serde_json::to_vec_pretty(report).expect("JSON values serialize"));
+    let empty_descriptor = blob_descriptor("application/vnd.oci.empty.v1+json", &empty);
+    let report_descriptor = blob_descriptor(REPORT_ARTIFACT_TYPE, &body);
+    for (descriptor, bytes) in [(&empty_descriptor, empty), (&report_descriptor, body)] {
+        if !store.blob_exists(descriptor.digest()).await? {
+            let stream: airlock_store::BlobStream = Box::pin(futures::stream::once(async move { Ok(bytes) }));
+            store.put_blob(descriptor, stream).await?;
+        }
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": REPORT_ARTIFACT_TYPE,
+        "config": empty_descriptor,
+        "layers": [report_descriptor],
+        "subject": subject.descriptor(),
+        "annotations": {"org.opencontainers.image.created": rfc3339_now(), "dev.airlock.run-id": run_id},
+    });
+    let manifest = Manifest::parse(serde_json::to_vec(&manifest).expect("JSON values serialize"), Some("application/vnd.oci.image.manifest.v1+json"))
+        .expect("the report manifest is a valid image manifest");
+    store.put_manifest(&manifest, None).await?;
+    Ok(())
+}
+
+fn blob_descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
+    Descriptor::new(media_type.into(), bytes.len() as u64, airlock_oci::digest_of(bytes, None))
+}
+
+fn rfc3339_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let day = today();
+    let rest = secs % 86_400;
+    format!("{}-{}-{}T{:02}:{:02}:{:02}Z", &day[..4], &day[4..6], &day[6..], rest / 3600, rest % 3600 / 60, rest % 60)
+}
+
+/// Each platform's configuration and size: what the policy gate checks and the run table shows.
+async fn image_facts(store: &dyn Store, manifest: &Manifest) -> Result<Vec<ImageFacts>, String> {
+    let mut facts = Vec::new();
+    let mut pending = vec![manifest.clone()];
+    while let Some(manifest) = pending.pop() {
+        match manifest.kind() {
+            ManifestKind::Index { manifests, .. } => {
+                for child in manifests {
+                    // Build attestations ride in indexes as `unknown/unknown`: not a platform.
+                    if child.platform().as_ref().is_some_and(|p| p.os().to_string() == "unknown") {
+                        continue;
+                    }
+                    let child = store.get_manifest(&child.digest().to_string()).await.map_err(|e| format!("cannot read {}: {e}", child.digest()))?;
+                    pending.push(child);
+                }
+            }
+            ManifestKind::Image { config, layers, .. } => {
+                let bytes = read_small_blob(store, config, 8 * 1024 * 1024).await?;
+                let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let mut platform = format!("{}/{}", value["os"].as_str().unwrap_or("unknown"), value["architecture"].as_str().unwrap_or("unknown"));
+                if let Some(variant) = value["variant"].as_str() {
+                    platform.push('/');
+                    platform.push_str(variant);
+                }
+                let size = config.size() + layers.iter().map(|l| l.size()).sum::<u64>();
+                facts.push(ImageFacts { platform, config: value, size });
+            }
+        }
+    }
+    facts.sort_by(|a, b| a.platform.cmp(&b.platform));
+    Ok(facts)
+}
+
+/// A small blob (a config, a signature payload), verified; one larger than `limit` is refused.
+pub(crate) async fn read_small_blob(store: &dyn Store, descriptor: &Descriptor, limit: u64) -> Result<Vec<u8>, String> {
+    if descriptor.size() > limit {
+        return Err(format!("blob {} is {} bytes, more than the {limit} such a blob may have", descriptor.digest(), descriptor.size()));
+    }
+    let mut stream = store.get_blob(descriptor, 0).await.map_err(|e| format!("cannot read blob {}: {e}", descriptor.digest()))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.map_err(|e| format!("cannot read blob {}: {e}", descriptor.digest()))?);
+        if bytes.len() as u64 > limit {
+            return Err(format!("blob {} is larger than it said", descriptor.digest()));
+        }
+    }
+    if &airlock_oci::digest_of(&bytes, Some(descriptor.digest())) != descriptor.digest() {
+        return Err(format!("blob {} does not match its digest", descriptor.digest()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn today_is_a_date() {
+        let day = super::today();
+        assert_eq!(day.len(), 8);
+        assert!(day.starts_with("20"), "{day}");
+    }
+}

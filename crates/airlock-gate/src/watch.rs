@@ -1,0 +1,123 @@
+//! `airlock watch`: runs imports when upstream changes, on timers, and when a registry says so.
+//!
+//! Polling costs one `HEAD` per watched tag per interval (cheap on rate-limited registries);
+//! an import's `timer` runs it even when nothing changed (tests and scanners change too); and
+//! `POST /events` takes notifications in distribution's format (from `airlock serve` or
+//! distribution's `notifications`) and runs the imports whose source was pushed at once.
+//! One import never runs twice at once, even across processes: the run database holds a lock.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::Import;
+use crate::pipeline::{Outcome, Pipeline};
+use crate::runs::Trigger;
+
+/// Why the watcher runs an import now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Poll,
+    Timer,
+}
+
+/// Watches until `shutdown` resolves; each finished tag is handed to `report`.
+pub async fn watch(
+    pipeline: Arc<Pipeline>,
+    listener: Option<tokio::net::TcpListener>,
+    report: impl Fn(&Outcome) + Send + Sync,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let (notified_tx, mut notified) = mpsc::channel::<String>(64);
+    let server = listener.map(|listener| {
+        let imports: Arc<Vec<Import>> = Arc::new(pipeline.config.imports.clone());
+        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state((imports, notified_tx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the notification listener stopped: {e}");
+            }
+        })
+    });
+    let start = Instant::now();
+    let mut next_poll: Vec<Instant> = pipeline.config.imports.iter().map(|_| start).collect();
+    let mut next_timer: Vec<Option<Instant>> = pipeline.config.imports.iter().map(|i| i.timer.map(|t| start + t)).collect();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let now = Instant::now();
+        let mut due: Vec<(usize, Due)> = Vec::new();
+        for (idx, import) in pipeline.config.imports.iter().enumerate() {
+            if next_timer[idx].is_some_and(|t| t <= now) {
+                due.push((idx, Due::Timer));
+                next_timer[idx] = import.timer.map(|t| now + t);
+                next_poll[idx] = now + import.interval.unwrap_or(pipeline.config.interval);
+            } else if next_poll[idx] <= now {
+                due.push((idx, Due::Poll));
+                next_poll[idx] = now + import.interval.unwrap_or(pipeline.config.interval);
+            }
+        }
+        for (idx, why) in due {
+            let import = &pipeline.config.imports[idx];
+            let outcomes = match why {
+                Due::Poll => pipeline.import(import, Trigger::ImageUpdate, false).await,
+                Due::Timer => pipeline.import(import, Trigger::Timer, true).await,
+            };
+            outcomes.iter().for_each(&report);
+        }
+        let wake = next_poll.iter().chain(next_timer.iter().flatten()).min().copied().unwrap_or(now + Duration::from_secs(3600));
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep_until(wake) => {}
+            Some(name) = notified.recv() => {
+                // Several pushes in a burst (layers, then tags) make one run.
+                let mut names = HashSet::from([name]);
+                while let Ok(more) = notified.try_recv() {
+                    names.insert(more);
+                }
+                for import in pipeline.config.imports.iter().filter(|i| names.contains(&i.name)) {
+                    pipeline.import(import, Trigger::ImageUpdate, false).await.iter().for_each(&report);
+                }
+            }
+        }
+    }
+    if let Some(server) = server {
+        server.abort();
+    }
+}
+
+/// `POST /events`: a distribution notification envelope. Pushes of a tag that an import
+/// watches (or of a manifest in its source repository when the event names no tag) queue it.
+async fn receive(State((imports, queue)): State<(Arc<Vec<Import>>, mpsc::Sender<String>)>, body: axum::body::Bytes) -> StatusCode {
+    let Ok(envelope) = serde_json::from_slice::<serde_json::Value>(&body) else { return StatusCode::BAD_REQUEST };
+    let events = envelope["events"].as_array().cloned().unwrap_or_default();
+    for event in events {
+        if event["action"].as_str() != Some("push") {
+            continue;
+        }
+        let repository = event["target"]["repository"].as_str().unwrap_or("");
+        let tag = event["target"]["tag"].as_str();
+        let media_type = event["target"]["mediaType"].as_str().unwrap_or("");
+        // Blob pushes say nothing about tags; manifests do.
+        if tag.is_none() && !media_type.contains("manifest") && !media_type.contains("index") {
+            continue;
+        }
+        for import in imports.iter() {
+            let airlock_oci::Reference::Registry(source) = &import.source else { continue };
+            if source.repository != repository {
+                continue;
+            }
+            if let Some(tag) = tag {
+                if import.filter.select(&[tag.to_owned()]).iter().all(|t| t != tag) {
+                    continue;
+                }
+            }
+            tracing::info!(import = %import.name, repository, tag, "notified of an upstream push");
+            let _ = queue.try_send(import.name.clone());
+        }
+    }
+    StatusCode::OK
+}
