@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod runs;
 pub mod signature;
+pub mod time;
 pub mod watch;
 
 pub use config::{Config, Import};

@@ -17,7 +17,7 @@
 //! on the old digest or the new one, and both are complete in the target.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use airlock_copy::{CopyOptions, Copier};
 use airlock_oci::{Descriptor, Digest, Manifest, ManifestKind, Reference};
@@ -86,22 +86,6 @@ pub async fn open_store(registries: &Registries, reference: &Reference, access: 
         Reference::Layout(layout) => Arc::new(airlock_store::layout::LayoutStore::new(&layout.path)),
         Reference::Root(root) => Arc::new(airlock_registry::RootStore::new(Arc::new(airlock_registry::Storage::new(&root.root)), &root.repository)),
     }
-}
-
-/// Today as `YYYYMMDD`, for tag templates.
-pub fn today() -> String {
-    let days = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() / 86_400).unwrap_or(0) as i64;
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}")
 }
 
 fn copy_options(platforms: Vec<airlock_oci::PlatformSpec>) -> CopyOptions {
@@ -174,7 +158,7 @@ impl Pipeline {
         outcome.upstream_digest = Some(upstream.to_string());
         if !force {
             match self.db(|runs| runs.last_import(&import.name, tag)) {
-                Ok(Some(last)) if last.upstream_digest.as_deref() == Some(&upstream.to_string()) => {
+                Ok(Some(last)) if last.upstream_digest.as_deref() == Some(upstream.as_ref()) => {
                     let rejected = status_of(&last) == Status::Failed;
                     outcome.action = if rejected { "rejected before" } else { "up to date" };
                     outcome.run_id = Some(last.run_id.clone());
@@ -188,7 +172,7 @@ impl Pipeline {
                 }
             }
         }
-        let run_id = match self.db(|runs| runs.start(&import.name, tag, trigger, Some(&upstream.to_string()))) {
+        let run_id = match self.db(|runs| runs.start(&import.name, tag, trigger, Some(upstream.as_ref()))) {
             Ok(id) => id,
             Err(e) => {
                 outcome.reason = Some(e);
@@ -203,7 +187,7 @@ impl Pipeline {
                 outcome.action = "promoted";
                 outcome.promoted_digest = Some(promotion.digest.to_string());
                 self.db(|runs| {
-                    runs.finish(&run_id, Status::Succeeded, Some(&promotion.digest.to_string()), promotion.previous.as_deref(), Some(&promotion.unique_tag), None)
+                    runs.finish(&run_id, Status::Succeeded, Some(promotion.digest.as_ref()), promotion.previous.as_deref(), Some(&promotion.unique_tag), None)
                 })
             }
             Err(reason) => {
@@ -214,7 +198,7 @@ impl Pipeline {
         };
         let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
         if let Ok(promotion) = &result {
-            if promotion.previous.as_deref() != Some(&promotion.digest.to_string()) {
+            if promotion.previous.as_deref() != Some(promotion.digest.as_ref()) {
                 self.notify(import, tag, &run_id, promotion.previous.as_deref(), &promotion.digest, Trigger::ImageUpdate).await;
             } else {
                 let _ = self.db(|runs| runs.log(&run_id, "the stable tag already pointed at this digest: dependents not notified"));
@@ -235,7 +219,7 @@ impl Pipeline {
             ("tag", tag.to_owned()),
             ("run_id", run_id.to_owned()),
             ("digest", upstream.digest().chars().take(12).collect::<String>()),
-            ("date", today()),
+            ("date", crate::time::today()),
             ("import", import.name.clone()),
             ("reference", import.source.with_tag(tag).to_string()),
             ("repository", import.source.repository_key()),
@@ -250,12 +234,15 @@ impl Pipeline {
         self.log(run_id, &format!("staging {}@{upstream} to {}:{unique_tag}", import.source.repository_key(), import.staging.repository_key()));
         let staged = self
             .copier
-            .copy_with(&copy_options(import.platforms.clone()), source.as_ref(), &upstream.to_string(), staging.as_ref(), std::slice::from_ref(&unique_tag))
+            .copy_with(&copy_options(import.platforms.clone()), source.as_ref(), upstream.as_ref(), staging.as_ref(), std::slice::from_ref(&unique_tag))
             .await
             .map_err(|e| format!("staging failed: {e}"))?;
         let candidate_digest = staged.digest.clone();
-        self.log(run_id, &format!("staged {candidate_digest} ({} blobs copied, {} bytes)", staged.blobs_copied, staged.bytes_copied));
-        let manifest = staging.get_manifest(&candidate_digest.to_string()).await.map_err(|e| format!("cannot read the staged candidate: {e}"))?;
+        self.log(
+            run_id,
+            &format!("staged {candidate_digest}: {} blobs copied ({} bytes), {} mounted, {} already there", staged.blobs_copied, staged.bytes_copied, staged.blobs_mounted, staged.blobs_skipped),
+        );
+        let manifest = staging.get_manifest(candidate_digest.as_ref()).await.map_err(|e| format!("cannot read the staged candidate: {e}"))?;
         let facts = image_facts(staging.as_ref(), &manifest).await?;
         let platform = facts.iter().map(|f| f.platform.clone()).collect::<Vec<_>>().join(",");
         let _ = self.db(|runs| runs.set_platform(run_id, &platform));
@@ -324,7 +311,7 @@ impl Pipeline {
         };
         self.log(run_id, &format!("promoting {candidate_digest} to {}", import.target.repository_key()));
         self.copier
-            .copy_with(&copy_options(Vec::new()), staging.as_ref(), &candidate_digest.to_string(), target.as_ref(), &[])
+            .copy_with(&copy_options(Vec::new()), staging.as_ref(), candidate_digest.as_ref(), target.as_ref(), &[])
             .await
             .map_err(|e| format!("promotion failed while copying: {e}"))?;
         let report = serde_json::json!({
@@ -461,7 +448,7 @@ async fn attach_report(store: &dyn Store, subject: &Manifest, report: &serde_jso
         "config": empty_descriptor,
         "layers": [report_descriptor],
         "subject": subject.descriptor(),
-        "annotations": {"org.opencontainers.image.created": rfc3339_now(), "dev.airlock.run-id": run_id},
+        "annotations": {"org.opencontainers.image.created": crate::time::rfc3339(crate::time::now()), "dev.airlock.run-id": run_id},
     });
     let manifest = Manifest::parse(serde_json::to_vec(&manifest).expect("JSON values serialize"), Some("application/vnd.oci.image.manifest.v1+json"))
         .expect("the report manifest is a valid image manifest");
@@ -471,13 +458,6 @@ async fn attach_report(store: &dyn Store, subject: &Manifest, report: &serde_jso
 
 fn blob_descriptor(media_type: &str, bytes: &[u8]) -> Descriptor {
     Descriptor::new(media_type.into(), bytes.len() as u64, airlock_oci::digest_of(bytes, None))
-}
-
-fn rfc3339_now() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let day = today();
-    let rest = secs % 86_400;
-    format!("{}-{}-{}T{:02}:{:02}:{:02}Z", &day[..4], &day[4..6], &day[6..], rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// Each platform's configuration and size: what the policy gate checks and the run table shows.
@@ -492,7 +472,7 @@ async fn image_facts(store: &dyn Store, manifest: &Manifest) -> Result<Vec<Image
                     if child.platform().as_ref().is_some_and(|p| p.os().to_string() == "unknown") {
                         continue;
                     }
-                    let child = store.get_manifest(&child.digest().to_string()).await.map_err(|e| format!("cannot read {}: {e}", child.digest()))?;
+                    let child = store.get_manifest(child.digest().as_ref()).await.map_err(|e| format!("cannot read {}: {e}", child.digest()))?;
                     pending.push(child);
                 }
             }
@@ -532,12 +512,3 @@ pub(crate) async fn read_small_blob(store: &dyn Store, descriptor: &Descriptor, 
     Ok(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn today_is_a_date() {
-        let day = super::today();
-        assert_eq!(day.len(), 8);
-        assert!(day.starts_with("20"), "{day}");
-    }
-}

@@ -4,7 +4,7 @@
 //! share the file; the `locks` table keeps them from running one import at once.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -127,9 +127,7 @@ pub struct Runs {
     path: String,
 }
 
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+use crate::time::now;
 
 /// `1` → `a1`, `36` → `a10`: short ids in base 36, as ACR's run ids.
 fn run_id(sequence: i64) -> String {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-/// airlock: copy, mirror and inspect OCI images and artifacts between registries and folders.
+/// airlock: bring public OCI images and artifacts in safely: copy, mirror, gate and serve them.
 ///
 /// References: `[registry/]repository[:tag][@digest]` (Docker Hub when no registry is named:
 /// `alpine` is `docker.io/library/alpine:latest`), also `docker://REF`, `oci://HOST/REPO[:tag|@digest]`,
@@ -95,6 +95,118 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove stored credentials for a registry.
     Logout(LogoutArgs),
+    /// Import upstream images through their gates, as airlock.yaml describes (a manual trigger).
+    ///
+    /// For each selected tag: resolve the upstream digest (nothing to do when it was dealt with
+    /// before); copy it to the staging repository under the unique tag; run the gates in order;
+    /// when all pass, promote it to the target under the unique tag and then the stable tag,
+    /// attach the gate report as a referrer, and notify the dependents. A failed gate leaves the
+    /// target as it was. Exit code 1 when any tag failed.
+    Import(ImportArgs),
+    /// The recorded runs: `runs list` prints the run table, `runs logs ID` one run's log.
+    Runs(RunsArgs),
+    /// Point an import's stable tag back at an earlier promoted digest, recorded as a run.
+    Rollback(RollbackArgs),
+    /// Keep running: import when upstream changes (polled with HEAD), on timers, and on registry
+    /// notifications (`POST /events` on `--listen`, distribution's format).
+    Watch(WatchArgs),
+    /// See a gated import end to end in seconds, with nothing but this binary.
+    ///
+    /// Starts the embedded registry on a free port in a temporary folder, plays the public
+    /// registry with a generated `node:15-alpine`-like image, imports it through a policy gate
+    /// (promoted under the stable and a unique tag), then an upstream update with
+    /// `BACKGROUND_COLOR=RED` (rejected: base-artifacts keeps the good digest, the dependent is
+    /// not notified), and prints the run table.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GateFileArgs {
+    /// The airlock.yaml describing imports, gates and dependents.
+    #[arg(short = 'f', long = "file", default_value = "airlock.yaml", value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub gate_file: GateFileArgs,
+    /// The imports to run, by name [default: all].
+    pub names: Vec<String>,
+    /// Run even when the upstream digest was promoted or rejected before (the gates run again).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: RunsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The run table, newest first: RUN ID, TASK, PLATFORM, STATUS, TRIGGER, STARTED, DURATION.
+    List(RunsListArgs),
+    /// One run's log and each gate's output.
+    Logs(RunsLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunsListArgs {
+    #[command(flatten)]
+    pub gate_file: GateFileArgs,
+    /// Only the runs of this import.
+    #[arg(long, value_name = "NAME")]
+    pub import: Option<String>,
+    /// At most this many runs.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsLogsArgs {
+    #[command(flatten)]
+    pub gate_file: GateFileArgs,
+    /// The run id (first column of `runs list`).
+    pub run_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub gate_file: GateFileArgs,
+    /// The import.
+    pub name: String,
+    /// The stable tag to move, when the import has several.
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
+    /// A run id or a digest that was promoted before [default: the promotion before the current].
+    #[arg(long, value_name = "RUN_ID|DIGEST")]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub gate_file: GateFileArgs,
+    /// Accept registry notifications on this address (`POST /events`), e.g. `127.0.0.1:8787`;
+    /// overrides `watch.listen` of the file.
+    #[arg(long, value_name = "ADDRESS")]
+    pub listen: Option<String>,
+    /// Poll upstream this often unless an import says otherwise; overrides `watch.interval`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the registry running (until Ctrl-C) to explore it with skopeo, podman or airlock.
+    #[arg(long)]
+    pub keep: bool,
+    /// Work in this folder instead of a temporary one (kept afterwards).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -198,16 +310,7 @@ pub struct GcArgs {
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like `90s`, `30m` or `1h`"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "m" => number * 60,
-        "h" => number * 3600,
-        "d" => number * 86400,
-        _ => return Err(format!("`{text}`: the unit must be s, m, h or d")),
-    };
-    Ok(std::time::Duration::from_secs(seconds))
+    airlock_gate::config::parse_duration(text)
 }
 
 #[derive(Debug, Args)]

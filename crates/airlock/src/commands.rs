@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use airlock_copy::{CopyError, CopyOptions, Copier};
 use airlock_oci::{ManifestKind, PlatformSpec, Reference, RegistryRef};
-use airlock_store::layout::LayoutStore;
 use airlock_store::remote::{Access, Credential, CredentialFiles, Registries, RegistryOptions, RetryPolicy, Secret};
 use airlock_store::Store;
 use anyhow::Context as _;
@@ -56,6 +55,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Digest(args) => digest(global, args).await,
         Command::Login(args) => login(global, args).await,
         Command::Logout(args) => logout(global, args).await,
+        Command::Import(args) => return crate::gate::import(global, args).await,
+        Command::Runs(args) => crate::gate::runs(global, args).await,
+        Command::Rollback(args) => crate::gate::rollback(global, args).await,
+        Command::Watch(args) => crate::gate::watch(global, args).await,
+        Command::Demo(args) => return crate::demo::demo(global, args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }
@@ -98,11 +102,7 @@ pub(crate) fn registry_options(global: &Global) -> RegistryOptions {
 }
 
 pub(crate) async fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {
-    match reference {
-        Reference::Registry(registry) => Arc::new(registries.store(registry, access).await),
-        Reference::Layout(layout) => Arc::new(LayoutStore::new(&layout.path)),
-        Reference::Root(root) => Arc::new(airlock_registry::RootStore::new(Arc::new(airlock_registry::Storage::new(&root.root)), &root.repository)),
-    }
+    airlock_gate::open_store(registries, reference, access).await
 }
 
 #[derive(Serialize)]
@@ -440,22 +440,7 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     output::data(&format!("listening on {scheme}://{address}"));
-    let shutdown = async {
-        let terminate = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut signal) => {
-                    signal.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate => {}
-        }
-        tracing::info!("shutting down");
-    };
-    airlock_registry::serve(listener, registry, tls, shutdown).await.context("the registry stopped")?;
+    airlock_registry::serve(listener, registry, tls, shutdown_signal()).await.context("the registry stopped")?;
     Ok(())
 }
 
@@ -484,4 +469,21 @@ async fn gc(global: &Global, args: &crate::args::GcArgs) -> Result<()> {
         Output::Text => {}
     }
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
 }

@@ -4,6 +4,8 @@
 
 mod args;
 mod commands;
+mod demo;
+mod gate;
 mod output;
 mod progress;
 mod sync;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use airlock_copy::{CopyOptions, Copier};
 use airlock_oci::{PlatformSpec, Reference};
-use airlock_store::remote::{Access, Credential, Registries, RegistrySettings, Secret};
+use airlock_store::remote::{Access, Registries};
 use airlock_store::Store;
 use airlock_sync::config;
 use airlock_sync::filter::{full_match, version_requirement};

@@ -6,6 +6,7 @@ mod auth;
 mod copy;
 mod errors;
 mod faults;
+mod gate;
 mod layout;
 mod serve;
 mod sync;

@@ -4,13 +4,7 @@
 use crate::harness::fixtures::{image, index, layer, push, push_referrers, referrer};
 use crate::harness::{skopeo, skopeo_digest, Airlock, Auth, Registry, Served};
 
-fn get(url: &str) -> (u16, String) {
-    let url = url.to_owned();
-    crate::harness::proxy::runtime().block_on(async move {
-        let response = reqwest::get(&url).await.expect("GET");
-        (response.status().as_u16(), response.text().await.unwrap_or_default())
-    })
-}
+use crate::harness::http_get as get;
 
 #[test]
 fn skopeo_copies_in_and_out_with_the_same_digests() {

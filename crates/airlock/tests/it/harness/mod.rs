@@ -177,6 +177,15 @@ pub fn skopeo_digest(reference: &str) -> String {
 }
 
 /// A new temp folder.
+/// A plain GET: the status and the body as text.
+pub fn http_get(url: &str) -> (u16, String) {
+    let url = url.to_owned();
+    proxy::runtime().block_on(async move {
+        let response = reqwest::get(&url).await.expect("GET");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    })
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
@@ -216,22 +225,29 @@ impl Podman {
         std::env::var(variable).unwrap_or_else(|_| default.to_owned()).split_whitespace().map(str::to_owned).collect()
     }
 
+    /// The flags before every podman subcommand: the configured ones and this storage.
+    pub fn global_flags(&self) -> Vec<String> {
+        let mut flags = Self::flags("AIRLOCK_TEST_PODMAN_FLAGS", "--runtime runc --cgroup-manager cgroupfs");
+        flags.extend(["--root".to_owned(), self.dir.path().join("storage").display().to_string()]);
+        flags.extend(["--runroot".to_owned(), self.dir.path().join("run").display().to_string()]);
+        flags
+    }
+
+    /// The flags of `podman run`.
+    pub fn run_flags() -> Vec<String> {
+        Self::flags("AIRLOCK_TEST_PODMAN_RUN_FLAGS", "--ulimit nofile=20000:20000 --ulimit nproc=1000:1000")
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         let mut command = Command::new("podman");
-        command
-            .args(Self::flags("AIRLOCK_TEST_PODMAN_FLAGS", "--runtime runc --cgroup-manager cgroupfs"))
-            .arg("--root")
-            .arg(self.dir.path().join("storage"))
-            .arg("--runroot")
-            .arg(self.dir.path().join("run"))
-            .args(args);
+        command.args(self.global_flags()).args(args);
         run_command(command, None)
     }
 
     /// `podman run --rm` with the configured run flags.
     pub fn run_container(&self, image: &str, command: &[&str]) -> Run {
         let mut args: Vec<String> = vec!["run".into(), "--rm".into(), "--tls-verify=false".into()];
-        args.extend(Self::flags("AIRLOCK_TEST_PODMAN_RUN_FLAGS", "--ulimit nofile=20000:20000 --ulimit nproc=1000:1000"));
+        args.extend(Self::run_flags());
         args.push(image.into());
         args.extend(command.iter().map(|c| c.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

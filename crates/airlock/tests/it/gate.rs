@@ -1,0 +1,417 @@
+//! Gated imports (seed 004): `airlock serve` holds the simulated public repository, the
+//! base-artifacts repository and the team's; a test gate builds `FROM` the candidate with real
+//! podman and runs the seed's `test.sh`; dependents are a command and a webhook.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::proxy::EventSink;
+use crate::harness::{require, run_command, skopeo_digest, Airlock, Podman, Served};
+
+/// A folder with a busybox OCI layout, to make upstream "node" images from.
+struct Upstream {
+    layout: std::path::PathBuf,
+}
+
+impl Upstream {
+    fn new(dir: &Path) -> Upstream {
+        let reference = crate::harness::busybox_layout(dir);
+        let layout = reference.trim_start_matches("ocidir://").trim_end_matches(":1.0").into();
+        Upstream { layout }
+    }
+
+    /// Publishes `upstream/node:15-alpine` with `BACKGROUND_COLOR=color` to `served`; returns
+    /// its digest.
+    fn publish(&self, airlock: &Airlock, served: &Served, color: &str) -> String {
+        let umoci = require("umoci", "umoci");
+        let mut command = Command::new(umoci);
+        command.args(["config", "--image", &format!("{}:1.0", self.layout.display()), "--tag", color]);
+        command.args(["--config.env", "NODE_VERSION=15-alpine", "--config.env", &format!("BACKGROUND_COLOR={color}")]);
+        run_command(command, None).success();
+        let source = format!("ocidir://{}:{color}", self.layout.display());
+        airlock.run(&["copy", &source, &served.at("upstream/node:15-alpine"), "--force"]).success();
+        airlock.run(&["digest", &served.at("upstream/node:15-alpine")]).success().stdout.trim().to_owned()
+    }
+}
+
+/// The seed's test image: `FROM` the candidate, with `test.sh` that fails on a red background.
+fn test_context(dir: &Path) -> std::path::PathBuf {
+    let context = dir.join("import-baseimage-node");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("Dockerfile"), "ARG AIRLOCK_CANDIDATE\nFROM ${AIRLOCK_CANDIDATE}\nCOPY test.sh /test.sh\nCMD [\"/busybox\", \"sh\", \"/test.sh\"]\n").unwrap();
+    std::fs::write(
+        context.join("test.sh"),
+        "echo \"Validating Image\"\necho \"NODE_VERSION: $NODE_VERSION\"\necho \"BACKGROUND_COLOR: $BACKGROUND_COLOR\"\nEXIT_CODE=0\nif [ \"$(echo $BACKGROUND_COLOR | /busybox tr '[:lower:]' '[:upper:]')\" = 'RED' ]; then\n  echo \"ERROR: Invalid Color: $BACKGROUND_COLOR\"\n  EXIT_CODE=1\nelse\n  echo \"Validation Complete - No Known Errors\"\nfi\nexit $EXIT_CODE\n",
+    )
+    .unwrap();
+    context
+}
+
+fn yaml_list(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", "))
+}
+
+#[test]
+fn seed_004_a_good_update_is_promoted_a_bad_one_rejected_and_rollback_restores() {
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let airlock = Airlock::new();
+    let upstream = Upstream::new(dir.path());
+    let podman = Podman::new();
+    // podman, started by the test gate, reads the same Docker config as airlock.
+    std::fs::create_dir_all(airlock.path(".docker")).unwrap();
+    std::fs::write(airlock.path(".docker/config.json"), "{\"auths\": {}}").unwrap();
+    let context = test_context(dir.path());
+    let sink = EventSink::start(0);
+    let rebuilds = dir.path().join("rebuilds.log");
+    let config = dir.path().join("airlock.yaml");
+    let yaml = format!(
+        r#"runtime:
+  command: podman
+  args: {args}
+  run_args: {run_args}
+imports:
+  - name: node
+    source: {source}
+    tags: [15-alpine]
+    staging: {staging}
+    target: {target}
+    gates:
+      - name: build-and-validate-base-image
+        test:
+          dockerfile: {context}/Dockerfile
+      - name: scan
+        command: [sh, -c, 'test "$AIRLOCK_DIGEST" = "{{{{digest}}}}" && echo scanned {{{{reference}}}}']
+    dependents:
+      - name: dev-team-a/hello-world
+        command: [sh, -c, 'echo "$AIRLOCK_NEW_DIGEST $AIRLOCK_OLD_DIGEST $AIRLOCK_RUN_ID" >> {rebuilds}']
+      - webhook: {webhook}
+"#,
+        args = yaml_list(&podman.global_flags()),
+        run_args = yaml_list(&Podman::run_flags()),
+        source = served.at("upstream/node"),
+        staging = served.at("staging/node"),
+        target = served.at("base-artifacts/node"),
+        context = context.display(),
+        rebuilds = rebuilds.display(),
+        webhook = sink.url(),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let file = config.to_str().unwrap();
+    let stable = served.at("base-artifacts/node:15-alpine");
+
+    // An upstream change the gates accept: staged, tested, promoted under both tags.
+    let orange = upstream.publish(&airlock, &served, "Orange");
+    let first = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    let result = &first["results"][0];
+    assert_eq!(result["action"], "promoted", "{first}");
+    let run1 = result["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(skopeo_digest(&format!("docker://{stable}")), orange, "the stable tag carries the upstream digest");
+    assert_eq!(skopeo_digest(&format!("docker://{}", served.at(&format!("base-artifacts/node:15-alpine-{run1}")))), orange, "and so does the unique tag");
+    assert_eq!(skopeo_digest(&format!("docker://{}", served.at(&format!("staging/node:15-alpine-{run1}")))), orange);
+    // The gate report hangs off the promoted digest.
+    let (status, body) = crate::harness::http_get(&served.url(&format!("/v2/base-artifacts/node/referrers/{orange}?artifactType=application/vnd.airlock.gate-report.v1%2Bjson")));
+    assert_eq!(status, 200);
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["manifests"].as_array().unwrap().len(), 1, "{listed}");
+    // Dependents heard once, with the new digest.
+    assert_eq!(crate::harness::read(&rebuilds).lines().count(), 1);
+    assert!(crate::harness::read(&rebuilds).starts_with(&orange));
+    let events = sink.wait_for(1);
+    assert_eq!(events[0]["new_digest"], orange);
+    assert_eq!(events[0]["import"], "node");
+
+    // Nothing changed upstream: nothing runs.
+    let again = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(again["results"][0]["action"], "up to date");
+
+    // A red background: the test gate fails, the target keeps the validated digest.
+    let red = upstream.publish(&airlock, &served, "RED");
+    let rejected = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
+    let result = &rejected["results"][0];
+    assert_eq!(result["action"], "failed");
+    assert!(result["reason"].as_str().unwrap().contains("build-and-validate-base-image"), "{result}");
+    let run2 = result["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(skopeo_digest(&format!("docker://{stable}")), orange, "base-artifacts still serves the good digest");
+    let logs = airlock.run(&["runs", "logs", &run2, "-f", file]).success().stdout;
+    assert!(logs.contains("ERROR: Invalid Color: RED"), "{logs}");
+    assert!(logs.contains("--- gate `scan` (command): skipped"), "{logs}");
+    assert_eq!(crate::harness::read(&rebuilds).lines().count(), 1, "a failure triggers no dependent");
+    // The rejected digest is not retried on every run.
+    let retried = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(retried["results"][0]["action"], "rejected before");
+
+    // A green background: promoted; the dependent hears old and new.
+    let green = upstream.publish(&airlock, &served, "Green");
+    let third = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(third["results"][0]["action"], "promoted");
+    let run3 = third["results"][0]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(skopeo_digest(&format!("docker://{stable}")), green);
+    let heard = crate::harness::read(&rebuilds);
+    assert_eq!(heard.lines().nth(1).unwrap(), format!("{green} {orange} {run3}"));
+    assert_eq!(sink.wait_for(2).len(), 2);
+    assert_ne!(red, green);
+
+    // The run table, as seed 004 prints it, and as JSON.
+    let table = airlock.run(&["runs", "list", "-f", file]).success().stdout;
+    assert!(table.starts_with("RUN ID  TASK  PLATFORM     STATUS     TRIGGER  STARTED"), "{table}");
+    let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+    let statuses: Vec<&str> = runs["runs"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["Succeeded", "Failed", "Succeeded"]);
+    assert_eq!(runs["runs"][0]["platform"], "linux/amd64");
+    assert_eq!(runs["runs"][1]["upstream_digest"], red);
+
+    // Rollback: to the promotion before the current one, then to a run by id.
+    let back = airlock.run(&["rollback", "node", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(back["results"][0]["promoted_digest"], orange);
+    assert_eq!(skopeo_digest(&format!("docker://{stable}")), orange);
+    let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(runs["runs"][0]["trigger"], "Rollback");
+    // Upstream did not change: the watcher's next look does not undo the rollback.
+    assert_eq!(airlock.run(&["import", "-f", file, "-o", "json"]).success().json()["results"][0]["action"], "up to date");
+    airlock.run(&["rollback", "node", "-f", file, "--to", &run3]).success();
+    assert_eq!(skopeo_digest(&format!("docker://{stable}")), green);
+    airlock.run(&["rollback", "node", "-f", file, "--to", &red]).code(1).stderr_has("never promoted");
+}
+
+fn policy_config(dir: &Path, served: &Served, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imports:\n  - name: node\n    source: {}\n    tags: [15-alpine]\n    staging: {}\n    target: {}\n    gates:\n      - name: policy\n        policy: {{forbid_env: {{BACKGROUND_COLOR: [red]}}}}\n{extra}",
+            served.at("upstream/node"),
+            served.at("staging/node"),
+            served.at("base-artifacts/node")
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits up to `seconds` for `check`.
+fn eventually(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    false
+}
+
+struct Killed(std::process::Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn watch_polls_upstream_and_two_watchers_never_double_promote() {
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let airlock = Airlock::new();
+    let upstream = Upstream::new(dir.path());
+    let config = policy_config(dir.path(), &served, "    interval: 1s\n");
+    let file = config.to_str().unwrap();
+    let first = upstream.publish(&airlock, &served, "Orange");
+    let _one = Killed(airlock.spawn(&["watch", "-f", file]));
+    let _two = Killed(airlock.spawn(&["watch", "-f", file]));
+    let stable = served.at("base-artifacts/node:15-alpine");
+    let promoted = |digest: &str| airlock.run(&["digest", &stable]).stdout.trim() == digest;
+    assert!(eventually(20, || promoted(&first)), "the watchers promoted the first digest");
+    let second = upstream.publish(&airlock, &served, "Green");
+    assert!(eventually(20, || promoted(&second)), "an upstream change is noticed within the interval");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+    let runs = runs["runs"].as_array().unwrap();
+    for digest in [&first, &second] {
+        let promotions = runs.iter().filter(|r| r["upstream_digest"] == **digest && r["status"] == "Succeeded").count();
+        assert_eq!(promotions, 1, "two watchers, one promotion of {digest}: {runs:?}");
+    }
+    assert!(runs.iter().all(|r| r["trigger"] == "Image Update"));
+}
+
+#[test]
+fn a_push_notification_from_airlock_serve_triggers_the_import() {
+    let dir = crate::harness::tempdir();
+    let port = crate::harness::registry::free_port();
+    let serve_yaml = dir.path().join("serve.yaml");
+    std::fs::write(&serve_yaml, format!("notifications:\n  - url: http://127.0.0.1:{port}/events\n")).unwrap();
+    let served = Served::start_with(&dir.path().join("registry"), &["--config", serve_yaml.to_str().unwrap()]);
+    let airlock = Airlock::new();
+    let upstream = Upstream::new(dir.path());
+    // Polling once an hour: only the notification can explain a prompt run.
+    let config = policy_config(dir.path(), &served, "    interval: 1h\n");
+    let file = config.to_str().unwrap();
+    let first = upstream.publish(&airlock, &served, "Orange");
+    let _watcher = Killed(airlock.spawn(&["watch", "-f", file, "--listen", &format!("127.0.0.1:{port}")]));
+    let stable = served.at("base-artifacts/node:15-alpine");
+    assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == first), "the first look promotes");
+    let second = upstream.publish(&airlock, &served, "Green");
+    assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == second), "the push notification triggered a run");
+}
+
+#[test]
+fn a_kill_during_promotion_leaves_the_stable_tag_on_complete_content() {
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let target = crate::harness::Registry::start(crate::harness::Auth::None);
+    let airlock = Airlock::new();
+    // A big upstream image, so the promotion into another registry takes a while.
+    let image = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(600, 24 * 1024 * 1024), crate::harness::fixtures::layer(601, 4096)]);
+    crate::harness::fixtures::push(&served.address, "upstream/node", &image, Some("15-alpine"), None);
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imports:\n  - name: node\n    source: {}\n    tags: [15-alpine]\n    staging: {}\n    target: {}\n    gates:\n      - name: policy\n        policy: {{max_size: 1GB}}\n",
+            served.at("upstream/node"),
+            served.at("staging/node"),
+            target.at("base-artifacts/node")
+        ),
+    )
+    .unwrap();
+    let file = config.to_str().unwrap();
+    let stable = target.at("base-artifacts/node:15-alpine");
+    let out = crate::harness::tempdir();
+    // Kill runs later and later until one finishes before its kill: every phase gets a kill.
+    let mut kills = 0;
+    for step in 1..=80u64 {
+        let mut child = airlock.spawn(&["import", "-f", file, "--force"]);
+        std::thread::sleep(std::time::Duration::from_millis(step * 25));
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        kills += 1;
+        // Whatever the moment, the stable tag is absent or on complete, verified content.
+        let digest = airlock.run(&["digest", &stable]);
+        if digest.status == 0 {
+            assert_eq!(digest.stdout.trim(), image.digest);
+            let copy = out.path().join(format!("check-{step}"));
+            airlock.run(&["copy", &stable, &format!("ocidir://{}:check", copy.display())]).success();
+        }
+    }
+    assert!(kills >= 3, "only {kills} runs were killed before one finished");
+    airlock.run(&["import", "-f", file, "--force"]).success();
+    assert_eq!(skopeo_digest(&format!("docker://{stable}")), image.digest);
+    let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(runs[0]["status"], "Succeeded");
+    assert!(runs.iter().all(|r| r["status"] != "Running"), "killed runs are not left `Running`: {runs:?}");
+}
+
+#[test]
+fn a_cosign_signature_by_the_configured_key_is_required() {
+    let openssl = require("openssl", "openssl");
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let airlock = Airlock::new();
+    let keys = |name: &str| {
+        let private = dir.path().join(format!("{name}.key"));
+        let public = dir.path().join(format!("{name}.pub"));
+        let mut command = Command::new(&openssl);
+        command.args(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", private.to_str().unwrap()]);
+        run_command(command, None).success();
+        let mut command = Command::new(&openssl);
+        command.args(["ec", "-in", private.to_str().unwrap(), "-pubout", "-out", public.to_str().unwrap()]);
+        run_command(command, None).success();
+        (private, public)
+    };
+    let (trusted_key, trusted_pub) = keys("trusted");
+    let (other_key, _) = keys("other");
+    let signed = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(610, 1000)]);
+    let unsigned = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(611, 1000)]);
+    let wrongly = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(612, 1000)]);
+    for (tag, fixture) in [("signed", &signed), ("unsigned", &unsigned), ("wrongly", &wrongly)] {
+        crate::harness::fixtures::push(&served.address, "upstream/tool", fixture, Some(tag), None);
+    }
+    // cosign's layout: `sha256-<hex>.sig` holding a simple-signing payload and its signature.
+    let sign = |fixture: &crate::harness::Fixture, key: &Path| {
+        let payload = serde_json::to_vec(&serde_json::json!({
+            "critical": {"identity": {"docker-reference": served.at("upstream/tool")}, "image": {"docker-manifest-digest": fixture.digest}, "type": "cosign container image signature"},
+            "optional": null,
+        }))
+        .unwrap();
+        let payload_path = dir.path().join("payload.json");
+        std::fs::write(&payload_path, &payload).unwrap();
+        let mut command = Command::new(&openssl);
+        command.args(["dgst", "-sha256", "-sign", key.to_str().unwrap(), payload_path.to_str().unwrap()]);
+        let signature = run_command(command, None).success().stdout_bytes;
+        use base64::Engine as _;
+        let signature = base64::engine::general_purpose::STANDARD.encode(signature);
+        let layer = crate::harness::fixtures::Blob::new("application/vnd.dev.cosign.simplesigning.v1+json", payload);
+        let config = crate::harness::fixtures::Blob::new("application/vnd.oci.image.config.v1+json", b"{}".to_vec());
+        let mut layer_descriptor = layer.descriptor();
+        layer_descriptor["annotations"] = serde_json::json!({"dev.cosignproject.cosign/signature": signature});
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config.descriptor(), "layers": [layer_descriptor],
+        }))
+        .unwrap();
+        let sig = crate::harness::Fixture {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: crate::harness::sha256(&manifest),
+            manifest,
+            blobs: vec![config, layer],
+            children: vec![],
+        };
+        let tag = format!("sha256-{}.sig", fixture.digest.trim_start_matches("sha256:"));
+        crate::harness::fixtures::push(&served.address, "upstream/tool", &sig, Some(&tag), None);
+    };
+    sign(&signed, &trusted_key);
+    sign(&wrongly, &other_key);
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imports:\n  - name: tool\n    source: {}\n    tags: [signed, unsigned, wrongly]\n    staging: {}\n    target: {}\n    gates:\n      - name: signed\n        signature: {{key: {}}}\n",
+            served.at("upstream/tool"),
+            served.at("staging/tool"),
+            served.at("tools/tool"),
+            trusted_pub.display()
+        ),
+    )
+    .unwrap();
+    let report = airlock.run(&["import", "-f", config.to_str().unwrap(), "-o", "json"]).code(1).json();
+    let by_tag = |tag: &str| report["results"].as_array().unwrap().iter().find(|r| r["tag"] == tag).cloned().unwrap();
+    assert_eq!(by_tag("signed")["action"], "promoted", "{report}");
+    assert_eq!(by_tag("unsigned")["action"], "failed");
+    assert!(by_tag("unsigned")["reason"].as_str().unwrap().contains("unsigned"), "{report}");
+    assert_eq!(by_tag("wrongly")["action"], "failed");
+    assert!(by_tag("wrongly")["reason"].as_str().unwrap().contains("does not verify"), "{report}");
+    assert_eq!(airlock.run(&["digest", &served.at("tools/tool:signed")]).success().stdout.trim(), signed.digest);
+    airlock.run(&["digest", &served.at("tools/tool:unsigned")]).code(1);
+}
+
+#[test]
+fn a_malformed_airlock_yaml_gets_a_precise_error() {
+    let dir = crate::harness::tempdir();
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(&config, "imports:\n  - name: node\n    source: upstream/node\n    tags: [1]\n    staging: staging/node\n    target: base/node\n    gates:\n      - name: a\n        polcy: {}\n").unwrap();
+    let airlock = Airlock::new();
+    let file = config.to_str().unwrap();
+    airlock.run(&["import", "-f", file]).code(2).stderr_has(&format!("{file}:9:9: unknown field `polcy`"));
+    std::fs::write(&config, "imports:\n  - name: node\n    source: upstream/node\n    tags: [1]\n    staging: Staging/Node\n    target: base/node\n").unwrap();
+    airlock.run(&["runs", "list", "-f", file]).code(2).stderr_has(&format!("{file}:5:14: imports[0].staging: invalid reference"));
+    airlock.run(&["import", "-f", &dir.path().join("missing.yaml").display().to_string()]).code(2).stderr_has("cannot read");
+}
+
+#[test]
+fn the_demo_promotes_the_good_image_and_rejects_the_red_one() {
+    let airlock = Airlock::new();
+    let demo = airlock.run(&["demo", "-o", "json"]).success().json();
+    assert_eq!(demo["stable_digest"], demo["good_digest"]);
+    assert_ne!(demo["good_digest"], demo["bad_digest"]);
+    assert_eq!(demo["rebuilds"].as_array().unwrap().len(), 1);
+    let statuses: Vec<&str> = demo["runs"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["Failed", "Succeeded"]);
+    let text = airlock.run(&["demo"]).success().stdout;
+    assert!(text.contains("RUN ID  TASK  PLATFORM     STATUS     TRIGGER       STARTED"), "{text}");
+    assert!(text.contains("BACKGROUND_COLOR=RED is forbidden"), "{text}");
+}
