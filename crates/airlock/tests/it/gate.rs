@@ -256,6 +256,49 @@ fn a_push_notification_from_airlock_serve_triggers_the_import() {
 }
 
 #[test]
+fn distribution_notifications_trigger_imports_and_timers_rerun_the_gates() {
+    let dir = crate::harness::tempdir();
+    let port = crate::harness::registry::free_port();
+    let upstream = crate::harness::Registry::start_notifying(&format!("http://127.0.0.1:{port}/events"));
+    let served = Served::start(&dir.path().join("registry"));
+    let airlock = Airlock::new();
+    let config = dir.path().join("airlock.yaml");
+    let write = |timer: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "imports:\n  - name: app\n    source: {}\n    tags: [v1]\n    staging: {}\n    target: {}\n    interval: 1h\n{timer}    gates:\n      - name: policy\n        policy: {{max_size: 1GB}}\n",
+                upstream.at("team/app"),
+                served.at("staging/app"),
+                served.at("base-artifacts/app")
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let file = config.to_str().unwrap();
+    let first = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(620, 1000)]);
+    crate::harness::fixtures::push(&upstream.host(), "team/app", &first, Some("v1"), None);
+    let stable = served.at("base-artifacts/app:v1");
+    {
+        let _watcher = Killed(airlock.spawn(&["watch", "-f", file, "--listen", &format!("127.0.0.1:{port}")]));
+        assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == first.digest), "the first look promotes");
+        // docker-registry announces the push of a new v1; polling is an hour away.
+        let second = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(621, 1000)]);
+        crate::harness::fixtures::push(&upstream.host(), "team/app", &second, Some("v1"), None);
+        assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == second.digest), "distribution's notification triggered a run");
+    }
+    // A timer runs the gates again although upstream did not move.
+    write("    timer: 1s\n");
+    let _watcher = Killed(airlock.spawn(&["watch", "-f", file]));
+    let timer_runs = || {
+        let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+        runs["runs"].as_array().unwrap().iter().filter(|r| r["trigger"] == "Timer" && r["status"] == "Succeeded").count()
+    };
+    assert!(eventually(20, || timer_runs() >= 2), "timer runs happen on their period");
+}
+
+#[test]
 fn a_kill_during_promotion_leaves_the_stable_tag_on_complete_content() {
     let dir = crate::harness::tempdir();
     let served = Served::start(&dir.path().join("registry"));

@@ -26,12 +26,18 @@ pub struct Registry {
 
 impl Registry {
     pub fn start(auth: Auth) -> Registry {
-        Self::start_with(auth, false)
+        Self::start_with(auth, false, String::new())
+    }
+
+    /// An open registry that sends its events (distribution's notifications) to `url`.
+    pub fn start_notifying(url: &str) -> Registry {
+        let yaml = format!("notifications:\n  endpoints:\n    - name: airlock\n      url: {url}\n      timeout: 2s\n      threshold: 5\n      backoff: 1s\n");
+        Self::start_with(Auth::None, false, yaml)
     }
 
     /// A registry serving HTTPS with a self-signed certificate for 127.0.0.1 (`ca_cert()`).
     pub fn start_tls() -> Registry {
-        Self::start_with(Auth::None, true)
+        Self::start_with(Auth::None, true, String::new())
     }
 
     /// The CA (here: the certificate itself) of a TLS registry, in `ca.crt` of its own folder, as
@@ -40,7 +46,7 @@ impl Registry {
         self.dir.path().join("certs/ca.crt")
     }
 
-    fn start_with(auth: Auth, tls: bool) -> Registry {
+    fn start_with(auth: Auth, tls: bool, extra_yaml: String) -> Registry {
         let binary = require("docker-registry", "docker-registry");
         let dir = super::tempdir();
         let (auth_yaml, token) = match auth {
@@ -81,7 +87,7 @@ impl Registry {
             std::fs::write(
                 &config,
                 format!(
-                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n{tls_yaml}{auth_yaml}",
+                    "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: airlock-test-secret\n{tls_yaml}{auth_yaml}{extra_yaml}",
                     root = dir.path().join("data").display()
                 ),
             )
