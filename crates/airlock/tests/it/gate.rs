@@ -64,6 +64,28 @@ fn seed_004_a_good_update_is_promoted_a_bad_one_rejected_and_rollback_restores()
     let context = test_context(dir.path());
     let sink = EventSink::start(0);
     let rebuilds = dir.path().join("rebuilds.log");
+    // The team's image, rebuilt FROM the promoted base by the dependent and pushed to its repository.
+    let team = dir.path().join("hello-world");
+    std::fs::create_dir_all(&team).unwrap();
+    std::fs::write(team.join("Dockerfile"), "ARG BASE\nFROM ${BASE}\nCOPY hello.txt /hello.txt\n").unwrap();
+    std::fs::write(team.join("hello.txt"), "hello from dev-team-a\n").unwrap();
+    let team_image = served.at("dev-team-a/hello-world:latest");
+    let podman_flags = podman.global_flags().join(" ");
+    let rebuild = dir.path().join("rebuild.sh");
+    std::fs::write(
+        &rebuild,
+        format!(
+            "set -e\necho \"$AIRLOCK_NEW_DIGEST $AIRLOCK_OLD_DIGEST $AIRLOCK_RUN_ID\" >> {log}\npodman {podman_flags} build --tls-verify=false --build-arg BASE=\"$AIRLOCK_TARGET@$AIRLOCK_NEW_DIGEST\" -t {team_image} {team}\npodman {podman_flags} push --tls-verify=false {team_image}\n",
+            log = rebuilds.display(),
+            team = team.display(),
+        ),
+    )
+    .unwrap();
+    let team_env = || {
+        let config = airlock.run(&["inspect", "--config", &team_image]).success().stdout;
+        let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+        config["config"]["Env"].as_array().unwrap().iter().filter_map(|v| v.as_str()).find(|v| v.starts_with("BACKGROUND_COLOR=")).unwrap_or("").to_owned()
+    };
     let config = dir.path().join("airlock.yaml");
     let yaml = format!(
         r#"runtime:
@@ -84,7 +106,7 @@ imports:
         command: [sh, -c, 'test "$AIRLOCK_DIGEST" = "{{{{digest}}}}" && echo scanned {{{{reference}}}}']
     dependents:
       - name: dev-team-a/hello-world
-        command: [sh, -c, 'echo "$AIRLOCK_NEW_DIGEST $AIRLOCK_OLD_DIGEST $AIRLOCK_RUN_ID" >> {rebuilds}']
+        command: [sh, {rebuild}]
       - webhook: {webhook}
 "#,
         args = yaml_list(&podman.global_flags()),
@@ -93,7 +115,7 @@ imports:
         staging = served.at("staging/node"),
         target = served.at("base-artifacts/node"),
         context = context.display(),
-        rebuilds = rebuilds.display(),
+        rebuild = rebuild.display(),
         webhook = sink.url(),
     );
     std::fs::write(&config, yaml).unwrap();
@@ -117,6 +139,8 @@ imports:
     // Dependents heard once, with the new digest.
     assert_eq!(crate::harness::read(&rebuilds).lines().count(), 1);
     assert!(crate::harness::read(&rebuilds).starts_with(&orange));
+    assert_eq!(team_env(), "BACKGROUND_COLOR=Orange", "the team's image was rebuilt on the promoted base");
+    let team_digest = airlock.run(&["digest", &team_image]).success().stdout;
     let events = sink.wait_for(1);
     assert_eq!(events[0]["new_digest"], orange);
     assert_eq!(events[0]["import"], "node");
@@ -137,6 +161,7 @@ imports:
     assert!(logs.contains("ERROR: Invalid Color: RED"), "{logs}");
     assert!(logs.contains("--- gate `scan` (command): skipped"), "{logs}");
     assert_eq!(crate::harness::read(&rebuilds).lines().count(), 1, "a failure triggers no dependent");
+    assert_eq!(airlock.run(&["digest", &team_image]).success().stdout, team_digest, "the team's image was not rebuilt");
     // The rejected digest is not retried on every run.
     let retried = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
     assert_eq!(retried["results"][0]["action"], "rejected before");
@@ -149,6 +174,7 @@ imports:
     assert_eq!(skopeo_digest(&format!("docker://{stable}")), green);
     let heard = crate::harness::read(&rebuilds);
     assert_eq!(heard.lines().nth(1).unwrap(), format!("{green} {orange} {run3}"));
+    assert_eq!(team_env(), "BACKGROUND_COLOR=Green");
     assert_eq!(sink.wait_for(2).len(), 2);
     assert_ne!(red, green);
 
