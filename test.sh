@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs airlock's whole test suite. On a fresh Debian machine it first installs what the tests
 # start for real (docker-registry, skopeo, umoci, htpasswd, openssl, podman, runc, a static
-# busybox, the oras Python SDK), and only what is missing.
+# busybox, the oras Python SDK, the Helm engine from helm-python-sdk), and only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
@@ -46,6 +46,14 @@ if ! python3 -c "import oras.client" 2>/dev/null; then
   python3 -m pip install -q oras 2>/dev/null \
     || python3 -m pip install -q --user --break-system-packages oras \
     || { echo "test.sh: please install the Python package oras (pip install oras)" >&2; exit 1; }
+fi
+
+# The real Helm engine, behind the `helm template` stand-in of the discovery tests.
+if ! python3 -c "import helm_python" 2>/dev/null; then
+  echo "test.sh: installing the Python package helm-python-sdk" >&2
+  python3 -m pip install -q helm-python-sdk 2>/dev/null \
+    || python3 -m pip install -q --user --break-system-packages helm-python-sdk \
+    || { echo "test.sh: please install the Python package helm-python-sdk (pip install helm-python-sdk)" >&2; exit 1; }
 fi
 
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"

@@ -118,6 +118,67 @@ pub enum Command {
     /// `BACKGROUND_COLOR=RED` (rejected: base-artifacts keeps the good digest, the dependent is
     /// not notified), and prints the run table.
     Demo(DemoArgs),
+    /// List the images a deployment needs, each with where it is named.
+    ///
+    /// Each PATH is detected: a Helm chart (a folder with Chart.yaml, or a .tgz; rendered with
+    /// `helm template`, subcharts included), Kubernetes manifests (a file or a folder of them; any
+    /// workload kind, init and ephemeral containers), a Dockerfile (`FROM` of each stage and
+    /// `COPY --from`, with `ARG`s), or a compose file. Images are deduplicated by their normalised
+    /// reference.
+    Discover(DiscoverArgs),
+    /// Copy the images of Helm charts from source registries to a target, and lock their digests.
+    ///
+    /// CONFIG is JSONC (comments and trailing commas allowed): `image_sources` (registries or
+    /// registry/namespace, searched in order), `helm_packages` (`name`, `path_to_chart`,
+    /// `default_values`) and optionally `target`. Each image is looked for at SOURCE/PATH:TAG,
+    /// PATH being the image without its registry host (and, when its first part is no host name,
+    /// also without that part); the first found is copied by digest to TARGET/PATH:TAG. An image
+    /// found nowhere is an error listing every place tried.
+    Onboard(OnboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DiscoverArgs {
+    /// Charts, manifest files or folders, Dockerfiles, compose files.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Values files for charts, in order (as `helm template -f`).
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Values for charts on the command line (as `helm template --set`).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Build arguments for Dockerfiles (as `docker build --build-arg`).
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub build_arg: Vec<String>,
+    /// The Helm binary that renders charts.
+    #[arg(long, default_value = "helm", value_name = "PATH")]
+    pub helm: String,
+}
+
+#[derive(Debug, Args)]
+pub struct OnboardArgs {
+    /// The JSONC input: `image_sources`, `helm_packages`, optionally `target`.
+    pub config: PathBuf,
+    /// Where to copy: REGISTRY[/NAMESPACE] (overrides the config's `target`).
+    #[arg(long, value_name = "REGISTRY[/NAMESPACE]")]
+    pub target: Option<String>,
+    /// The lock file to write [default: airlock-onboard.lock.json beside CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub lock: Option<PathBuf>,
+    /// Go on when an image is found nowhere (it is reported, and left out of the lock).
+    #[arg(long)]
+    pub allow_missing: bool,
+    /// Show where each image would come from and go, copy nothing, write no lock.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the values overrides that point each chart at the target (on stdout; the summary
+    /// goes to stderr).
+    #[arg(long)]
+    pub emit_values: bool,
+    /// The Helm binary that renders charts.
+    #[arg(long, default_value = "helm", value_name = "PATH")]
+    pub helm: String,
 }
 
 #[derive(Debug, Args)]

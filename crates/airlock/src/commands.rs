@@ -30,6 +30,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn hint_of(error: &anyhow::Error) -> Option<String> {
     error.chain().find_map(|cause| {
+        if let Some(discover) = cause.downcast_ref::<airlock_discover::DiscoverError>() {
+            return discover.hint();
+        }
         if let Some(copy) = cause.downcast_ref::<CopyError>() {
             return copy.hint();
         }
@@ -60,6 +63,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback(args) => crate::gate::rollback(global, args).await,
         Command::Watch(args) => crate::gate::watch(global, args).await,
         Command::Demo(args) => return crate::demo::demo(global, args).await,
+        Command::Discover(args) => crate::discover::discover(global, args),
+        Command::Onboard(args) => return crate::discover::onboard(global, args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 mod args;
 mod commands;
 mod demo;
+mod discover;
 mod gate;
 mod output;
 mod progress;

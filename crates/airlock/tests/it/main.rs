@@ -4,6 +4,7 @@ mod harness;
 
 mod auth;
 mod copy;
+mod discover;
 mod errors;
 mod faults;
 mod gate;

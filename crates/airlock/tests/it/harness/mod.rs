@@ -120,6 +120,17 @@ impl Airlock {
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        run_command(self.command(args), stdin)
+    }
+
+    /// With more environment (`PATH` with a `helm` stand-in, say).
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut command = self.command(args);
+        command.envs(env.iter().copied());
+        run_command(command, None)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_airlock"));
         command
             .args(args)
@@ -129,8 +140,23 @@ impl Airlock {
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("AIRLOCK_LOG")
             .env("NO_COLOR", "1");
-        run_command(command, stdin)
+        command
     }
+}
+
+/// A folder holding `helm`: the stand-in under tests that renders with the real Helm engine
+/// (PyPI's helm-python-sdk). Put it first on `PATH`, or pass `--helm FOLDER/helm`.
+pub fn helm_bin() -> tempfile::TempDir {
+    let python = require("python3", "python3");
+    let probe = Command::new(&python).args(["-c", "import helm_python"]).output().expect("run python3");
+    assert!(probe.status.success(), "the Python package `helm-python-sdk` is not installed: `pip install helm-python-sdk` (README's test command installs it)");
+    let dir = tempdir();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/helm_template.py");
+    let helm = dir.path().join("helm");
+    std::fs::write(&helm, format!("#!/bin/sh\nexec {} {script} \"$@\"\n", python.display())).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&helm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 pub fn run_command(mut command: Command, stdin: Option<&str>) -> Run {

@@ -1,0 +1,140 @@
+//! `airlock discover` and `airlock onboard`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use airlock_copy::{CopyOptions, Copier, NoProgress};
+use airlock_discover::onboard::{self, LockFile, Onboarded};
+use airlock_discover::{DiscoverError, Image, Options};
+use airlock_store::remote::Registries;
+
+use crate::args::{DiscoverArgs, Global, OnboardArgs, Output};
+use crate::commands::{registry_options, usage, Failure, Result};
+use crate::gate::table;
+use crate::output;
+
+fn input_failure(error: DiscoverError) -> Failure {
+    let exit_code = match error {
+        DiscoverError::Input(_) => 2,
+        _ => 1,
+    };
+    let hint = error.hint();
+    Failure { error: anyhow::Error::new(error), hint, exit_code }
+}
+
+fn build_args(args: &[String]) -> Result<Vec<(String, String)>> {
+    args.iter()
+        .map(|a| a.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| usage(format!("`--build-arg {a}`: expected NAME=VALUE"))))
+        .collect()
+}
+
+pub fn discover(global: &Global, args: &DiscoverArgs) -> Result<()> {
+    let options = Options { helm: args.helm.clone(), values: args.values.clone(), set: args.set.clone(), build_args: build_args(&args.build_arg)? };
+    let images = airlock_discover::discover(&args.paths, &options).map_err(input_failure)?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({ "images": images })),
+        Output::Text => output::data(&images_table(&images)),
+    }
+    Ok(())
+}
+
+fn images_table(images: &[Image]) -> String {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            let more = if i.locations.len() > 1 { format!(" (+{} more)", i.locations.len() - 1) } else { String::new() };
+            vec![i.image.clone(), format!("{}{more}", i.locations.first().cloned().unwrap_or_default())]
+        })
+        .collect();
+    table(&["IMAGE", "FOUND IN"], &rows)
+}
+
+pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
+    let config = onboard::load_config(&args.config).map_err(input_failure)?;
+    let target = args
+        .target
+        .clone()
+        .or(config.target.clone())
+        .ok_or_else(|| usage(format!("no target: pass `--target REGISTRY[/NAMESPACE]` or set `target` in `{}`", args.config.display())))?;
+    onboard::target_reference(&target, "check", ":x").map_err(|e| usage(format!("`--target {target}`: {e}")))?;
+    if config.helm_packages.is_empty() {
+        return Err(usage(format!("`{}` lists no `helm_packages`", args.config.display())));
+    }
+    let mut found = Vec::new();
+    for package in &config.helm_packages {
+        let options = Options { helm: args.helm.clone(), values: package.default_values.iter().cloned().collect(), ..Options::default() };
+        found.extend(airlock_discover::find(&package.path_to_chart, airlock_discover::Kind::HelmChart, &options).map_err(input_failure)?);
+    }
+    let images = airlock_discover::dedupe(found);
+    let registries = Registries::new(registry_options(global))?;
+    let mut copy_options = CopyOptions::new();
+    copy_options.concurrency = std::num::NonZeroUsize::new(global.jobs.max(1)).expect("at least 1");
+    let copier = Copier::new(copy_options, Arc::new(NoProgress));
+    let registries = &registries;
+    let open = move |reference: airlock_oci::Reference, access| {
+        Box::pin(async move { airlock_gate::open_store(registries, &reference, access).await }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
+    };
+    let results = onboard::onboard(&images, &config.image_sources, &target, &open, &copier, args.dry_run).await;
+
+    let lock_path = args.lock.clone().unwrap_or_else(|| args.config.parent().unwrap_or(std::path::Path::new(".")).join("airlock-onboard.lock.json"));
+    if !args.dry_run {
+        LockFile::of(&target, &results).write(&lock_path).map_err(|e| anyhow::anyhow!("cannot write the lock file `{}`: {e}", lock_path.display()))?;
+    }
+    let mut values = serde_json::Map::new();
+    if args.emit_values {
+        for package in &config.helm_packages {
+            let defaults = onboard::chart_values(&package.path_to_chart, package.default_values.as_deref()).map_err(input_failure)?;
+            values.insert(package.name.clone(), onboard::values_overrides(&defaults, &results, &target));
+        }
+    }
+    render(global, args, &results, &lock_path, &values);
+    let missing = results.iter().any(|r| r.status == "missing");
+    let failed = results.iter().any(|r| r.status == "failed");
+    Ok(if failed || (missing && !args.allow_missing) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn render(global: &Global, args: &OnboardArgs, results: &[Onboarded], lock: &std::path::Path, values: &serde_json::Map<String, serde_json::Value>) {
+    if global.output == Output::Json {
+        let mut document = serde_json::json!({ "results": results });
+        if !args.dry_run {
+            document["lock"] = lock.display().to_string().into();
+        }
+        if args.emit_values {
+            document["values"] = serde_json::Value::Object(values.clone());
+        }
+        output::json(&document);
+        return;
+    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            vec![
+                r.image.clone(),
+                r.status.to_owned(),
+                r.source.clone().unwrap_or_else(|| "-".into()),
+                r.target.clone().unwrap_or_else(|| "-".into()),
+                r.digest.as_deref().map(|d| d.chars().take(19).collect()).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut summary = table(&["IMAGE", "STATUS", "SOURCE", "TARGET", "DIGEST"], &rows);
+    for r in results.iter().filter(|r| r.error.is_some()) {
+        summary.push_str(&format!("{}: {}\n", r.status, r.error.as_deref().unwrap_or("")));
+    }
+    if !args.dry_run {
+        summary.push_str(&format!("lock file: {}\n", lock.display()));
+    }
+    if args.emit_values {
+        // Values alone on stdout, so they can be redirected into a file for `helm -f`.
+        if !global.quiet {
+            output::note(summary.trim_end());
+        }
+        let documents: Vec<String> = values
+            .iter()
+            .map(|(name, overrides)| format!("# values for {name}: points its images at the target\n{}\n", serde_json::to_string_pretty(overrides).expect("JSON serializes")))
+            .collect();
+        output::data(&documents.join("---\n"));
+    } else if !global.quiet {
+        output::data(&summary);
+    }
+}

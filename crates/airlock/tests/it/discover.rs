@@ -1,0 +1,238 @@
+//! Discovery and onboarding (seed 001): charts rendered by the real Helm engine, sources and
+//! targets on real `docker-registry` servers.
+
+use std::path::Path;
+
+use crate::harness::fixtures::{image, layer, push};
+use crate::harness::{helm_bin, skopeo_digest, Airlock, Auth, Registry};
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// The seed's worked example as a chart: `repository/release/contoso-{a,b,c}:1.0.0` and, in a
+/// subchart, `repository/test-release/contoso-test:1.0.0`; a ConfigMap with an `image` key that
+/// is no image.
+fn contoso_chart(dir: &Path) -> std::path::PathBuf {
+    let chart = dir.join("contoso");
+    write(&chart.join("Chart.yaml"), "apiVersion: v2\nname: contoso\nversion: 1.0.0\n");
+    write(
+        &chart.join("values.yaml"),
+        "global:\n  registry: repository\na:\n  image: release/contoso-a\n  tag: 1.0.0\nb:\n  image: release/contoso-b\n  tag: 1.0.0\nc:\n  repository: repository/release/contoso-c\n  tag: 1.0.0\n",
+    );
+    write(
+        &chart.join("templates/deployment.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}-core\nspec:\n  template:\n    spec:\n      initContainers:\n        - name: init\n          image: \"{{ .Values.global.registry }}/{{ .Values.a.image }}:{{ .Values.a.tag }}\"\n      containers:\n        - name: a\n          image: \"{{ .Values.global.registry }}/{{ .Values.a.image }}:{{ .Values.a.tag }}\"\n        - name: b\n          image: \"{{ .Values.global.registry }}/{{ .Values.b.image }}:{{ .Values.b.tag }}\"\n",
+    );
+    write(
+        &chart.join("templates/cronjob.yaml"),
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: {{ .Release.Name }}-c\nspec:\n  schedule: \"@daily\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n            - name: c\n              image: \"{{ .Values.c.repository }}:{{ .Values.c.tag }}\"\n",
+    );
+    write(&chart.join("templates/configmap.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  image: not/an-image:1\n");
+    write(&chart.join("templates/NOTES.txt"), "installed {{ .Release.Name }}\n");
+    write(&chart.join("charts/contoso-test/Chart.yaml"), "apiVersion: v2\nname: contoso-test\nversion: 1.0.0\n");
+    write(&chart.join("charts/contoso-test/values.yaml"), "image: repository/test-release/contoso-test:1.0.0\n");
+    write(
+        &chart.join("charts/contoso-test/templates/pod.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: contoso-test\nspec:\n  containers:\n    - name: test\n      image: {{ .Values.image }}\n",
+    );
+    chart
+}
+
+fn path_with(helm: &Path) -> String {
+    format!("{}:{}", helm.display(), std::env::var("PATH").unwrap_or_default())
+}
+
+fn image_names(json: &serde_json::Value) -> Vec<String> {
+    json["images"].as_array().unwrap().iter().map(|i| i["image"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn discover_renders_charts_with_subcharts_values_and_sets() {
+    let dir = crate::harness::tempdir();
+    let chart = contoso_chart(dir.path());
+    let helm = helm_bin();
+    let path = path_with(helm.path());
+    let airlock = Airlock::new();
+    let found = airlock.run_env(&["discover", chart.to_str().unwrap(), "-o", "json"], &[("PATH", &path)]).success().json();
+    assert_eq!(
+        image_names(&found),
+        ["repository/test-release/contoso-test:1.0.0", "repository/release/contoso-c:1.0.0", "repository/release/contoso-a:1.0.0", "repository/release/contoso-b:1.0.0"]
+    );
+    let a = &found["images"][2];
+    assert_eq!(a["locations"].as_array().unwrap().len(), 2, "named by a container and an init container: {a}");
+    assert_eq!(a["locations"][0], "contoso/templates/deployment.yaml: Deployment/airlock-discover-core container `a`");
+    assert_eq!(found["images"][0]["reference"], "docker.io/repository/test-release/contoso-test:1.0.0");
+
+    // Values files and --set, as helm takes them.
+    let values = dir.path().join("override.yaml");
+    write(&values, "a:\n  tag: 2.0.0\ncontoso-test:\n  image: registry.example.com/qa/contoso-test:9\n");
+    let found = airlock
+        .run_env(&["discover", chart.to_str().unwrap(), "-f", values.to_str().unwrap(), "--set", "b.tag=3.0.0", "-o", "json"], &[("PATH", &path)])
+        .success()
+        .json();
+    let names = image_names(&found);
+    assert!(names.contains(&"repository/release/contoso-a:2.0.0".to_owned()), "{names:?}");
+    assert!(names.contains(&"repository/release/contoso-b:3.0.0".to_owned()), "{names:?}");
+    assert!(names.contains(&"registry.example.com/qa/contoso-test:9".to_owned()), "subchart values are overridden too: {names:?}");
+    // A packaged chart is rendered the same way.
+    let packaged = dir.path().join("contoso-1.0.0.tgz");
+    let status = std::process::Command::new("tar").args(["czf", packaged.to_str().unwrap(), "-C", dir.path().to_str().unwrap(), "contoso"]).status().unwrap();
+    assert!(status.success());
+    let from_package = airlock.run_env(&["discover", packaged.to_str().unwrap(), "-o", "json"], &[("PATH", &path)]).success().json();
+    assert_eq!(image_names(&from_package).len(), 4);
+    let text = airlock.run_env(&["discover", packaged.to_str().unwrap()], &[("PATH", &path)]).success().stdout;
+    assert!(text.starts_with("IMAGE"), "{text}");
+    assert!(text.contains("contoso/templates/deployment.yaml: Deployment/airlock-discover-core container `a` (+1 more)"), "{text}");
+}
+
+#[test]
+fn discover_reads_manifests_dockerfiles_and_compose_files() {
+    let dir = crate::harness::tempdir();
+    let root = dir.path().join("deploy");
+    write(
+        &root.join("k8s/app.yaml"),
+        "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  template:\n    spec:\n      containers: [{name: agent, image: \"nginx:1.25\"}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: debug}\nspec:\n  containers: [{name: app, image: \"docker.io/library/nginx:1.25\"}]\n  ephemeralContainers: [{name: shell, image: \"busybox:1.36\"}]\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {image: \"not-a-container:1\"}\n",
+    );
+    write(&root.join("build/Dockerfile"), "ARG BASE=golang:1.22\nFROM ${BASE} AS build\nFROM gcr.io/distroless/static:nonroot\nCOPY --from=build /app /app\n");
+    write(&root.join("compose.yaml"), "services:\n  cache:\n    image: redis:7\n  web:\n    image: nginx:1.25\n");
+    let airlock = Airlock::new();
+    let found = airlock.run(&["discover", root.to_str().unwrap(), "--build-arg", "BASE=golang:1.23", "-o", "json"]).success().json();
+    assert_eq!(image_names(&found), ["golang:1.23", "gcr.io/distroless/static:nonroot", "redis:7", "nginx:1.25", "busybox:1.36"]);
+    let nginx = found["images"].as_array().unwrap().iter().find(|i| i["image"] == "nginx:1.25").unwrap().clone();
+    assert_eq!(nginx["locations"].as_array().unwrap().len(), 3, "one image, written two ways in three places: {nginx}");
+    airlock.run(&["discover", dir.path().join("nothing").to_str().unwrap()]).code(2).stderr_has("does not exist");
+}
+
+/// A JSONC config in the seed's format.
+fn cnf_input(dir: &Path, sources: &[String], chart: &Path, values: Option<&Path>) -> std::path::PathBuf {
+    let path = dir.join("cnf-input.jsonc");
+    let values = values.map(|v| format!(",\n      \"default_values\": \"{}\"", v.display())).unwrap_or_default();
+    let sources: Vec<String> = sources.iter().map(|s| format!("\"{s}\"")).collect();
+    write(
+        &path,
+        &format!(
+            "{{\n  // List of registries from which to pull the image(s).\n  \"image_sources\": [{}],\n  \"nf_name\": \"contoso\",\n  \"helm_packages\": [\n    {{\n      \"name\": \"contoso\",\n      \"path_to_chart\": \"{}\"{values},\n      \"depends_on\": [],\n    }},\n  ],\n}}\n",
+            sources.join(", "),
+            chart.display()
+        ),
+    );
+    path
+}
+
+#[test]
+fn onboard_the_seed_worked_example_with_a_namespace_source() {
+    let dir = crate::harness::tempdir();
+    let chart = contoso_chart(dir.path());
+    // Two images the seed's tool mishandles: one without `/`, one whose first part is a namespace.
+    write(
+        &chart.join("templates/extras.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: extras\nspec:\n  containers:\n    - name: web\n      image: nginx:1.25\n    - name: tools\n      image: library/busybox:1.36\n",
+    );
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let mut digests = std::collections::BTreeMap::new();
+    for (seed, path) in [(700, "release/contoso-a"), (701, "release/contoso-b"), (702, "release/contoso-c"), (703, "test/test-release/contoso-test"), (704, "nginx"), (705, "busybox")] {
+        let img = image("amd64", &[layer(seed, 2000)]);
+        let tag = if path == "nginx" { "1.25" } else if path == "busybox" { "1.36" } else { "1.0.0" };
+        push(&source.host(), path, &img, Some(tag), None);
+        digests.insert(path, img.digest);
+    }
+    let helm = helm_bin();
+    let path = path_with(helm.path());
+    let config = cnf_input(dir.path(), &[source.host(), format!("{}/test", source.host())], &chart, None);
+    let target_place = format!("{}/nf", target.host());
+    let airlock = Airlock::new();
+
+    // The plan first: nothing copied, no lock.
+    let plan = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target_place, "--dry-run", "-o", "json"], &[("PATH", &path)]).success().json();
+    assert!(plan["results"].as_array().unwrap().iter().all(|r| r["status"] == "would onboard"), "{plan}");
+    assert!(!dir.path().join("airlock-onboard.lock.json").exists());
+    assert!(!target.has_manifest("nf/release/contoso-a", "1.0.0", None));
+
+    let report = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target_place, "-o", "json"], &[("PATH", &path)]).success().json();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    let by_image = |image: &str| results.iter().find(|r| r["image"] == image).unwrap_or_else(|| panic!("{image} not in {report}")).clone();
+    let test = by_image("repository/test-release/contoso-test:1.0.0");
+    assert_eq!(test["source"], format!("{}/test/test-release/contoso-test:1.0.0", source.host()), "found through the namespace source");
+    assert_eq!(
+        test["tried"],
+        serde_json::json!([
+            format!("{}/repository/test-release/contoso-test:1.0.0", source.host()),
+            format!("{}/test-release/contoso-test:1.0.0", source.host()),
+            format!("{}/test/repository/test-release/contoso-test:1.0.0", source.host()),
+            format!("{}/test/test-release/contoso-test:1.0.0", source.host()),
+        ])
+    );
+    // Digests on the target, under the path that matched.
+    for (target_path, source_path, tag) in [
+        ("release/contoso-a", "release/contoso-a", "1.0.0"),
+        ("release/contoso-b", "release/contoso-b", "1.0.0"),
+        ("release/contoso-c", "release/contoso-c", "1.0.0"),
+        ("test-release/contoso-test", "test/test-release/contoso-test", "1.0.0"),
+        ("nginx", "nginx", "1.25"),
+        ("busybox", "busybox", "1.36"),
+    ] {
+        assert_eq!(skopeo_digest(&format!("docker://{}/nf/{target_path}:{tag}", target.host())), digests[source_path], "{target_path}");
+    }
+    // The lock maps every reference the chart uses to its digest and source.
+    let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
+    assert_eq!(lock["target"], target_place);
+    assert_eq!(lock["images"].as_object().unwrap().len(), 6);
+    let entry = &lock["images"]["repository/release/contoso-a:1.0.0"];
+    assert_eq!(entry["digest"], digests["release/contoso-a"]);
+    assert_eq!(entry["source"], format!("{}/release/contoso-a:1.0.0", source.host()));
+    assert_eq!(entry["target"], format!("{}/nf/release/contoso-a:1.0.0", target.host()));
+    assert_eq!(lock["images"]["library/busybox:1.36"]["source"], format!("{}/busybox:1.36", source.host()));
+
+    // The values overrides point the chart at the target: rendered again, every image is there.
+    let emitted = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target_place, "--emit-values", "-q"], &[("PATH", &path)]).success().stdout;
+    let values = dir.path().join("onboarded-values.yaml");
+    std::fs::write(&values, &emitted).unwrap();
+    let rendered = airlock.run_env(&["discover", chart.to_str().unwrap(), "-f", values.to_str().unwrap(), "-o", "json"], &[("PATH", &path)]).success().json();
+    let names = image_names(&rendered);
+    let expected_a = format!("{target_place}/release/contoso-a:1.0.0");
+    let expected_test = format!("{target_place}/test-release/contoso-test:1.0.0");
+    assert!(names.contains(&expected_a), "{names:?}\n{emitted}");
+    assert!(names.contains(&expected_test), "{names:?}\n{emitted}");
+    assert!(!names.iter().any(|n| n.starts_with("repository/")), "{names:?}\n{emitted}");
+}
+
+#[test]
+fn onboard_errors_a_missing_image_a_missing_helm_and_bad_jsonc() {
+    let dir = crate::harness::tempdir();
+    let chart = contoso_chart(dir.path());
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    for (seed, path) in [(710, "release/contoso-a"), (711, "release/contoso-b"), (712, "release/contoso-c")] {
+        push(&source.host(), path, &image("amd64", &[layer(seed, 500)]), Some("1.0.0"), None);
+    }
+    let helm = helm_bin();
+    let path = path_with(helm.path());
+    let config = cnf_input(dir.path(), &[source.host()], &chart, None);
+    let airlock = Airlock::new();
+    let config_arg = config.to_str().unwrap();
+    let missing = airlock.run_env(&["onboard", config_arg, "--target", &target.host()], &[("PATH", &path)]).code(1);
+    assert!(missing.stdout.contains("missing: `repository/test-release/contoso-test:1.0.0` was found nowhere; tried"), "{}", missing.stdout);
+    assert!(missing.stdout.contains(&format!("{}/test-release/contoso-test:1.0.0", source.host())), "{}", missing.stdout);
+    // The others were onboarded all the same, and --allow-missing makes that a success.
+    assert!(target.has_manifest("release/contoso-a", "1.0.0", None));
+    let allowed = airlock.run_env(&["onboard", config_arg, "--target", &target.host(), "--allow-missing", "-o", "json"], &[("PATH", &path)]).success().json();
+    assert_eq!(allowed["results"].as_array().unwrap().iter().filter(|r| r["status"] == "missing").count(), 1);
+    let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
+    assert_eq!(lock["images"].as_object().unwrap().len(), 3, "the missing image is not locked");
+
+    // No helm: a clear error with the fix.
+    let no_helm = airlock.run(&["onboard", config_arg, "--target", &target.host(), "--helm", "/nonexistent/helm"]).code(1);
+    assert!(no_helm.stderr.contains("cannot run `/nonexistent/helm` to render the chart"), "{}", no_helm.stderr);
+    assert!(no_helm.stderr.contains("install Helm"), "{}", no_helm.stderr);
+    // A broken JSONC file: where, and what.
+    std::fs::write(&config, "{\n  \"image_sources\": [\"a.io\"\n  \"helm_packages\": []\n}\n").unwrap();
+    airlock.run(&["onboard", config_arg, "--target", &target.host()]).code(2).stderr_has(&format!("{config_arg}:3:18: not valid JSONC"));
+    // A chart that does not render: helm's own words.
+    write(&chart.join("templates/broken.yaml"), "{{ .Values.nope.deeper }}\n");
+    let broken = airlock.run_env(&["discover", chart.to_str().unwrap()], &[("PATH", &path)]).code(1);
+    assert!(broken.stderr.contains("template` failed"), "{}", broken.stderr);
+}
