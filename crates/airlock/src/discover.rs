@@ -1,9 +1,8 @@
 //! `airlock discover` and `airlock onboard`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use airlock_copy::{CopyOptions, Copier, NoProgress};
+use airlock_copy::{CopyOptions, Copier};
 use airlock_discover::onboard::{self, LockFile, Onboarded};
 use airlock_discover::{DiscoverError, Image, Options};
 use airlock_store::remote::Registries;
@@ -69,12 +68,14 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     let registries = Registries::new(registry_options(global))?;
     let mut copy_options = CopyOptions::new();
     copy_options.concurrency = std::num::NonZeroUsize::new(global.jobs.max(1)).expect("at least 1");
-    let copier = Copier::new(copy_options, Arc::new(NoProgress));
+    let show_bars = !global.quiet && global.verbose == 0 && global.output == Output::Text && !args.dry_run;
+    let copier = Copier::new(copy_options, crate::progress::Bars::for_terminal(show_bars));
     let registries = &registries;
     let open = move |reference: airlock_oci::Reference, access| {
         Box::pin(async move { airlock_gate::open_store(registries, &reference, access).await }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>>
     };
     let results = onboard::onboard(&images, &config.image_sources, &target, &open, &copier, args.dry_run).await;
+    drop(copier);
 
     let lock_path = args.lock.clone().unwrap_or_else(|| args.config.parent().unwrap_or(std::path::Path::new(".")).join("airlock-onboard.lock.json"));
     if !args.dry_run {

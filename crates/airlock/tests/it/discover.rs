@@ -133,15 +133,24 @@ fn onboard_the_seed_worked_example_with_a_namespace_source() {
     let source = Registry::start(Auth::None);
     let target = Registry::start(Auth::None);
     let mut digests = std::collections::BTreeMap::new();
-    for (seed, path) in [(700, "release/contoso-a"), (701, "release/contoso-b"), (702, "release/contoso-c"), (703, "test/test-release/contoso-test"), (704, "nginx"), (705, "busybox")] {
+    for (seed, path, tag) in [
+        (700, "release/contoso-a", "1.0.0"),
+        (701, "release/contoso-b", "1.0.0"),
+        (702, "release/contoso-c", "1.0.1"),
+        (703, "test/test-release/contoso-test", "1.0.0"),
+        (704, "nginx", "1.25"),
+        (705, "busybox", "1.36"),
+    ] {
         let img = image("amd64", &[layer(seed, 2000)]);
-        let tag = if path == "nginx" { "1.25" } else if path == "busybox" { "1.36" } else { "1.0.0" };
         push(&source.host(), path, &img, Some(tag), None);
         digests.insert(path, img.digest);
     }
     let helm = helm_bin();
     let path = path_with(helm.path());
-    let config = cnf_input(dir.path(), &[source.host(), format!("{}/test", source.host())], &chart, None);
+    // The package's default values are rendered with the chart: contoso-c is at 1.0.1.
+    let defaults = dir.path().join("contoso-defaults.yaml");
+    write(&defaults, "c:\n  tag: 1.0.1\n");
+    let config = cnf_input(dir.path(), &[source.host(), format!("{}/test", source.host())], &chart, Some(&defaults));
     let target_place = format!("{}/nf", target.host());
     let airlock = Airlock::new();
 
@@ -170,7 +179,7 @@ fn onboard_the_seed_worked_example_with_a_namespace_source() {
     for (target_path, source_path, tag) in [
         ("release/contoso-a", "release/contoso-a", "1.0.0"),
         ("release/contoso-b", "release/contoso-b", "1.0.0"),
-        ("release/contoso-c", "release/contoso-c", "1.0.0"),
+        ("release/contoso-c", "release/contoso-c", "1.0.1"),
         ("test-release/contoso-test", "test/test-release/contoso-test", "1.0.0"),
         ("nginx", "nginx", "1.25"),
         ("busybox", "busybox", "1.36"),
@@ -191,7 +200,10 @@ fn onboard_the_seed_worked_example_with_a_namespace_source() {
     let emitted = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target_place, "--emit-values", "-q"], &[("PATH", &path)]).success().stdout;
     let values = dir.path().join("onboarded-values.yaml");
     std::fs::write(&values, &emitted).unwrap();
-    let rendered = airlock.run_env(&["discover", chart.to_str().unwrap(), "-f", values.to_str().unwrap(), "-o", "json"], &[("PATH", &path)]).success().json();
+    let rendered = airlock
+        .run_env(&["discover", chart.to_str().unwrap(), "-f", defaults.to_str().unwrap(), "-f", values.to_str().unwrap(), "-o", "json"], &[("PATH", &path)])
+        .success()
+        .json();
     let names = image_names(&rendered);
     let expected_a = format!("{target_place}/release/contoso-a:1.0.0");
     let expected_test = format!("{target_place}/test-release/contoso-test:1.0.0");
