@@ -51,7 +51,7 @@ impl Candidate<'_> {
             ("tag", self.tag.to_owned()),
             ("run_id", self.run_id.to_owned()),
             ("import", self.import.to_owned()),
-            ("date", crate::time::today()),
+            ("date", airlock_oci::time::today()),
         ])
     }
 }

@@ -13,9 +13,9 @@ pub mod pipeline;
 pub mod policy;
 pub mod runs;
 pub mod signature;
-pub mod time;
 pub mod watch;
 
 pub use config::{Config, Import};
 pub use pipeline::{open_store, Outcome, Pipeline};
+pub use airlock_oci::time;
 pub use runs::{Runs, Trigger};

@@ -219,7 +219,7 @@ impl Pipeline {
             ("tag", tag.to_owned()),
             ("run_id", run_id.to_owned()),
             ("digest", upstream.digest().chars().take(12).collect::<String>()),
-            ("date", crate::time::today()),
+            ("date", airlock_oci::time::today()),
             ("import", import.name.clone()),
             ("reference", import.source.with_tag(tag).to_string()),
             ("repository", import.source.repository_key()),
@@ -448,7 +448,7 @@ async fn attach_report(store: &dyn Store, subject: &Manifest, report: &serde_jso
         "config": empty_descriptor,
         "layers": [report_descriptor],
         "subject": subject.descriptor(),
-        "annotations": {"org.opencontainers.image.created": crate::time::rfc3339(crate::time::now()), "dev.airlock.run-id": run_id},
+        "annotations": {"org.opencontainers.image.created": airlock_oci::time::rfc3339(airlock_oci::time::now()), "dev.airlock.run-id": run_id},
     });
     let manifest = Manifest::parse(serde_json::to_vec(&manifest).expect("JSON values serialize"), Some("application/vnd.oci.image.manifest.v1+json"))
         .expect("the report manifest is a valid image manifest");

@@ -73,9 +73,9 @@ pub fn check(policy: &Policy, image: &ImageFacts) -> Vec<String> {
         }
     }
     if let Some(age) = policy.max_age.as_deref().and_then(|s| parse_duration(s).ok()) {
-        match image.config["created"].as_str().and_then(crate::time::parse_rfc3339) {
+        match image.config["created"].as_str().and_then(airlock_oci::time::parse_rfc3339) {
             Some(created) => {
-                let now = crate::time::now() as i64;
+                let now = airlock_oci::time::now() as i64;
                 if now - created > age.as_secs() as i64 {
                     let days = (now - created) / 86_400;
                     violations.push(format!("created {days} days ago, older than the limit of {}", policy.max_age.as_deref().unwrap_or("")));

@@ -127,7 +127,7 @@ pub struct Runs {
     path: String,
 }
 
-use crate::time::now;
+use airlock_oci::time::now;
 
 /// `1` → `a1`, `36` → `a10`: short ids in base 36, as ACR's run ids.
 fn run_id(sequence: i64) -> String {

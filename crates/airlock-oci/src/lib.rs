@@ -22,6 +22,8 @@ pub mod media_type;
 mod platform;
 mod reference;
 
+pub mod time;
+
 pub use digest::{DigestError, DigestHasher, parse_digest, digest_of};
 pub use manifest::{Manifest, ManifestError, ManifestKind, filter_index};
 pub use oci_spec::image::{Descriptor, Digest, DigestAlgorithm, MediaType, Platform};

@@ -16,14 +16,13 @@ use airlock_oci::{media_type, Descriptor, Digest, Manifest};
 use async_trait::async_trait;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::verify::verify_stream;
 use crate::{BlobStream, Error, ErrorKind, PutManifestOutcome, Result, Store};
 
 /// The annotation that carries a tag in `index.json`.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const CHUNK: usize = 256 * 1024;
 
 /// An OCI image-layout folder as a [`Store`].
 pub struct LayoutStore {
@@ -295,22 +294,7 @@ impl Store for LayoutStore {
             use tokio::io::AsyncSeekExt;
             file.seek(std::io::SeekFrom::Start(offset)).await.map_err(self.io("seek", &path))?;
         }
-        let path = path.display().to_string();
-        Ok(Box::pin(futures::stream::unfold(Some(file), move |file| {
-            let path = path.clone();
-            async move {
-                let mut file = file?;
-                let mut buffer = vec![0u8; CHUNK];
-                match file.read(&mut buffer).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buffer.truncate(n);
-                        Some((Ok(bytes::Bytes::from(buffer)), Some(file)))
-                    }
-                    Err(source) => Some((Err(Error::from(ErrorKind::Io { action: "read".into(), path, source })), None)),
-                }
-            }
-        })))
+        Ok(crate::file_body(file, path.display().to_string()))
     }
 
     async fn put_blob(&self, descriptor: &Descriptor, body: BlobStream) -> Result<()> {

@@ -30,6 +30,28 @@ pub use error::{Error, ErrorKind, Result};
 /// A blob body: chunks arrive as they are read, and memory stays bounded by the chunk size.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
 
+/// An open file as a blob body, read in 256 KiB chunks (never whole in memory); `path` names it
+/// in errors.
+pub fn file_body(file: tokio::fs::File, path: String) -> BlobStream {
+    use tokio::io::AsyncReadExt as _;
+    const CHUNK: usize = 256 * 1024;
+    Box::pin(futures::stream::unfold(Some(file), move |file| {
+        let path = path.clone();
+        async move {
+            let mut file = file?;
+            let mut buffer = vec![0u8; CHUNK];
+            match file.read(&mut buffer).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buffer.truncate(n);
+                    Some((Ok(Bytes::from(buffer)), Some(file)))
+                }
+                Err(source) => Some((Err(Error::from(ErrorKind::Io { action: "read".into(), path, source })), None)),
+            }
+        }
+    }))
+}
+
 /// Where a blob could be mounted from: a repository of a registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSource {

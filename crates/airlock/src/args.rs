@@ -135,6 +135,111 @@ pub enum Command {
     /// also without that part); the first found is copied by digest to TARGET/PATH:TAG. An image
     /// found nowhere is an error listing every place tried.
     Onboard(OnboardArgs),
+    /// Push files as an OCI artifact, as `oras push` does, or `--index` assemble pushed artifacts.
+    ///
+    /// Each FILE[:MEDIATYPE] becomes one layer titled with its file name
+    /// (`org.opencontainers.image.title`); the config is empty, or with `--platform` a config naming
+    /// the platform (as `oras push --artifact-platform`). With `--index`, each ITEM is
+    /// `TAG_OR_DIGEST[;platform=OS/ARCH][;KEY=VALUE]…` of an artifact in the same repository, and
+    /// the index lists them with those platforms and annotations (an artifact's own platform and
+    /// `disktype` are used when not given).
+    Push(PushArgs),
+    /// Download the one file an `oci://` reference stands for, verified.
+    ///
+    /// A digest names the artifact. A tag (default `latest`, which must exist) may name an index
+    /// of artifacts: the one pulled is chosen as Ironic chooses disk images: disk types ranked by
+    /// `--mode` (local: qcow2, qemu, raw, applehv; http: raw, applehv, qcow2, qemu), then the
+    /// first whose architecture matches `--arch` (x86_64 is amd64, aarch64 is arm64) and that is a
+    /// single file. The file is written under its title, streamed through a hidden partial file
+    /// that a later run resumes; size and digest are checked before it takes its name, and a file
+    /// that fails is removed.
+    Pull(PullArgs),
+    /// What an artifact reference offers (digest, platform, disktype, size, title) and which one
+    /// `pull` would choose with the same options, and why.
+    Artifacts(ArtifactsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactAuthArgs {
+    /// Credentials, `USER:PASSWORD` (overrides stored ones).
+    #[arg(long, value_name = "USER:PASSWORD", hide_default_value = true)]
+    pub creds: Option<String>,
+    /// A registry token sent as `Authorization: Bearer` (a pull secret, as Ironic's
+    /// `image_pull_secret`).
+    #[arg(long, env = "AIRLOCK_BEARER_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub bearer_token: Option<String>,
+    /// A pull secret file in Docker's `config.json` format (a Kubernetes `.dockerconfigjson`),
+    /// read instead of the usual credential files.
+    #[arg(long, value_name = "FILE")]
+    pub pull_secret: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SelectArgs {
+    /// The node's CPU architecture (`x86_64` and `amd64`, `aarch64` and `arm64` are the same).
+    #[arg(long, value_name = "ARCH")]
+    pub arch: Option<String>,
+    /// Only this disk format: qcow2 (also `qemu`) or raw (also `applehv`).
+    #[arg(long, value_name = "TYPE")]
+    pub disktype: Option<String>,
+    /// How the image will be deployed: `local` prefers qcow2, `http` prefers raw.
+    #[arg(long, value_enum, default_value_t = DeployMode::Http)]
+    pub mode: DeployMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeployMode {
+    Local,
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Where to push: `oci://HOST/REPO:TAG` or `HOST/REPO:TAG` (default tag `latest`).
+    pub reference: String,
+    /// FILE[:MEDIATYPE]… or, with `--index`, the artifacts to list.
+    #[arg(required = true, value_name = "ITEM")]
+    pub items: Vec<String>,
+    /// Assemble an index of artifacts already pushed, instead of pushing files.
+    #[arg(long)]
+    pub index: bool,
+    /// The manifest's `artifactType` [default: application/vnd.unknown.artifact.v1].
+    #[arg(long, value_name = "TYPE", conflicts_with = "index")]
+    pub artifact_type: Option<String>,
+    /// A manifest annotation, KEY=VALUE (e.g. `disktype=qcow2`); repeatable.
+    #[arg(short = 'a', long = "annotation", value_name = "KEY=VALUE", conflicts_with = "index")]
+    pub annotations: Vec<String>,
+    /// The artifact's platform, `os/arch[/variant]`, written into its config.
+    #[arg(long, value_name = "PLATFORM", conflicts_with = "index")]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub auth: ArtifactAuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// `oci://HOST/REPO[:TAG|@DIGEST]`.
+    pub reference: String,
+    /// The folder to write the file into (`-o` is the output format of every command).
+    #[arg(short = 'd', long = "dir", default_value = ".", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Decompress a zstd or gzip file (told by its magic bytes) after it verified.
+    #[arg(long)]
+    pub decompress: bool,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub auth: ArtifactAuthArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ArtifactsArgs {
+    /// `oci://HOST/REPO[:TAG|@DIGEST]`.
+    pub reference: String,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub auth: ArtifactAuthArgs,
 }
 
 #[derive(Debug, Args)]

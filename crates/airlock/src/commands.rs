@@ -30,6 +30,9 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn hint_of(error: &anyhow::Error) -> Option<String> {
     error.chain().find_map(|cause| {
+        if let Some(airlock_artifact::ArtifactError::Store(store)) = cause.downcast_ref::<airlock_artifact::ArtifactError>() {
+            return store.hint();
+        }
         if let Some(discover) = cause.downcast_ref::<airlock_discover::DiscoverError>() {
             return discover.hint();
         }
@@ -38,6 +41,14 @@ fn hint_of(error: &anyhow::Error) -> Option<String> {
         }
         cause.downcast_ref::<airlock_store::Error>().and_then(airlock_store::Error::hint)
     })
+}
+
+impl Failure {
+    /// The same failure with another exit code.
+    pub fn with_exit_code(mut self, exit_code: u8) -> Failure {
+        self.exit_code = exit_code;
+        self
+    }
 }
 
 pub(crate) fn usage(message: String) -> Failure {
@@ -65,6 +76,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => return crate::demo::demo(global, args).await,
         Command::Discover(args) => crate::discover::discover(global, args),
         Command::Onboard(args) => return crate::discover::onboard(global, args).await,
+        Command::Push(args) => crate::artifact::push(global, args).await,
+        Command::Pull(args) => crate::artifact::pull(global, args).await,
+        Command::Artifacts(args) => crate::artifact::artifacts(global, args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

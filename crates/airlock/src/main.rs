@@ -3,6 +3,7 @@
 //! `airlock-*` crates.
 
 mod args;
+mod artifact;
 mod commands;
 mod demo;
 mod discover;

@@ -211,6 +211,9 @@ impl RegistryClient {
                 _ => Ok(None),
             },
             Challenge::Bearer { realm, service } => {
+                if let Some(Credential::BearerToken(token)) = self.credentials().await? {
+                    return Ok(Some(bearer(token.expose())));
+                }
                 let token = self.fetch_token(&realm, service.as_deref(), scope, location).await?;
                 Ok(Some(bearer(&token)))
             }
@@ -247,7 +250,7 @@ impl RegistryClient {
             Some(Credential::Basic { username, password }) => {
                 self.http.get(realm).query(&query).basic_auth(username, Some(password.expose()))
             }
-            None => self.http.get(realm).query(&query),
+            Some(Credential::BearerToken(_)) | None => self.http.get(realm).query(&query),
         };
         let mut attempt = 0;
         let response = loop {

@@ -25,6 +25,9 @@ pub enum Credential {
     },
     /// An OAuth2 refresh token (`identitytoken`), exchanged at the token endpoint.
     IdentityToken(Secret),
+    /// A registry token used as is (`Authorization: Bearer`), as a pre-shared pull secret is
+    /// (Ironic's `image_pull_secret`); the token service is not asked.
+    BearerToken(Secret),
 }
 
 /// The files to read and write, resolved once from the environment.
@@ -85,6 +88,7 @@ impl CredentialFiles {
                 serde_json::json!({ "auth": auth })
             }
             Credential::IdentityToken(token) => serde_json::json!({ "identitytoken": token.expose() }),
+            Credential::BearerToken(token) => serde_json::json!({ "registrytoken": token.expose() }),
         };
         auths.insert(config_key(registry), entry);
         write_config(&self.write, registry, &config).await?;
@@ -182,6 +186,10 @@ async fn lookup_in(config: &Map<String, Value>, path: &Path, registry: &str) -> 
             let text = |key: &str| entry.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
             if let Some(token) = text("identitytoken") {
                 return Ok(Some(Credential::IdentityToken(Secret::new(token))));
+            }
+            // Docker's `registrytoken`: a bearer token sent as it is.
+            if let Some(token) = text("registrytoken") {
+                return Ok(Some(Credential::BearerToken(Secret::new(token))));
             }
             if let Some(auth) = text("auth") {
                 let decoded = base64::engine::general_purpose::STANDARD

@@ -85,7 +85,7 @@ fn docker_config_json_is_read_from_docker_config() {
     assert_eq!(run.stdout.trim(), img.digest);
 }
 
-fn token_registry() -> Registry {
+pub(crate) fn token_registry() -> Registry {
     let issuer = TokenIssuer::start(
         vec![
             ("alice", User { password: SECRET, grants: vec![("", vec!["pull", "push"])] }),

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod artifact;
 mod auth;
 mod copy;
 mod discover;

@@ -1,0 +1,291 @@
+//! Resolving an `oci://` reference to one file and downloading it: streamed to a hidden partial
+//! file, resumed from where an interrupted download stopped, size and digest verified before the
+//! file gets its name, decompressed (zstd, gzip, told by magic bytes) when asked.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use airlock_oci::{Descriptor, Manifest, ManifestKind, Reference};
+use airlock_store::Store;
+use futures::StreamExt as _;
+use serde::Serialize;
+use sha2::Digest as _;
+
+use crate::select::{self, Mode, Offer, Verdict, Wanted};
+use crate::{describe, ArtifactError, TITLE};
+
+/// What a reference offers and what would be pulled.
+#[derive(Debug, Clone, Serialize)]
+pub struct Resolution {
+    /// The reference as resolved (with the tag it used).
+    pub reference: String,
+    /// The manifest the reference names (an index or the artifact itself).
+    pub digest: String,
+    /// Every artifact on offer.
+    pub offers: Vec<Offer>,
+    /// The artifact chosen, as an index into `offers`.
+    #[serde(skip)]
+    pub chosen: usize,
+    /// Why each offer was or was not chosen.
+    pub verdicts: Vec<Verdict>,
+    /// The chosen artifact's file.
+    #[serde(skip)]
+    pub layer: Descriptor,
+}
+
+/// Resolves `reference` in `store` to the one file to pull, as Ironic does: a digest names the
+/// artifact; a tag (default `latest`, which must be among the repository's tags) names an index
+/// to choose from, or a single artifact.
+pub async fn resolve(store: &dyn Store, reference: &Reference, wanted: &Wanted, mode: Mode) -> Result<Resolution, ArtifactError> {
+    let text = reference.to_string();
+    let target = match reference.digest() {
+        Some(digest) => digest.to_string(),
+        None => {
+            let tag = reference.tag().unwrap_or(airlock_oci::DEFAULT_TAG).to_owned();
+            match store.resolve(&tag).await {
+                Ok(_) => tag,
+                Err(e) if e.is_not_found() => {
+                    let available = store.list_tags().await.unwrap_or_default();
+                    return Err(ArtifactError::TagNotFound { repository: reference.repository_key(), tag, available });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let top = store.get_manifest(&target).await?;
+    match top.kind() {
+        ManifestKind::Index { manifests, .. } => {
+            let mut offers = Vec::new();
+            let mut children: Vec<Manifest> = Vec::new();
+            for entry in manifests {
+                let child = store.get_manifest(entry.digest().as_ref()).await?;
+                offers.push(describe(store, Some(entry), &child).await?);
+                children.push(child);
+            }
+            match select::choose(&offers, wanted, mode) {
+                Ok((chosen, verdicts)) => {
+                    let layer = single_layer(&children[chosen], &text)?;
+                    Ok(Resolution { reference: text, digest: top.digest().to_string(), offers, chosen, verdicts, layer })
+                }
+                Err(verdicts) => Err(ArtifactError::NoMatch {
+                    reference: text,
+                    wanted: describe_wanted(wanted, mode),
+                    offer: offers
+                        .iter()
+                        .zip(&verdicts_in_order(&offers, &verdicts))
+                        .map(|(o, why)| format!("{} {} {} ({why})", short(&o.digest), o.platform.as_deref().unwrap_or("any platform"), o.disktype.as_deref().unwrap_or("no disktype")))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                }),
+            }
+        }
+        ManifestKind::Image { .. } => {
+            let offer = describe(store, None, &top).await?;
+            select::accept_single(&offer, wanted).map_err(|reason| ArtifactError::NotSingleFile { reference: text.clone(), reason })?;
+            let layer = single_layer(&top, &text)?;
+            let verdicts = vec![Verdict { digest: offer.digest.clone(), reason: "chosen: the reference names this artifact".into() }];
+            Ok(Resolution { reference: text, digest: top.digest().to_string(), offers: vec![offer], chosen: 0, verdicts, layer })
+        }
+    }
+}
+
+fn verdicts_in_order(offers: &[Offer], verdicts: &[Verdict]) -> Vec<String> {
+    offers.iter().map(|o| verdicts.iter().find(|v| v.digest == o.digest).map(|v| v.reason.clone()).unwrap_or_default()).collect()
+}
+
+fn describe_wanted(wanted: &Wanted, mode: Mode) -> String {
+    let mut parts = vec![format!("{} deployment", if mode == Mode::Local { "local" } else { "http" })];
+    if let Some(arch) = &wanted.arch {
+        parts.push(format!("architecture {arch}"));
+    }
+    if let Some(disktype) = &wanted.disktype {
+        parts.push(format!("disktype {disktype}"));
+    }
+    parts.join(", ")
+}
+
+fn short(digest: &str) -> String {
+    digest.chars().take(19).collect()
+}
+
+fn single_layer(manifest: &Manifest, reference: &str) -> Result<Descriptor, ArtifactError> {
+    match manifest.kind() {
+        ManifestKind::Image { layers, .. } if layers.len() == 1 => Ok(layers[0].clone()),
+        ManifestKind::Image { layers, .. } => Err(ArtifactError::NotSingleFile { reference: reference.to_owned(), reason: format!("{} has {} layers", manifest.digest(), layers.len()) }),
+        ManifestKind::Index { .. } => Err(ArtifactError::NotSingleFile { reference: reference.to_owned(), reason: format!("{} is an index inside an index", manifest.digest()) }),
+    }
+}
+
+/// The file name to write: the layer's title (its last path component only), else the digest.
+pub fn file_name(layer: &Descriptor) -> String {
+    let title = layer.annotations().as_ref().and_then(|a| a.get(TITLE)).map(|t| t.rsplit('/').next().unwrap_or("").to_owned());
+    match title.filter(|t| !t.is_empty() && t != "." && t != "..") {
+        Some(title) => title,
+        None => layer.digest().digest().to_owned(),
+    }
+}
+
+/// What a pull wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pulled {
+    /// The file written.
+    pub file: String,
+    /// The layer's digest (verified).
+    pub digest: String,
+    /// Bytes in the layer.
+    pub size: u64,
+    /// Bytes fetched by this run (less than `size` after a resume).
+    pub fetched: u64,
+    /// Whether it resumed a partial download.
+    pub resumed: bool,
+    /// `zstd` or `gzip` when it was decompressed.
+    pub decompressed: Option<&'static str>,
+}
+
+/// Downloads `layer` into `dir`, resuming a partial file of an earlier run; verifies size and
+/// digest before the file takes its name; a file that fails verification is removed.
+pub async fn download(store: &dyn Store, layer: &Descriptor, dir: &Path, decompress: bool) -> Result<Pulled, ArtifactError> {
+    std::fs::create_dir_all(dir).map_err(ArtifactError::io("cannot create", dir))?;
+    let name = file_name(layer);
+    let final_path = dir.join(&name);
+    let partial = dir.join(format!(".{name}.airlock-partial"));
+    let expected = layer.digest().clone();
+    let mut hasher = sha2::Sha256::new();
+    // A partial file from an interrupted run is hashed and continued, if it is not too long.
+    let mut offset = match std::fs::metadata(&partial) {
+        Ok(meta) if meta.len() <= layer.size() => meta.len(),
+        Ok(_) => {
+            std::fs::remove_file(&partial).map_err(ArtifactError::io("cannot remove", &partial))?;
+            0
+        }
+        Err(_) => 0,
+    };
+    let resumed = offset > 0;
+    if resumed {
+        let mut existing = std::fs::File::open(&partial).map_err(ArtifactError::io("cannot read", &partial))?;
+        std::io::copy(&mut existing, &mut HashWriter(&mut hasher)).map_err(ArtifactError::io("cannot read", &partial))?;
+    }
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(ArtifactError::io("cannot write", &partial))?;
+    let mut fetched = 0u64;
+    if offset < layer.size() {
+        let mut stream = store.get_blob(layer, offset).await?;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if offset + chunk.len() as u64 > layer.size() {
+                drop(file);
+                let _ = std::fs::remove_file(&partial);
+                return Err(ArtifactError::Verification { file: final_path.display().to_string(), expected: expected.to_string(), reason: format!("more than the {} bytes the manifest gives", layer.size()) });
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk).map_err(ArtifactError::io("cannot write", &partial))?;
+            offset += chunk.len() as u64;
+            fetched += chunk.len() as u64;
+        }
+    }
+    file.sync_all().map_err(ArtifactError::io("cannot write", &partial))?;
+    drop(file);
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if offset != layer.size() || expected.algorithm().to_string() != "sha256" || actual != expected.to_string() {
+        let _ = std::fs::remove_file(&partial);
+        let reason = if offset != layer.size() { format!("{offset} bytes arrived, the manifest gives {}", layer.size()) } else { format!("the bytes hash to {actual}") };
+        return Err(ArtifactError::Verification { file: final_path.display().to_string(), expected: expected.to_string(), reason });
+    }
+    std::fs::rename(&partial, &final_path).map_err(ArtifactError::io("cannot rename to", &final_path))?;
+    let mut pulled = Pulled { file: final_path.display().to_string(), digest: expected.to_string(), size: layer.size(), fetched, resumed, decompressed: None };
+    if decompress {
+        if let Some((kind, path)) = decompress_file(&final_path)? {
+            pulled.decompressed = Some(kind);
+            pulled.file = path.display().to_string();
+        }
+    }
+    Ok(pulled)
+}
+
+struct HashWriter<'a>(&'a mut sha2::Sha256);
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Decompresses `path` in place of itself when its magic bytes say zstd or gzip: the result
+/// drops a `.zst`/`.zstd`/`.gz` suffix, is written to a temporary name first, and the
+/// compressed file is removed. `None` when it is not compressed.
+pub fn decompress_file(path: &Path) -> Result<Option<(&'static str, PathBuf)>, ArtifactError> {
+    let mut magic = [0u8; 4];
+    let read = {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(path).map_err(ArtifactError::io("cannot read", path))?;
+        file.read(&mut magic).map_err(ArtifactError::io("cannot read", path))?
+    };
+    let kind = match &magic[..read] {
+        [0x28, 0xb5, 0x2f, 0xfd] => "zstd",
+        [0x1f, 0x8b, ..] => "gzip",
+        _ => return Ok(None),
+    };
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact");
+    let stem = [".zst", ".zstd", ".gz"].iter().find_map(|s| name.strip_suffix(s)).filter(|s| !s.is_empty());
+    let out_name = match stem {
+        Some(stem) => stem.to_owned(),
+        None => format!("{name}.decompressed"),
+    };
+    let out = path.with_file_name(&out_name);
+    let temp = path.with_file_name(format!(".{out_name}.airlock-partial"));
+    let result = (|| -> std::io::Result<()> {
+        let input = std::io::BufReader::new(std::fs::File::open(path)?);
+        let mut output = std::fs::File::create(&temp)?;
+        match kind {
+            "zstd" => zstd::stream::copy_decode(input, &mut output)?,
+            _ => {
+                let mut decoder = flate2::read::MultiGzDecoder::new(input);
+                std::io::copy(&mut decoder, &mut output)?;
+            }
+        }
+        output.sync_all()?;
+        std::fs::rename(&temp, &out)
+    })();
+    if let Err(source) = result {
+        let _ = std::fs::remove_file(&temp);
+        return Err(ArtifactError::Io { action: "cannot decompress", path: path.display().to_string(), source });
+    }
+    std::fs::remove_file(path).map_err(ArtifactError::io("cannot remove", path))?;
+    Ok(Some((kind, out)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zstd_and_gzip_are_told_by_their_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = b"a disk image, compressed".repeat(100);
+        let zst = dir.path().join("disk.raw.zst");
+        std::fs::write(&zst, zstd::encode_all(&data[..], 3).unwrap()).unwrap();
+        let (kind, out) = decompress_file(&zst).unwrap().unwrap();
+        assert_eq!((kind, out.file_name().unwrap().to_str().unwrap()), ("zstd", "disk.raw"));
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert!(!zst.exists());
+        let gz = dir.path().join("kernel");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(&data).unwrap();
+        std::fs::write(&gz, encoder.finish().unwrap()).unwrap();
+        let (kind, out) = decompress_file(&gz).unwrap().unwrap();
+        assert_eq!((kind, out.file_name().unwrap().to_str().unwrap()), ("gzip", "kernel.decompressed"));
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"not compressed").unwrap();
+        assert!(decompress_file(&plain).unwrap().is_none());
+    }
+
+    #[test]
+    fn file_names_come_from_titles_never_from_paths() {
+        let mut layer = Descriptor::new("application/octet-stream".into(), 1, airlock_oci::digest_of(b"x", None));
+        assert_eq!(file_name(&layer), layer.digest().digest());
+        layer.set_annotations(Some([(TITLE.to_owned(), "../../etc/passwd".to_owned())].into()));
+        assert_eq!(file_name(&layer), "passwd");
+    }
+}
