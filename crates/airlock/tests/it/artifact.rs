@@ -59,7 +59,13 @@ fn artifacts_round_trip_with_oras_on_docker_registry_and_airlock_serve() {
 #[test]
 fn an_index_of_disk_images_yields_the_seed_choice_for_each_mode_and_alias() {
     let registry = Registry::start(Auth::None);
-    let host = registry.host();
+    index_choice(&registry.host());
+    let root = crate::harness::tempdir();
+    let served = Served::start(root.path());
+    index_choice(&served.address);
+}
+
+fn index_choice(host: &str) {
     let dir = crate::harness::tempdir();
     let airlock = Airlock::new();
     let repo = format!("oci://{host}/images/cirros");
