@@ -112,60 +112,61 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         target_is_new: Arc<OnceCell<bool>>,
         tag: String,
     }
-    let mut results: Vec<(usize, usize, TagResult)> = Vec::new();
-    let mut planned = Vec::new();
-    // Every job's listing at once: a warm sync is mostly waiting for answers.
-    let listings = futures::future::join_all(jobs.iter().map(|job| async move {
-        let source = open(&job.source, false).await;
-        let target = open(&job.target, true).await;
-        let tags = if job.filter.needs_listing() {
-            source.list_tags().await.map(|available| {
-                // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and SBOMs,
-                // not images: they travel with their subject.
-                let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
-                job.filter.select(&available)
-            })
-        } else {
-            Ok(job.filter.select(&[]))
-        };
-        (source, target, tags)
-    }))
-    .await;
-    for (job_idx, (source, target, tags)) in listings.into_iter().enumerate() {
-        let tags = match tags {
-            Ok(tags) => tags,
-            Err(error) => {
-                let result = TagResult {
-                    source: source.to_string(),
-                    target: target.to_string(),
-                    tag: String::new(),
-                    digest: None,
-                    source_digest: None,
-                    action: Action::Failed,
-                    bytes: 0,
-                    error: Some(chain(&error)),
-                };
-                progress.tag_done(&result);
-                results.push((job_idx, 0, result));
-                continue;
-            }
-        };
-        progress.planned(tags.len());
-        let target_is_new = Arc::new(OnceCell::new());
-        for tag in tags {
-            planned.push(Planned { job: job_idx, source: source.clone(), target: target.clone(), target_is_new: target_is_new.clone(), tag });
-        }
-    }
-
-    let mut outcomes = futures::stream::iter(planned.into_iter().enumerate())
-        .map(|(order, item)| async move {
-            let job = &jobs[item.job];
-            let sides = Sides { source: item.source.as_ref(), target: item.target.as_ref(), target_is_new: &item.target_is_new };
-            let result = sync_tag(job, &sides, &item.tag, copier, options).await;
-            progress.tag_done(&result);
-            (item.job, order + 1, result)
+    // Listings and tags overlap: a job's tags start as soon as its listing is in, so both
+    // registries stay busy (a warm sync is mostly waiting for answers).
+    let listings = futures::stream::iter(jobs.iter().enumerate())
+        .map(|(job_idx, job)| async move {
+            let source = open(&job.source, false).await;
+            let target = open(&job.target, true).await;
+            let tags = if job.filter.needs_listing() {
+                source.list_tags().await.map(|available| {
+                    // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
+                    // SBOMs, not images: they travel with their subject.
+                    let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
+                    job.filter.select(&available)
+                })
+            } else {
+                Ok(job.filter.select(&[]))
+            };
+            (job_idx, source, target, tags)
         })
         .buffer_unordered(options.parallel_tags.max(1));
+    let planned = listings.flat_map(|(job_idx, source, target, tags)| {
+        let items: Vec<Result<Planned, TagResult>> = match tags {
+            Ok(tags) => {
+                progress.planned(tags.len());
+                let target_is_new = Arc::new(OnceCell::new());
+                tags.into_iter()
+                    .map(|tag| Ok(Planned { job: job_idx, source: source.clone(), target: target.clone(), target_is_new: target_is_new.clone(), tag }))
+                    .collect()
+            }
+            Err(error) => vec![Err(TagResult {
+                source: source.to_string(),
+                target: target.to_string(),
+                tag: String::new(),
+                digest: None,
+                source_digest: None,
+                action: Action::Failed,
+                bytes: 0,
+                error: Some(chain(&error)),
+            })],
+        };
+        futures::stream::iter(items.into_iter().enumerate().map(move |(order, item)| (job_idx, order, item)))
+    });
+    let mut outcomes = planned
+        .map(|(job_idx, order, item)| async move {
+            let result = match item {
+                Ok(item) => {
+                    let sides = Sides { source: item.source.as_ref(), target: item.target.as_ref(), target_is_new: &item.target_is_new };
+                    sync_tag(&jobs[item.job], &sides, &item.tag, copier, options).await
+                }
+                Err(failed) => failed,
+            };
+            progress.tag_done(&result);
+            (job_idx, order, result)
+        })
+        .buffer_unordered(options.parallel_tags.max(1));
+    let mut results: Vec<(usize, usize, TagResult)> = Vec::new();
     while let Some(outcome) = outcomes.next().await {
         results.push(outcome);
     }
