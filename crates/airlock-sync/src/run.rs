@@ -132,7 +132,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         })
         .buffer_unordered(options.parallel_tags.max(1));
     let planned = listings.flat_map(|(job_idx, source, target, tags)| {
-        let items: Vec<Result<Planned, TagResult>> = match tags {
+        let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
             Ok(tags) => {
                 progress.planned(tags.len());
                 let target_is_new = Arc::new(OnceCell::new());
@@ -140,7 +140,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
                     .map(|tag| Ok(Planned { job: job_idx, source: source.clone(), target: target.clone(), target_is_new: target_is_new.clone(), tag }))
                     .collect()
             }
-            Err(error) => vec![Err(TagResult {
+            Err(error) => vec![Err(Box::new(TagResult {
                 source: source.to_string(),
                 target: target.to_string(),
                 tag: String::new(),
@@ -149,7 +149,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
                 action: Action::Failed,
                 bytes: 0,
                 error: Some(chain(&error)),
-            })],
+            }))],
         };
         futures::stream::iter(items.into_iter().enumerate().map(move |(order, item)| (job_idx, order, item)))
     });
@@ -160,7 +160,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
                     let sides = Sides { source: item.source.as_ref(), target: item.target.as_ref(), target_is_new: &item.target_is_new };
                     sync_tag(&jobs[item.job], &sides, &item.tag, copier, options).await
                 }
-                Err(failed) => failed,
+                Err(failed) => *failed,
             };
             progress.tag_done(&result);
             (job_idx, order, result)
