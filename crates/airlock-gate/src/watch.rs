@@ -60,12 +60,18 @@ pub async fn watch(
                 next_poll[idx] = now + import.interval.unwrap_or(pipeline.config.interval);
             }
         }
-        for (idx, why) in due {
+        // Due imports run side by side: a long test gate of one does not delay the others' looks.
+        let runs = due.into_iter().map(|(idx, why)| {
             let import = &pipeline.config.imports[idx];
-            let outcomes = match why {
-                Due::Poll => pipeline.import(import, Trigger::ImageUpdate, false).await,
-                Due::Timer => pipeline.import(import, Trigger::Timer, true).await,
-            };
+            let pipeline = &pipeline;
+            async move {
+                match why {
+                    Due::Poll => pipeline.import(import, Trigger::ImageUpdate, false).await,
+                    Due::Timer => pipeline.import(import, Trigger::Timer, true).await,
+                }
+            }
+        });
+        for outcomes in futures::future::join_all(runs).await {
             outcomes.iter().for_each(&report);
         }
         let wake = next_poll.iter().chain(next_timer.iter().flatten()).min().copied().unwrap_or(now + Duration::from_secs(3600));

@@ -71,7 +71,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     let yaml = AIRLOCK_YAML.replace("{registry}", &address).replace("{dir}", &dir.display().to_string());
     std::fs::write(&config_path, yaml).with_context(|| format!("cannot write `{}`", config_path.display()))?;
     let config = airlock_gate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pipeline = crate::gate::pipeline(global, config)?;
+    let pipeline = crate::gate::pipeline(global, config, false)?;
     let import = pipeline.config.imports[0].clone();
     let registries = Registries::new(registry_options(global))?;
     let upstream: Reference = format!("{address}/upstream/node:15-alpine").parse().expect("a valid reference");

@@ -18,7 +18,7 @@ fn config_failure(error: impl std::fmt::Display) -> Failure {
 
 /// The pipeline of `path`: its imports, registries (file settings over the global flags) and
 /// run database.
-pub(crate) fn pipeline(global: &Global, config: airlock_gate::Config) -> Result<Pipeline> {
+pub(crate) fn pipeline(global: &Global, config: airlock_gate::Config, bars: bool) -> Result<Pipeline> {
     let mut options = registry_options(global);
     for registry in &config.registries {
         registry.apply_to(&mut options);
@@ -27,12 +27,15 @@ pub(crate) fn pipeline(global: &Global, config: airlock_gate::Config) -> Result<
     let runs = Runs::open(&config.state)?;
     let mut copy_options = CopyOptions::new();
     copy_options.concurrency = std::num::NonZeroUsize::new(global.jobs.max(1)).expect("at least 1");
-    Ok(Pipeline { config, registries, runs: Mutex::new(runs), copier: Copier::new(copy_options, Arc::new(NoProgress)) })
+    // Bars for staging and promotion copies, only on a terminal and never under `watch` (whose
+    // output is a log).
+    let progress: Arc<dyn airlock_copy::Progress> = if bars { crate::progress::Bars::for_terminal(!global.quiet && global.verbose == 0 && global.output == Output::Text) } else { Arc::new(NoProgress) };
+    Ok(Pipeline { config, registries, runs: Mutex::new(runs), copier: Copier::new(copy_options, progress) })
 }
 
 fn load(global: &Global, file: &std::path::Path) -> Result<Pipeline> {
     let config = airlock_gate::config::load(file).map_err(config_failure)?;
-    pipeline(global, config)
+    pipeline(global, config, true)
 }
 
 pub async fn import(global: &Global, args: &ImportArgs) -> Result<ExitCode> {
@@ -192,7 +195,7 @@ pub async fn watch(global: &Global, args: &WatchArgs) -> Result<()> {
         config.interval = interval;
     }
     let listen = args.listen.clone().or(config.listen.clone());
-    let pipeline = Arc::new(pipeline(global, config)?);
+    let pipeline = Arc::new(pipeline(global, config, false)?);
     let listener = match &listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on `{address}`: {e}"))?;
