@@ -430,7 +430,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             };
             let name = dependent.name.clone().unwrap_or_else(|| match &action {
                 DependentAction::Command(command) => command.join(" "),
-                DependentAction::Webhook(url) => url.clone(),
+                DependentAction::Webhook(url) => format!("webhook {}", airlock_store::remote::redact_url(url)),
             });
             dependents.push(Dependent { name, action });
         }

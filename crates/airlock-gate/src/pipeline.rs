@@ -418,11 +418,13 @@ struct Promotion {
 async fn post_webhook(url: &str, document: &serde_json::Value) -> (bool, String) {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a client without custom settings");
     let mut last = String::new();
+    // Webhook URLs carry their tokens in the path: the run log shows the host only.
+    let shown = airlock_store::remote::redact_url(url);
     for attempt in 1..=3u32 {
         match client.post(url).json(document).send().await {
-            Ok(response) if response.status().is_success() => return (true, format!("POST {url}: {}\n", response.status())),
-            Ok(response) => last = format!("POST {url}: {}", response.status()),
-            Err(e) => last = format!("POST {url}: {e}"),
+            Ok(response) if response.status().is_success() => return (true, format!("POST {shown}: {}\n", response.status())),
+            Ok(response) => last = format!("POST {shown}: {}", response.status()),
+            Err(e) => last = format!("POST {shown}: {}", e.without_url()),
         }
         tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
     }

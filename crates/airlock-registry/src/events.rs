@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use airlock_store::remote::redact_url;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -83,11 +84,11 @@ async fn deliver(client: reqwest::Client, endpoint: Endpoint, mut events: mpsc::
             let sent = client.post(&endpoint.url).header("content-type", EVENTS_MEDIA_TYPE).timeout(timeout).body(body.clone()).send().await;
             match sent {
                 Ok(response) if response.status().is_success() => break,
-                Ok(response) => tracing::debug!(url = %endpoint.url, status = %response.status(), attempt, "webhook refused an event"),
-                Err(error) => tracing::debug!(url = %endpoint.url, %error, attempt, "webhook unreachable"),
+                Ok(response) => tracing::debug!(url = %redact_url(&endpoint.url), status = %response.status(), attempt, "webhook refused an event"),
+                Err(error) => tracing::debug!(url = %redact_url(&endpoint.url), error = %error.without_url(), attempt, "webhook unreachable"),
             }
             if attempt == attempts {
-                tracing::warn!(url = %endpoint.url, repository = %event.repository, "event not delivered after {attempts} attempts");
+                tracing::warn!(url = %redact_url(&endpoint.url), repository = %event.repository, "event not delivered after {attempts} attempts");
             } else {
                 tokio::time::sleep(Duration::from_millis(200 * 2u64.pow(attempt - 1)).min(Duration::from_secs(10))).await;
             }

@@ -25,7 +25,7 @@ use reqwest::{Response, StatusCode};
 use self::client::{http_error, read_limited, ClientSetup, RegistryClient, Scope};
 pub use self::credentials::{Credential, CredentialFiles};
 pub use self::retry::RetryPolicy;
-pub use self::secret::Secret;
+pub use self::secret::{redact_url, Secret};
 use crate::verify::verify_stream;
 use crate::{referrers_tag, BlobStream, Error, ErrorKind, MountSource, PutManifestOutcome, Result, Store};
 

@@ -145,6 +145,10 @@ imports:
     assert_eq!(events[0]["new_digest"], orange);
     assert_eq!(events[0]["import"], "node");
 
+    let log = airlock.run(&["runs", "logs", &run1, "-f", file]).success().stdout;
+    assert!(log.contains("dependent `dev-team-a/hello-world` notified"), "{log}");
+    assert!(log.contains("/******: 200") && !log.contains("/events"), "a webhook's path stays out of the run log: {log}");
+
     // Nothing changed upstream: nothing runs.
     let again = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
     assert_eq!(again["results"][0]["action"], "up to date");
