@@ -118,6 +118,16 @@ fn index_choice(host: &str) {
     assert_eq!(pulled["manifest"], digests["cirros-aarch64.raw"]);
     assert_eq!(std::fs::read(out.join("cirros-aarch64.raw")).unwrap(), crate::harness::fixtures::noise(813, 50_000));
 
+    // Per-entry platform and annotations given on the command line win over the artifact's own.
+    let explicit = format!("{repo}:explicit");
+    airlock.run(&["push", "--index", &explicit, "cirros-x86_64-raw;platform=linux/riscv64;disktype=raw;org.example/build=42"]).success();
+    let offered = airlock.run(&["artifacts", &explicit, "--arch", "riscv64", "-o", "json"]).success().json();
+    assert_eq!(offered["offers"][0]["platform"], "linux/riscv64");
+    let raw = airlock.run(&["inspect", "--raw", &explicit]).success().stdout;
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(index["manifests"][0]["annotations"]["org.example/build"], "42");
+    assert_eq!(index["manifests"][0]["digest"], digests["cirros-x86_64.raw"].as_str());
+
     // Errors: nothing for the architecture (saying what there is), an unknown tag (saying which
     // exist), no `latest`.
     let none = airlock.run(&["pull", &format!("{repo}:0.6.3"), "--arch", "s390x", "--dir", out.to_str().unwrap()]).code(1);
