@@ -309,6 +309,19 @@ impl Pipeline {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(format!("cannot read {}:{tag}: {e}", import.target.repository_key())),
         };
+        // A unique tag is a rollback point: it is never moved to other content.
+        match target.resolve(&unique_tag).await {
+            Ok(existing) if existing.digest() != &candidate_digest => {
+                return Err(format!(
+                    "{}:{unique_tag} already names {}: another run database promotes into this repository; give each its own `unique_tag` template",
+                    import.target.repository_key(),
+                    existing.digest()
+                ))
+            }
+            Ok(_) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(format!("cannot read {}:{unique_tag}: {e}", import.target.repository_key())),
+        }
         self.log(run_id, &format!("promoting {candidate_digest} to {}", import.target.repository_key()));
         self.copier
             .copy_with(&copy_options(Vec::new()), staging.as_ref(), candidate_digest.as_ref(), target.as_ref(), &[])

@@ -78,7 +78,8 @@ impl Status {
 /// One recorded run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
-    /// Short and unique in this database (`a1`, `a2`, …), used in unique tags.
+    /// Short, unique in this database and prefixed per database (`ca1`, `ca2`, …); used in
+    /// unique tags.
     pub run_id: String,
     /// The import's name.
     pub import: String,
@@ -125,12 +126,15 @@ pub struct GateRecord {
 pub struct Runs {
     connection: Connection,
     path: String,
+    /// Two letters chosen when the database was made, in front of every run id (as ACR's `ca`,
+    /// `da`), so that run ids, and the unique tags made from them, differ between databases.
+    prefix: String,
 }
 
 use airlock_oci::time::now;
 
-/// `1` → `a1`, `36` → `a10`: short ids in base 36, as ACR's run ids.
-fn run_id(sequence: i64) -> String {
+/// `("ca", 1)` → `ca1`, `("ca", 36)` → `ca10`: short ids in base 36, as ACR's run ids.
+fn run_id(prefix: &str, sequence: i64) -> String {
     let mut n = sequence.max(0) as u64;
     let mut digits = Vec::new();
     loop {
@@ -140,8 +144,20 @@ fn run_id(sequence: i64) -> String {
             break;
         }
     }
-    digits.push('a');
-    digits.iter().rev().collect()
+    format!("{prefix}{}", digits.iter().rev().collect::<String>())
+}
+
+/// Two random lowercase letters.
+fn random_prefix() -> String {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 2];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        // No randomness to be had: the clock's nanoseconds will do for a prefix.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        bytes = [(nanos & 0xff) as u8, (nanos >> 8 & 0xff) as u8];
+    }
+    bytes.iter().map(|b| char::from(b'a' + b % 26)).collect()
 }
 
 impl Runs {
@@ -187,6 +203,10 @@ impl Runs {
                      log TEXT NOT NULL,
                      PRIMARY KEY (run_id, position)
                  );
+                 CREATE TABLE IF NOT EXISTS meta (
+                     key TEXT PRIMARY KEY,
+                     value TEXT NOT NULL
+                 );
                  CREATE TABLE IF NOT EXISTS locks (
                      import TEXT PRIMARY KEY,
                      holder TEXT NOT NULL,
@@ -194,7 +214,9 @@ impl Runs {
                  );",
             )
             .map_err(fail)?;
-        Ok(Runs { connection, path: name })
+        connection.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('run_id_prefix', ?1)", params![random_prefix()]).map_err(fail)?;
+        let prefix: String = connection.query_row("SELECT value FROM meta WHERE key = 'run_id_prefix'", [], |row| row.get(0)).map_err(fail)?;
+        Ok(Runs { connection, path: name, prefix })
     }
 
     fn fail(&self, source: rusqlite::Error) -> DbError {
@@ -248,7 +270,7 @@ impl Runs {
         )
         .map_err(|e| self.fail(e))?;
         let sequence = tx.last_insert_rowid();
-        let id = run_id(sequence);
+        let id = run_id(&self.prefix, sequence);
         tx.execute("UPDATE runs SET run_id = ?1 WHERE sequence = ?2", params![id, sequence]).map_err(|e| self.fail(e))?;
         tx.commit().map_err(|e| self.fail(e))?;
         Ok(id)
@@ -408,9 +430,14 @@ mod tests {
 
     #[test]
     fn run_ids_are_short_and_ordered() {
-        assert_eq!(run_id(1), "a1");
-        assert_eq!(run_id(35), "az");
-        assert_eq!(run_id(36), "a10");
+        assert_eq!(run_id("ca", 1), "ca1");
+        assert_eq!(run_id("ca", 35), "caz");
+        assert_eq!(run_id("ca", 36), "ca10");
+        let dir = tempfile::tempdir().unwrap();
+        let first = Runs::open(dir.path()).unwrap().start("node", "1", Trigger::Manual, None).unwrap();
+        let second = Runs::open(dir.path()).unwrap().start("node", "1", Trigger::Manual, None).unwrap();
+        assert_eq!((first.len(), &first[..2]), (3, &second[..2]), "one prefix per database: {first} {second}");
+        assert!(first.ends_with('1') && second.ends_with('2'));
     }
 
     #[test]

@@ -266,6 +266,24 @@ fn watch_polls_upstream_and_two_watchers_never_double_promote() {
 }
 
 #[test]
+fn a_unique_tag_is_never_moved_to_other_content() {
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let airlock = Airlock::new();
+    let upstream = Upstream::new(dir.path());
+    // A template that is not unique at all: the second promotion would reuse the tag.
+    let config = policy_config(dir.path(), &served, "    unique_tag: '{{tag}}-fixed'\n");
+    let file = config.to_str().unwrap();
+    let first = upstream.publish(&airlock, &served, "Orange");
+    airlock.run(&["import", "-f", file]).success();
+    upstream.publish(&airlock, &served, "Green");
+    let refused = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
+    assert!(refused["results"][0]["reason"].as_str().unwrap().contains("15-alpine-fixed already names"), "{refused}");
+    assert_eq!(airlock.run(&["digest", &served.at("base-artifacts/node:15-alpine-fixed")]).success().stdout.trim(), first);
+    assert_eq!(airlock.run(&["digest", &served.at("base-artifacts/node:15-alpine")]).success().stdout.trim(), first, "the stable tag stays too");
+}
+
+#[test]
 fn a_push_notification_from_airlock_serve_triggers_the_import() {
     let dir = crate::harness::tempdir();
     let port = crate::harness::registry::free_port();
