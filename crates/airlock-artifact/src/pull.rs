@@ -9,7 +9,6 @@ use airlock_oci::{Descriptor, Manifest, ManifestKind, Reference};
 use airlock_store::Store;
 use futures::StreamExt as _;
 use serde::Serialize;
-use sha2::Digest as _;
 
 use crate::select::{self, Mode, Offer, Verdict, Wanted};
 use crate::{describe, ArtifactError, TITLE};
@@ -150,7 +149,8 @@ pub async fn download(store: &dyn Store, layer: &Descriptor, dir: &Path, decompr
     let final_path = dir.join(&name);
     let partial = dir.join(format!(".{name}.airlock-partial"));
     let expected = layer.digest().clone();
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = airlock_oci::DigestHasher::new(expected.algorithm())
+        .ok_or_else(|| ArtifactError::Invalid(format!("{expected}: airlock verifies sha256 and sha512 digests only")))?;
     // A partial file from an interrupted run is hashed and continued, if it is not too long.
     let mut offset = match std::fs::metadata(&partial) {
         Ok(meta) if meta.len() <= layer.size() => meta.len(),
@@ -184,8 +184,8 @@ pub async fn download(store: &dyn Store, layer: &Descriptor, dir: &Path, decompr
     }
     file.sync_all().map_err(ArtifactError::io("cannot write", &partial))?;
     drop(file);
-    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-    if offset != layer.size() || expected.algorithm().to_string() != "sha256" || actual != expected.to_string() {
+    let actual = hasher.finish();
+    if offset != layer.size() || actual != expected {
         let _ = std::fs::remove_file(&partial);
         let reason = if offset != layer.size() { format!("{offset} bytes arrived, the manifest gives {}", layer.size()) } else { format!("the bytes hash to {actual}") };
         return Err(ArtifactError::Verification { file: final_path.display().to_string(), expected: expected.to_string(), reason });
@@ -201,7 +201,7 @@ pub async fn download(store: &dyn Store, layer: &Descriptor, dir: &Path, decompr
     Ok(pulled)
 }
 
-struct HashWriter<'a>(&'a mut sha2::Sha256);
+struct HashWriter<'a>(&'a mut airlock_oci::DigestHasher);
 impl std::io::Write for HashWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.update(buf);

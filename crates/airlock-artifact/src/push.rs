@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use airlock_oci::{Descriptor, Manifest};
 use airlock_store::Store;
-use sha2::Digest as _;
 use tokio::io::AsyncReadExt;
 
 use crate::{ArtifactError, DEFAULT_ARTIFACT_TYPE, DEFAULT_FILE_MEDIA_TYPE, DISKTYPE, TITLE};
@@ -46,7 +45,7 @@ pub struct PushOptions {
 /// The sha256 and size of a file, read in chunks.
 async fn hash_file(path: &Path) -> Result<(airlock_oci::Digest, u64), ArtifactError> {
     let mut file = tokio::fs::File::open(path).await.map_err(ArtifactError::io("cannot read", path))?;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = airlock_oci::DigestHasher::sha256();
     let mut buffer = vec![0u8; CHUNK];
     let mut size = 0u64;
     loop {
@@ -57,8 +56,7 @@ async fn hash_file(path: &Path) -> Result<(airlock_oci::Digest, u64), ArtifactEr
         hasher.update(&buffer[..n]);
         size += n as u64;
     }
-    let digest = airlock_oci::parse_digest(&format!("sha256:{}", hex::encode(hasher.finalize()))).expect("a sha256 digest");
-    Ok((digest, size))
+    Ok((hasher.finish(), size))
 }
 
 async fn put_bytes(store: &dyn Store, media_type: &str, bytes: Vec<u8>) -> Result<Descriptor, ArtifactError> {
