@@ -109,8 +109,8 @@ pub async fn describe(store: &dyn Store, entry: Option<&Descriptor>, manifest: &
     let platform = match entry_platform {
         Some(platform) => Some(platform),
         None => match &config {
-            Some(config) if config.media_type().to_string() == "application/vnd.oci.image.config.v1+json" && config.size() <= 64 * 1024 => {
-                let bytes = read_small(store, config).await?;
+            Some(config) if config.media_type().to_string() == "application/vnd.oci.image.config.v1+json" => {
+                let bytes = airlock_store::verify::read_small(store, config, 64 * 1024).await?;
                 let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
                 match (value["os"].as_str(), value["architecture"].as_str()) {
                     (Some(os), Some(arch)) => Some((format!("{os}/{arch}"), arch.to_owned())),
@@ -134,21 +134,4 @@ pub async fn describe(store: &dyn Store, entry: Option<&Descriptor>, manifest: &
         size: single.map(|l| l.size()),
         title: single.and_then(|l| l.annotations().as_ref()).and_then(|a| a.get(TITLE).cloned()),
     })
-}
-
-/// A small blob, verified.
-async fn read_small(store: &dyn Store, descriptor: &Descriptor) -> Result<Vec<u8>, ArtifactError> {
-    use futures::StreamExt as _;
-    let mut stream = store.get_blob(descriptor, 0).await?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk?);
-        if bytes.len() as u64 > descriptor.size() {
-            break;
-        }
-    }
-    if bytes.len() as u64 != descriptor.size() || &airlock_oci::digest_of(&bytes, Some(descriptor.digest())) != descriptor.digest() {
-        return Err(ArtifactError::Verification { file: "config".into(), expected: descriptor.digest().to_string(), reason: "size or digest differs".into() });
-    }
-    Ok(bytes)
 }

@@ -23,7 +23,6 @@ use airlock_copy::{CopyOptions, Copier};
 use airlock_oci::{Descriptor, Digest, Manifest, ManifestKind, Reference};
 use airlock_store::remote::{Access, Registries};
 use airlock_store::Store;
-use futures::StreamExt as _;
 use serde::Serialize;
 
 use crate::config::{Config, DependentAction, Import};
@@ -73,9 +72,10 @@ impl Outcome {
         Outcome { import: import.to_owned(), tag: tag.to_owned(), action, run_id: None, upstream_digest: None, promoted_digest: None, reason: None }
     }
 
-    /// Whether the outcome counts as a failure for the exit code.
+    /// Whether the outcome counts as a failure for the exit code: a failed run, or one that
+    /// could not start because another process holds the import.
     pub fn failed(&self) -> bool {
-        self.action == "failed"
+        matches!(self.action, "failed" | "busy")
     }
 }
 
@@ -158,12 +158,17 @@ impl Pipeline {
         outcome.upstream_digest = Some(upstream.to_string());
         if !force {
             match self.db(|runs| runs.last_import(&import.name, tag)) {
+                // A digest a gate refused stays refused; one whose run broke for another reason (a
+                // registry error, a kill) is tried again.
                 Ok(Some(last)) if last.upstream_digest.as_deref() == Some(upstream.as_ref()) => {
                     let rejected = status_of(&last) == Status::Failed;
-                    outcome.action = if rejected { "rejected before" } else { "up to date" };
-                    outcome.run_id = Some(last.run_id.clone());
-                    outcome.reason = rejected.then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
-                    return outcome;
+                    let gated = !rejected || self.db(|runs| runs.rejected_by_gate(&last.run_id)).unwrap_or(false);
+                    if gated {
+                        outcome.action = if rejected { "rejected before" } else { "up to date" };
+                        outcome.run_id = Some(last.run_id.clone());
+                        outcome.reason = rejected.then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
+                        return outcome;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -199,7 +204,7 @@ impl Pipeline {
         let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
         if let Ok(promotion) = &result {
             if promotion.previous.as_deref() != Some(promotion.digest.as_ref()) {
-                self.notify(import, tag, &run_id, promotion.previous.as_deref(), &promotion.digest, Trigger::ImageUpdate).await;
+                self.notify(import, tag, &run_id, promotion.previous.as_deref(), &promotion.digest, trigger).await;
             } else {
                 let _ = self.db(|runs| runs.log(&run_id, "the stable tag already pointed at this digest: dependents not notified"));
             }
@@ -248,15 +253,7 @@ impl Pipeline {
         let _ = self.db(|runs| runs.set_platform(run_id, &platform));
 
         // 2. Gates, in order, each when its `when` gates passed.
-        let mut candidate_reference = import.staging.with_tag(&unique_tag);
-        match &mut candidate_reference {
-            Reference::Registry(r) => r.digest = Some(candidate_digest.clone()),
-            Reference::Layout(r) => r.digest = Some(candidate_digest.clone()),
-            Reference::Root(r) => r.digest = Some(candidate_digest.clone()),
-        }
-        if let Reference::Registry(r) = &mut candidate_reference {
-            r.tag = None;
-        }
+        let candidate_reference = import.staging.with_digest(&candidate_digest);
         let staging_registry = match &import.staging {
             Reference::Registry(r) => Some(r.registry.clone()),
             _ => None,
@@ -492,7 +489,7 @@ async fn image_facts(store: &dyn Store, manifest: &Manifest) -> Result<Vec<Image
                 }
             }
             ManifestKind::Image { config, layers, .. } => {
-                let bytes = read_small_blob(store, config, 8 * 1024 * 1024).await?;
+                let bytes = airlock_store::verify::read_small(store, config, 8 * 1024 * 1024).await.map_err(|e| format!("cannot read config {}: {e}", config.digest()))?;
                 let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
                 let mut platform = format!("{}/{}", value["os"].as_str().unwrap_or("unknown"), value["architecture"].as_str().unwrap_or("unknown"));
                 if let Some(variant) = value["variant"].as_str() {
@@ -507,23 +504,3 @@ async fn image_facts(store: &dyn Store, manifest: &Manifest) -> Result<Vec<Image
     facts.sort_by(|a, b| a.platform.cmp(&b.platform));
     Ok(facts)
 }
-
-/// A small blob (a config, a signature payload), verified; one larger than `limit` is refused.
-pub(crate) async fn read_small_blob(store: &dyn Store, descriptor: &Descriptor, limit: u64) -> Result<Vec<u8>, String> {
-    if descriptor.size() > limit {
-        return Err(format!("blob {} is {} bytes, more than the {limit} such a blob may have", descriptor.digest(), descriptor.size()));
-    }
-    let mut stream = store.get_blob(descriptor, 0).await.map_err(|e| format!("cannot read blob {}: {e}", descriptor.digest()))?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.map_err(|e| format!("cannot read blob {}: {e}", descriptor.digest()))?);
-        if bytes.len() as u64 > limit {
-            return Err(format!("blob {} is larger than it said", descriptor.digest()));
-        }
-    }
-    if &airlock_oci::digest_of(&bytes, Some(descriptor.digest())) != descriptor.digest() {
-        return Err(format!("blob {} does not match its digest", descriptor.digest()));
-    }
-    Ok(bytes)
-}
-

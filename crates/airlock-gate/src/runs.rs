@@ -378,6 +378,13 @@ impl Runs {
         self.connection.query_row(&sql, params![import, tag], Self::row).optional().map_err(|e| self.fail(e))
     }
 
+    /// Whether a gate refused the run (as opposed to an error or a kill stopping it).
+    pub fn rejected_by_gate(&self, run_id: &str) -> Result<bool> {
+        self.connection
+            .query_row("SELECT EXISTS (SELECT 1 FROM gates WHERE run_id = ?1 AND result = 'failed')", params![run_id], |row| row.get(0))
+            .map_err(|e| self.fail(e))
+    }
+
     /// Successful runs of `import`/`tag` (imports and rollbacks), newest first: the digests the
     /// stable tag has pointed at.
     pub fn promotions(&self, import: &str, tag: &str) -> Result<Vec<Run>> {
@@ -454,6 +461,9 @@ mod tests {
         assert_eq!(listed.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>(), [second.as_str(), first.as_str()]);
         assert_eq!(runs.last_import("node", "15-alpine").unwrap().unwrap().run_id, second);
         assert_eq!(runs.promotions("node", "15-alpine").unwrap().len(), 1);
+        assert!(!runs.rejected_by_gate(&second).unwrap(), "no gate failed in that run");
+        runs.gate(&second, 0, &GateRecord { name: "policy".into(), kind: "policy".into(), result: "failed".into(), duration_ms: 1, log: String::new() }).unwrap();
+        assert!(runs.rejected_by_gate(&second).unwrap());
         let (log, gates) = runs.logs(&first).unwrap();
         assert_eq!((log.as_str(), gates[0].result.as_str()), ("copied\n", "passed"));
     }

@@ -70,10 +70,10 @@ pub async fn verify(upstream: &dyn Store, digest: &Digest, key: &Path) -> Result
                 continue;
             }
         };
-        let payload = match crate::pipeline::read_small_blob(upstream, &descriptor, PAYLOAD_LIMIT).await {
+        let payload = match airlock_store::verify::read_small(upstream, &descriptor, PAYLOAD_LIMIT).await {
             Ok(payload) => payload,
             Err(e) => {
-                reasons.push(e);
+                reasons.push(format!("payload {}: {e}", descriptor.digest()));
                 continue;
             }
         };

@@ -113,21 +113,23 @@ impl Reference {
 
     /// The same place with another tag and no digest.
     pub fn with_tag(&self, tag: &str) -> Reference {
+        self.pointing_at(Some(tag.to_owned()), None)
+    }
+
+    /// The same place by digest, without a tag (`host/repo@sha256:…`).
+    pub fn with_digest(&self, digest: &Digest) -> Reference {
+        self.pointing_at(None, Some(digest.clone()))
+    }
+
+    fn pointing_at(&self, tag: Option<String>, digest: Option<Digest>) -> Reference {
         let mut copy = self.clone();
-        match &mut copy {
-            Reference::Registry(r) => {
-                r.tag = Some(tag.to_owned());
-                r.digest = None;
-            }
-            Reference::Layout(r) => {
-                r.tag = Some(tag.to_owned());
-                r.digest = None;
-            }
-            Reference::Root(r) => {
-                r.tag = Some(tag.to_owned());
-                r.digest = None;
-            }
-        }
+        let (t, d) = match &mut copy {
+            Reference::Registry(r) => (&mut r.tag, &mut r.digest),
+            Reference::Layout(r) => (&mut r.tag, &mut r.digest),
+            Reference::Root(r) => (&mut r.tag, &mut r.digest),
+        };
+        *t = tag;
+        *d = digest;
         copy
     }
 }

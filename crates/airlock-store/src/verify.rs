@@ -4,7 +4,25 @@
 use airlock_oci::{Descriptor, DigestHasher};
 use futures::StreamExt;
 
-use crate::{BlobStream, Error, ErrorKind};
+use crate::{BlobStream, Error, ErrorKind, Result, Store};
+
+/// A small blob (an image config, a signature payload) read whole and verified. One whose
+/// descriptor says more than `limit` bytes is refused unread: only small documents are ever
+/// held in memory.
+pub async fn read_small(store: &dyn Store, descriptor: &Descriptor, limit: u64) -> Result<Vec<u8>> {
+    if descriptor.size() > limit {
+        return Err(Error::from(ErrorKind::Protocol {
+            location: store.to_string(),
+            reason: format!("blob {} is {} bytes; at most {limit} are read into memory", descriptor.digest(), descriptor.size()),
+        }));
+    }
+    let mut body = verify_stream(descriptor, store.get_blob(descriptor, 0).await?, store.to_string());
+    let mut bytes = Vec::with_capacity(descriptor.size() as usize);
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk?);
+    }
+    Ok(bytes)
+}
 
 /// Wraps `body` so that it yields an error instead of ending when its size or digest differs
 /// from `descriptor`'s. A writer that commits only after the stream ended cleanly therefore never

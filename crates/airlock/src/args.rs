@@ -97,11 +97,11 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Import upstream images through their gates, as airlock.yaml describes (a manual trigger).
     ///
-    /// For each selected tag: resolve the upstream digest (nothing to do when it was dealt with
-    /// before); copy it to the staging repository under the unique tag; run the gates in order;
-    /// when all pass, promote it to the target under the unique tag and then the stable tag,
-    /// attach the gate report as a referrer, and notify the dependents. A failed gate leaves the
-    /// target as it was. Exit code 1 when any tag failed.
+    /// For each selected tag: resolve the upstream digest (nothing to do when it was promoted or
+    /// refused by a gate before); copy it to the staging repository under the unique tag; run the
+    /// gates in order; when all pass, promote it to the target under the unique tag and then the
+    /// stable tag, attach the gate report as a referrer, and notify the dependents. A failed gate
+    /// leaves the target as it was. Exit code 1 when any tag failed, or when another airlock holds the import.
     Import(ImportArgs),
     /// The recorded runs: `runs list` prints the run table, `runs logs ID` one run's log.
     Runs(RunsArgs),
@@ -299,7 +299,8 @@ pub struct ImportArgs {
     pub gate_file: GateFileArgs,
     /// The imports to run, by name [default: all].
     pub names: Vec<String>,
-    /// Run even when the upstream digest was promoted or rejected before (the gates run again).
+    /// Run even when the upstream digest was promoted or refused by a gate before (the gates run
+    /// again).
     #[arg(long)]
     pub force: bool,
 }

@@ -288,12 +288,9 @@ async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
         let ManifestKind::Image { config, .. } = manifest.kind() else {
             return Err(usage(format!("`{reference}` is an index; inspect one of its manifests for a config")));
         };
-        let mut body = airlock_store::verify::verify_stream(config, store.get_blob(config, 0).await?, store.to_string());
-        let mut bytes = Vec::with_capacity(config.size() as usize);
-        use futures::StreamExt as _;
-        while let Some(chunk) = body.next().await {
-            bytes.extend_from_slice(&chunk.with_context(|| format!("cannot read the config of `{reference}`"))?);
-        }
+        let bytes = airlock_store::verify::read_small(store.as_ref(), config, 64 * 1024 * 1024)
+            .await
+            .with_context(|| format!("cannot read the config of `{reference}`"))?;
         output::raw(&bytes);
         return Ok(());
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::proxy::EventSink;
+use crate::harness::proxy::{EventSink, Fault, FaultProxy};
 use crate::harness::{require, run_command, skopeo_digest, Airlock, Podman, Served};
 
 /// A folder with a busybox OCI layout, to make upstream "node" images from.
@@ -263,6 +263,42 @@ fn watch_polls_upstream_and_two_watchers_never_double_promote() {
         assert_eq!(promotions, 1, "two watchers, one promotion of {digest}: {runs:?}");
     }
     assert!(runs.iter().all(|r| r["trigger"] == "Image Update"));
+}
+
+#[test]
+fn a_run_broken_by_a_registry_error_is_tried_again_but_a_rejection_is_not() {
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let proxy = FaultProxy::start(&served.address);
+    let airlock = Airlock::new();
+    let upstream = Upstream::new(dir.path());
+    // Staging goes through a proxy that fails every upload for now.
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imports:\n  - name: node\n    source: {}\n    tags: [15-alpine]\n    staging: {}\n    target: {}\n    gates:\n      - name: policy\n        policy: {{forbid_env: {{BACKGROUND_COLOR: [red]}}}}\n",
+            served.at("upstream/node"),
+            proxy.at("staging/node"),
+            served.at("base-artifacts/node")
+        ),
+    )
+    .unwrap();
+    let file = config.to_str().unwrap();
+    let good = upstream.publish(&airlock, &served, "Orange");
+    proxy.inject(Fault::Status { path: "/blobs/uploads/", status: 503, times: 1000, retry_after: None });
+    let broken = airlock.run(&["import", "-f", file, "--retries", "1", "-o", "json"]).code(1).json();
+    assert!(broken["results"][0]["reason"].as_str().unwrap().contains("staging failed"), "{broken}");
+    // The registry is back: the next plain run tries the same digest again and promotes it.
+    proxy.clear_faults();
+    let retried = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(retried["results"][0]["action"], "promoted", "{retried}");
+    assert_eq!(airlock.run(&["digest", &served.at("base-artifacts/node:15-alpine")]).success().stdout.trim(), good);
+    // A gate's refusal, in contrast, stands until upstream changes.
+    upstream.publish(&airlock, &served, "RED");
+    airlock.run(&["import", "-f", file]).code(1);
+    let again = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(again["results"][0]["action"], "rejected before");
 }
 
 #[test]
