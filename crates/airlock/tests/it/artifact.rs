@@ -133,6 +133,8 @@ fn index_choice(host: &str) {
     let none = airlock.run(&["pull", &format!("{repo}:0.6.3"), "--arch", "s390x", "--dir", out.to_str().unwrap()]).code(1);
     assert!(none.stderr.contains("no artifact in") && none.stderr.contains("architecture s390x"), "{}", none.stderr);
     assert!(none.stderr.contains("linux/aarch64 qemu (architecture aarch64 is not s390x)"), "{}", none.stderr);
+    let no_disktype = airlock.run(&["pull", &format!("{repo}:0.6.3"), "--arch", "amd64", "--disktype", "vmdk", "--dir", out.to_str().unwrap()]).code(1);
+    assert!(no_disktype.stderr.contains("disktype vmdk") && no_disktype.stderr.contains("(disktype qcow2 is not vmdk)"), "{}", no_disktype.stderr);
     let unknown = airlock.run(&["pull", &format!("{repo}:0.7.0"), "--dir", out.to_str().unwrap()]).code(1);
     assert!(unknown.stderr.contains("has no tag `0.7.0`; its tags: ") && unknown.stderr.contains("0.6.3"), "{}", unknown.stderr);
     airlock.run(&["pull", &repo, "--dir", out.to_str().unwrap()]).code(1).stderr_has("has no tag `latest`");
