@@ -426,7 +426,11 @@ struct Promotion {
 
 /// POSTs the promotion to a webhook, three attempts.
 async fn post_webhook(url: &str, document: &serde_json::Value) -> (bool, String) {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a client without custom settings");
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(airlock_store::remote::tls::client_config(Vec::new()))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("a client without custom settings");
     let mut last = String::new();
     // Webhook URLs carry their tokens in the path: the run log shows the host only.
     let shown = airlock_store::remote::redact_url(url);

@@ -53,7 +53,11 @@ pub struct Notifier {
 impl Notifier {
     /// Starts one delivery task per endpoint.
     pub fn start(endpoints: &[Endpoint]) -> Notifier {
-        let client = reqwest::Client::builder().user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION"))).build().expect("an HTTP client");
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(airlock_store::remote::tls::client_config(Vec::new()))
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client");
         let queues = endpoints
             .iter()
             .map(|endpoint| {

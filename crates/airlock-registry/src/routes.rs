@@ -195,8 +195,8 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
         }
     }
     let result = match (resource, method) {
-        (Resource::Manifest(reference), Method::GET) => get_manifest(storage, &name, &reference, true).await,
-        (Resource::Manifest(reference), Method::HEAD) => get_manifest(storage, &name, &reference, false).await,
+        (Resource::Manifest(reference), Method::GET) => get_manifest(storage, &name, &reference, request.headers(), true).await,
+        (Resource::Manifest(reference), Method::HEAD) => get_manifest(storage, &name, &reference, request.headers(), false).await,
         (Resource::Manifest(reference), Method::PUT) => {
             let actor = actor_of(&registry, request.headers());
             let result = put_manifest(storage, &name, &reference, request).await;
@@ -266,15 +266,39 @@ fn header(name: &'static str, value: impl AsRef<str>) -> (&'static str, HeaderVa
     (name, HeaderValue::from_str(value.as_ref()).unwrap_or_else(|_| HeaderValue::from_static("")))
 }
 
-async fn get_manifest(storage: &Storage, name: &str, reference: &str, body: bool) -> Result<Response> {
-    let (digest, media_type, bytes) = storage.get_manifest(name, reference).await?;
+/// A manifest by tag or digest. The digest is its ETag: a client that names it in
+/// `If-None-Match` gets `304` without the manifest being read (as distribution answers).
+async fn get_manifest(storage: &Storage, name: &str, reference: &str, headers: &HeaderMap, body: bool) -> Result<Response> {
+    let (digest, media_type) = storage.resolve(name, reference).await?;
+    let etag = format!("\"{digest}\"");
+    if etag_matches(headers, &digest) {
+        let response = Response::builder()
+            .status(StatusCode::NOT_MODIFIED)
+            .header("etag", etag)
+            .header("docker-content-digest", digest.to_string());
+        return Ok(response.body(Body::empty()).expect("valid headers"));
+    }
+    let bytes = storage.manifest_bytes(&digest).await?;
     let response = Response::builder()
         .status(StatusCode::OK)
         .header("content-type", media_type)
         .header("docker-content-digest", digest.to_string())
+        .header("etag", etag)
         .header("content-length", bytes.len());
     let body = if body { Body::from(bytes) } else { Body::empty() };
     Ok(response.body(body).expect("valid headers"))
+}
+
+/// Whether `If-None-Match` names `digest` (quoted or bare, as distribution accepts) or is `*`.
+fn etag_matches(headers: &HeaderMap, digest: &Digest) -> bool {
+    let digest = digest.to_string();
+    headers
+        .get_all("if-none-match")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"'))
+        .any(|tag| tag == digest || tag == "*")
 }
 
 async fn put_manifest(storage: &Storage, name: &str, reference: &str, request: Request) -> Result<Response> {

@@ -300,8 +300,13 @@ impl Storage {
     /// A manifest's bytes and media type.
     pub async fn get_manifest(&self, name: &str, reference: &str) -> Result<(Digest, String, Vec<u8>)> {
         let (digest, media_type) = self.resolve(name, reference).await?;
-        let bytes = not_found_as(self.backend.get(&blob_key(&digest)).await, StorageError::ManifestUnknown)?;
+        let bytes = self.manifest_bytes(&digest).await?;
         Ok((digest, media_type, bytes))
+    }
+
+    /// The bytes of a manifest [`Storage::resolve`] found.
+    pub async fn manifest_bytes(&self, digest: &Digest) -> Result<Vec<u8>> {
+        not_found_as(self.backend.get(&blob_key(digest)).await, StorageError::ManifestUnknown)
     }
 
     /// Stores a manifest exactly as received, under its digest and `tag`. Refused when it

@@ -594,3 +594,23 @@ async fn unauthorized_and_denied_answers_carry_the_challenge_and_the_spec_codes(
     let refused = registry.call("GET", "/token?scope=repository:public/x:pull", &[("authorization", &basic("alice", "nope"))], vec![]).await;
     assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
 }
+
+#[tokio::test]
+async fn a_manifest_named_by_its_etag_is_not_modified() {
+    let registry = Registry::new();
+    let (digest, _) = registry.push_image("r", "v1", b"etag layer").await;
+    let full = registry.call("HEAD", "/v2/r/manifests/v1", &[], vec![]).await;
+    assert_eq!((full.status, full.header("etag")), (StatusCode::OK, format!("\"{digest}\"").as_str()));
+    for method in ["HEAD", "GET"] {
+        let same = registry.call(method, "/v2/r/manifests/v1", &[("if-none-match", &format!("\"{digest}\""))], vec![]).await;
+        assert_eq!((same.status, same.header("docker-content-digest")), (StatusCode::NOT_MODIFIED, digest.as_str()), "{method}");
+        assert!(same.body.is_empty());
+    }
+    let bare = registry.call("HEAD", &format!("/v2/r/manifests/{digest}"), &[("if-none-match", &digest)], vec![]).await;
+    assert_eq!(bare.status, StatusCode::NOT_MODIFIED, "distribution also accepts the digest unquoted");
+    let other = registry.call("GET", "/v2/r/manifests/v1", &[("if-none-match", &format!("\"{}\"", sha256(b"other")))], vec![]).await;
+    assert_eq!((other.status, other.header("docker-content-digest")), (StatusCode::OK, digest.as_str()), "a moved tag answers in full");
+    assert!(!other.body.is_empty());
+    let missing = registry.call("HEAD", "/v2/r/manifests/v2", &[("if-none-match", &format!("\"{digest}\""))], vec![]).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}

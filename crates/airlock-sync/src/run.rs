@@ -113,11 +113,15 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         tag: String,
     }
     // Listings and tags overlap: a job's tags start as soon as its listing is in, so both
-    // registries stay busy (a warm sync is mostly waiting for answers).
+    // registries stay busy (a warm sync is mostly waiting for answers). The listings are driven
+    // on their own, beside the tags, never from inside the tags' buffer: a listing that holds one
+    // of a registry's request permits must make progress even while every tag slot is taken
+    // (else tags waiting for that permit and the listing waiting for a slot block each other).
+    let (listed, listed_rx) = futures::channel::mpsc::unbounded();
     let listings = futures::stream::iter(jobs.iter().enumerate())
         .map(|(job_idx, job)| async move {
-            let source = open(&job.source, false).await;
-            let target = open(&job.target, true).await;
+            // Opening a loopback registry may probe it for TLS: both sides at once.
+            let (source, target) = futures::join!(open(&job.source, false), open(&job.target, true));
             let tags = if job.filter.needs_listing() {
                 source.list_tags().await.map(|available| {
                     // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
@@ -131,7 +135,14 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
             (job_idx, source, target, tags)
         })
         .buffer_unordered(options.parallel_tags.max(1));
-    let planned = listings.flat_map(|(job_idx, source, target, tags)| {
+    let listings = async move {
+        let mut listings = std::pin::pin!(listings);
+        while let Some(listing) = listings.next().await {
+            // The receiver lives until every listing is in: sending cannot fail.
+            let _ = listed.unbounded_send(listing);
+        }
+    };
+    let planned = listed_rx.flat_map(|(job_idx, source, target, tags)| {
         let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
             Ok(tags) => {
                 progress.planned(tags.len());
@@ -153,7 +164,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         };
         futures::stream::iter(items.into_iter().enumerate().map(move |(order, item)| (job_idx, order, item)))
     });
-    let mut outcomes = planned
+    let outcomes = planned
         .map(|(job_idx, order, item)| async move {
             let result = match item {
                 Ok(item) => {
@@ -165,11 +176,9 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
             progress.tag_done(&result);
             (job_idx, order, result)
         })
-        .buffer_unordered(options.parallel_tags.max(1));
-    let mut results: Vec<(usize, usize, TagResult)> = Vec::new();
-    while let Some(outcome) = outcomes.next().await {
-        results.push(outcome);
-    }
+        .buffer_unordered(options.parallel_tags.max(1))
+        .collect::<Vec<(usize, usize, TagResult)>>();
+    let ((), mut results) = futures::join!(listings, outcomes);
     results.sort_by_key(|(job, order, _)| (*job, *order));
     results.into_iter().map(|(_, _, result)| result).collect()
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use airlock_copy::{CopyError, CopyOptions, Copier};
 use airlock_oci::{ManifestKind, PlatformSpec, Reference, RegistryRef};
-use airlock_store::remote::{Access, Credential, CredentialFiles, Registries, RegistryOptions, RetryPolicy, Secret};
+use airlock_store::remote::{Access, Credential, CredentialFiles, Registries, RegistryOptions, RetryPolicy, Secret, TagCache};
 use airlock_store::Store;
 use anyhow::Context as _;
 use serde::Serialize;
@@ -117,7 +117,41 @@ pub(crate) fn registry_options(global: &Global) -> RegistryOptions {
     options.ca_certs = global.ca_certs.clone();
     options.max_requests_per_registry = global.max_requests.max(1);
     options.retry = RetryPolicy { attempts: global.retries.max(1), ..RetryPolicy::default() };
+    options.tag_cache = Some(tag_cache());
     options
+}
+
+/// What tags pointed at when this user's airlock last looked, shared by every registry of the
+/// process; loaded on first use, written back by [`save_tag_cache`] when the command ends.
+static TAG_CACHE: std::sync::OnceLock<Arc<TagCache>> = std::sync::OnceLock::new();
+
+fn tag_cache() -> Arc<TagCache> {
+    TAG_CACHE
+        .get_or_init(|| {
+            Arc::new(match cache_dir() {
+                Some(dir) => TagCache::in_dir(dir.join("tags")),
+                None => TagCache::in_memory(),
+            })
+        })
+        .clone()
+}
+
+/// `AIRLOCK_CACHE_DIR`, else `$XDG_CACHE_HOME/airlock`, else `~/.cache/airlock`.
+fn cache_dir() -> Option<std::path::PathBuf> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    set("AIRLOCK_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|dir| dir.join("airlock")))
+        .or_else(|| set("HOME").map(|home| home.join(".cache/airlock")))
+}
+
+/// Writes the tag cache back, if this command used it. A failure only costs the next run
+/// some speed, so it is logged, not reported.
+pub fn save_tag_cache() {
+    if let Some(cache) = TAG_CACHE.get() {
+        if let Err(error) = cache.save() {
+            tracing::info!(%error, "could not save the tag cache");
+        }
+    }
 }
 
 pub(crate) async fn open(registries: &Registries, reference: &Reference, access: Access) -> Arc<dyn Store> {

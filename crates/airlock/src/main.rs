@@ -26,7 +26,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let outcome = runtime.block_on(commands::run(cli));
+    commands::save_tag_cache();
+    match outcome {
         Ok(code) => code,
         Err(failure) => {
             output::error(&failure.error, failure.hint.as_deref());

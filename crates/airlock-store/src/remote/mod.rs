@@ -9,6 +9,8 @@ pub mod credentials;
 mod pace;
 pub mod retry;
 pub mod secret;
+mod tag_cache;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,13 +21,14 @@ use std::sync::{Arc, Mutex};
 use airlock_oci::{media_type, Descriptor, Digest, Manifest, RegistryRef};
 use async_trait::async_trait;
 use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LINK, LOCATION, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH, LINK, LOCATION, RANGE};
 use reqwest::{Response, StatusCode};
 
 use self::client::{http_error, read_limited, ClientSetup, RegistryClient, Scope};
 pub use self::credentials::{Credential, CredentialFiles};
 pub use self::retry::RetryPolicy;
 pub use self::secret::{redact_url, Secret};
+pub use self::tag_cache::TagCache;
 use crate::verify::verify_stream;
 use crate::{referrers_tag, BlobStream, Error, ErrorKind, MountSource, PutManifestOutcome, Result, Store};
 
@@ -51,6 +54,8 @@ pub struct RegistryOptions {
     pub explicit_credentials: HashMap<String, Credential>,
     /// Settings for particular registries (by host as in references, e.g. `docker.io`).
     pub registry_settings: HashMap<String, RegistrySettings>,
+    /// What tags pointed at when last seen, for conditional `HEAD`s (none: every look is full).
+    pub tag_cache: Option<Arc<TagCache>>,
 }
 
 /// What one registry gets beyond the defaults.
@@ -73,6 +78,7 @@ impl RegistryOptions {
             credential_files,
             explicit_credentials: HashMap::new(),
             registry_settings: HashMap::new(),
+            tag_cache: None,
         }
     }
 }
@@ -95,28 +101,29 @@ pub struct Registries {
 }
 
 impl Registries {
-    /// Builds the shared HTTP client (rustls with the system roots plus `ca_certs`).
+    /// Builds the shared HTTP client (rustls with the system roots plus `ca_certs`, read on the
+    /// first TLS handshake).
     pub fn new(options: RegistryOptions) -> Result<Self> {
-        let mut builder = reqwest::Client::builder()
+        let mut extra = Vec::new();
+        for path in &options.ca_certs {
+            let io = |source| Error::from(ErrorKind::Io { action: "read CA certificate".into(), path: path.display().to_string(), source });
+            let pem = std::fs::read(path).map_err(io)?;
+            extra.extend(tls::parse_pem_bundle(&pem).map_err(|reason| Error::from(ErrorKind::Malformed {
+                what: "CA certificate".into(),
+                path: path.display().to_string(),
+                reason,
+            }))?);
+        }
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls::client_config(extra))
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             // reqwest drops `Authorization` when a redirect leaves the host (blob storage).
             .redirect(reqwest::redirect::Policy::limited(10))
             .connect_timeout(std::time::Duration::from_secs(30))
             .pool_max_idle_per_host(32)
-            .tcp_nodelay(true);
-        for path in &options.ca_certs {
-            let io = |source| Error::from(ErrorKind::Io { action: "read CA certificate".into(), path: path.display().to_string(), source });
-            let pem = std::fs::read(path).map_err(io)?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::from(ErrorKind::Malformed {
-                what: "CA certificate".into(),
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            }))?;
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        let http = builder.build().map_err(|source| Error::from(ErrorKind::Transport { method: "build".into(), url: String::new(), source }))?;
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|source| Error::from(ErrorKind::Transport { method: "build".into(), url: String::new(), source }))?;
         let credential_files = Arc::new(options.credential_files.clone());
         Ok(Registries { options, http, credential_files, clients: Mutex::new(HashMap::new()) })
     }
@@ -171,6 +178,7 @@ impl Registries {
             client,
             pending_uploads: Mutex::new(HashMap::new()),
             listed_tags: std::sync::OnceLock::new(),
+            tag_cache: self.options.tag_cache.clone(),
         }
     }
 
@@ -192,6 +200,7 @@ pub struct RemoteStore {
     /// The tags listed by this store, once listed: a referrers-schema tag absent from them need
     /// not be asked for (a sync lists first, then looks up referrers of every manifest).
     listed_tags: std::sync::OnceLock<std::collections::HashSet<String>>,
+    tag_cache: Option<Arc<TagCache>>,
 }
 
 impl fmt::Display for RemoteStore {
@@ -385,22 +394,38 @@ impl Store for RemoteStore {
     }
 
     async fn resolve(&self, reference: &str) -> Result<Descriptor> {
-        let response = self.request_manifest(reqwest::Method::HEAD, reference).await?;
+        // By tag, ask "still this digest?" when a guess is cached: the registry can then answer
+        // `304` without reading the manifest.
+        let guess = self.cached(reference);
+        let response = match self.request_manifest(reqwest::Method::HEAD, reference, guess.as_ref().map(|g| g.digest())).await {
+            Err(error) if error.is_not_found() => {
+                self.remember(reference, None);
+                return Err(error);
+            }
+            response => response?,
+        };
+        if response.status() == StatusCode::NOT_MODIFIED {
+            if let Some(guess) = guess {
+                return Ok(guess);
+            }
+        }
         let digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
         let media_type = header(&response, "content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_owned());
         // Not `content_length()`: for a HEAD that is the (empty) body's length.
         let size = header(&response, "content-length").and_then(|len| len.parse::<u64>().ok()).filter(|len| *len > 0);
-        match (digest, media_type, size) {
+        let descriptor = match (digest, media_type, size) {
             (Some(digest), Some(media_type), Some(size)) if media_type::is_manifest(&media_type) => {
-                Ok(Descriptor::new(media_type.as_str().into(), size, digest))
+                Descriptor::new(media_type.as_str().into(), size, digest)
             }
             // Some registries answer HEAD without a digest: fetch and hash instead.
-            _ => Ok(self.get_manifest(reference).await?.descriptor()),
-        }
+            _ => self.get_manifest(reference).await?.descriptor(),
+        };
+        self.remember(reference, Some(&descriptor));
+        Ok(descriptor)
     }
 
     async fn get_manifest(&self, reference: &str) -> Result<Manifest> {
-        let response = self.request_manifest(reqwest::Method::GET, reference).await?;
+        let response = self.request_manifest(reqwest::Method::GET, reference, None).await?;
         let content_type = header(&response, "content-type").map(str::to_owned);
         let answered_digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
         let bytes = read_limited(response, MANIFEST_LIMIT).await.ok_or_else(|| Error::from(ErrorKind::Protocol {
@@ -419,6 +444,9 @@ impl Store for RemoteStore {
     async fn put_manifest(&self, manifest: &Manifest, tag: Option<&str>) -> Result<PutManifestOutcome> {
         let digest = manifest.digest().to_string();
         let response = self.put_manifest_bytes(manifest, tag.unwrap_or(&digest)).await?;
+        if let Some(tag) = tag {
+            self.remember(tag, Some(&manifest.descriptor()));
+        }
         let mut outcome = PutManifestOutcome::default();
         if let Some(subject) = manifest.subject() {
             if header(&response, "oci-subject").is_none() {
@@ -619,16 +647,43 @@ impl Store for RemoteStore {
 }
 
 impl RemoteStore {
-    /// `HEAD` or `GET` of a manifest with the full `Accept` list; a success or an error.
-    async fn request_manifest(&self, method: reqwest::Method, reference: &str) -> Result<Response> {
+    /// `HEAD` or `GET` of a manifest with the full `Accept` list; a success (or, asked with
+    /// `if_none_match`, a `304`) or an error.
+    async fn request_manifest(&self, method: reqwest::Method, reference: &str, if_none_match: Option<&Digest>) -> Result<Response> {
         let url = self.url(&format!("manifests/{reference}"));
         let http = &self.client.http;
         let accept = accept();
-        let response = self.send(&|| http.request(method.clone(), &url).header(ACCEPT, accept.as_str())).await?;
+        let etag = if_none_match.map(|digest| format!("\"{digest}\""));
+        let response = self
+            .send(&|| {
+                let request = http.request(method.clone(), &url).header(ACCEPT, accept.as_str());
+                match &etag {
+                    Some(etag) => request.header(IF_NONE_MATCH, etag.as_str()),
+                    None => request,
+                }
+            })
+            .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Err(self.not_found(format!("manifest `{reference}`"))),
+            StatusCode::NOT_MODIFIED if etag.is_some() => Ok(response),
             status if status.is_success() => Ok(response),
             _ => Err(self.unexpected(method.as_str(), response).await),
+        }
+    }
+
+    /// What the tag cache guesses `reference` points at, when it is a tag.
+    fn cached(&self, reference: &str) -> Option<Descriptor> {
+        let cache = self.tag_cache.as_ref().filter(|_| airlock_oci::parse_digest(reference).is_err())?;
+        cache.get(&TagCache::repository_key(&self.client.registry, &self.repository), reference)
+    }
+
+    /// Records what the registry just said tag `reference` points at (`None`: nothing).
+    fn remember(&self, reference: &str, descriptor: Option<&Descriptor>) {
+        let Some(cache) = self.tag_cache.as_ref().filter(|_| airlock_oci::parse_digest(reference).is_err()) else { return };
+        let repository = TagCache::repository_key(&self.client.registry, &self.repository);
+        match descriptor {
+            Some(descriptor) => cache.put(&repository, reference, descriptor.clone()),
+            None => cache.forget(&repository, reference),
         }
     }
 

@@ -90,6 +90,41 @@ fn warm_sync_costs_one_head_per_tag_on_each_side_and_moves_nothing() {
     };
     assert_eq!(other(&source_log), 0, "{:?}", describe(&source_log));
     assert_eq!(other(&target_log), 0, "{:?}", describe(&target_log));
+    // Each HEAD asked "still this digest?" and both registries could say so without reading
+    // the manifest.
+    let not_modified = |log: &[crate::harness::proxy::Logged]| log.iter().filter(|r| r.method == "HEAD" && r.status == 304).count();
+    assert_eq!(not_modified(&source_log), TAGS.len(), "{:?}", describe(&source_log));
+    assert_eq!(not_modified(&target_log), TAGS.len(), "{:?}", describe(&target_log));
+}
+
+#[test]
+fn the_tag_cache_is_only_a_guess_the_registries_confirm() {
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let tags = source_with_tags(&source);
+    let airlock = Airlock::new();
+    airlock.run(&["sync", &source.at("app"), &target.at("mirror")]).success();
+    // Someone moves a mirror tag behind airlock's back: the cache still names the old digest,
+    // the registry answers with the new one, and the sync puts upstream's back.
+    let stray = image("amd64", &[layer(360, 900)]);
+    push(&target.host(), "mirror", &stray, Some("1.0"), None);
+    let report = airlock.run(&["sync", &source.at("app"), &target.at("mirror"), "-o", "json"]).success().json();
+    assert_eq!(report["summary"]["copied"], 1, "{report}");
+    assert_eq!(target.skopeo_digest("mirror:1.0"), tags[0].1.digest);
+    // A corrupt cache costs only the conditional requests, and the run writes it afresh.
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(airlock.path(".cache/airlock/tags")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert_eq!(files.len(), 2, "one file per repository: {files:?}");
+    for file in &files {
+        std::fs::write(file, b"{garbage").unwrap();
+    }
+    let report = airlock.run(&["sync", &source.at("app"), &target.at("mirror"), "-o", "json"]).success().json();
+    assert_eq!(report["summary"]["up_to_date"], TAGS.len(), "{report}");
+    let mirror = files
+        .iter()
+        .map(|file| serde_json::from_slice::<serde_json::Value>(&std::fs::read(file).unwrap()).unwrap())
+        .find(|cache| cache["repository"] == format!("{}/mirror", target.host()))
+        .expect("the mirror's cache file");
+    assert_eq!(mirror["tags"]["1.0"]["digest"], tags[0].1.digest, "{mirror}");
 }
 
 #[test]
@@ -279,4 +314,34 @@ fn shared_base_layers_move_once_across_repositories() {
     assert_eq!(mounts, 2, "the other two repositories mount it");
     let moved: u64 = report["results"].as_array().unwrap().iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
     assert!(moved < 2 * base.bytes.len() as u64, "moved {moved} bytes");
+}
+
+#[test]
+fn many_repositories_through_one_request_slot_never_stall() {
+    // Tag lists of later repositories are in flight while every tag slot is taken: they must
+    // still finish, or tags waiting for the registry's only request slot wait forever.
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    let repos: Vec<String> = (0..8).map(|n| format!("repo{n}")).collect();
+    let mut expected = Vec::new();
+    for (n, repo) in repos.iter().enumerate() {
+        for tag in ["1", "2", "3"] {
+            let img = image("amd64", &[layer(400 + n as u64, 500), layer(500 + n as u64 * 10 + tag.parse::<u64>().unwrap(), 300)]);
+            push(&source.host(), repo, &img, Some(tag), None);
+            expected.push((repo.clone(), tag, img.digest.clone()));
+        }
+    }
+    let airlock = Airlock::new();
+    let file = airlock.path("sync.yaml");
+    let entries: String = repos.iter().map(|r| format!("  - source: {}/{r}\n    target: {}/mirror/{r}\n", source.host(), target.host())).collect();
+    std::fs::write(&file, format!("sync:\n{entries}")).unwrap();
+    let args = ["sync", "-f", file.to_str().unwrap(), "--max-requests", "1", "--jobs", "1", "-o", "json"];
+    let report = airlock.run_within(&args, std::time::Duration::from_secs(60)).success().json();
+    assert_eq!(report["summary"]["copied"], 24, "{report}");
+    for (repo, tag, digest) in expected {
+        assert_eq!(target.skopeo_digest(&format!("mirror/{repo}:{tag}")), digest, "mirror/{repo}:{tag}");
+    }
+    // Warm, through the same single slot.
+    let report = airlock.run_within(&args, std::time::Duration::from_secs(60)).success().json();
+    assert_eq!(report["summary"]["up_to_date"], 24, "{report}");
 }

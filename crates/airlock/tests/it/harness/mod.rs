@@ -108,6 +108,8 @@ impl Airlock {
             .args(args)
             .env("HOME", self.home.path())
             .env("DOCKER_CONFIG", self.home.path().join(".docker"))
+            .env_remove("AIRLOCK_CACHE_DIR")
+            .env_remove("XDG_CACHE_HOME")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -121,6 +123,25 @@ impl Airlock {
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
         run_command(self.command(args), stdin)
+    }
+
+    /// Runs `airlock ARGS`, killing it and failing the test if it is not done within `limit`
+    /// (for tests whose failure mode is a stall).
+    pub fn run_within(&self, args: &[&str], limit: std::time::Duration) -> Run {
+        let mut command = self.command(args);
+        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let description = format!("{command:?}");
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot run {description}: {e}"));
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait().expect("wait for airlock").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("collect airlock's output");
+                panic!("{description} stalled for {limit:?}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Run::from(description, child.wait_with_output().expect("collect airlock's output"))
     }
 
     /// With more environment (`PATH` with a `helm` stand-in, say).
@@ -139,6 +160,8 @@ impl Airlock {
             .env_remove("REGISTRY_AUTH_FILE")
             .env_remove("XDG_RUNTIME_DIR")
             .env_remove("AIRLOCK_LOG")
+            .env_remove("AIRLOCK_CACHE_DIR")
+            .env_remove("XDG_CACHE_HOME")
             .env("NO_COLOR", "1");
         command
     }
