@@ -10,6 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// `alpine` is `docker.io/library/alpine:latest`), also `docker://REF`, `oci://HOST/REPO[:tag|@digest]`,
 /// `ocidir://PATH[:tag|@digest]` for an OCI image-layout folder, and `root://PATH//REPO[:tag]` for
 /// a repository in the folder of `airlock serve --root PATH` (with or without the server running).
+///
+/// What each tag pointed at when last seen is kept in `~/.cache/airlock/tags` (or
+/// `$XDG_CACHE_HOME/airlock/tags`, `$AIRLOCK_CACHE_DIR/tags`), so the next look is a conditional
+/// `HEAD`; it is only a guess the registry confirms, and deleting it is always safe.
 #[derive(Debug, Parser)]
 #[command(name = "airlock", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
