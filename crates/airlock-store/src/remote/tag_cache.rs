@@ -120,7 +120,13 @@ fn read(path: &Path, repository: &str) -> HashMap<String, Descriptor> {
 
 fn write_replacing(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let folder = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(folder)?;
+    // Private repositories' names and tags are nobody else's business: the folder is the
+    // user's alone.
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(folder)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("cache");
     let temporary = folder.join(format!(".{name}.{}.tmp", std::process::id()));
     std::fs::write(&temporary, bytes)?;
@@ -147,6 +153,11 @@ mod tests {
         cache.forget("r.example/a/b", "2.0");
         cache.save().unwrap();
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 2, "one file per repository");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        }
         let again = TagCache::in_dir(dir);
         assert_eq!(again.get("r.example/a/b", "1.0"), Some(descriptor(1)));
         assert_eq!(again.get("r.example/a/b", "2.0"), None);
