@@ -112,6 +112,13 @@ pub trait Store: Send + Sync + std::fmt::Display {
     /// Every tag, in the store's order.
     async fn list_tags(&self) -> Result<Vec<String>>;
 
+    /// Whether asking for tags one by one is expected to be cheap here: `false` when the store
+    /// has never seen this repository's tags (a remote repository unknown to the tag cache), so
+    /// a caller about to look at many tags learns more from one listing first.
+    fn tags_known(&self) -> bool {
+        true
+    }
+
     /// The manifests whose subject is `subject`, optionally only those of one artifact type.
     async fn referrers(&self, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>>;
 

@@ -109,7 +109,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         job: usize,
         source: Arc<dyn Store>,
         target: Arc<dyn Store>,
-        target_is_new: Arc<OnceCell<bool>>,
+        known: Arc<TargetKnowledge>,
         tag: String,
     }
     // Listings and tags overlap: a job's tags start as soon as its listing is in, so both
@@ -122,17 +122,20 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         .map(|(job_idx, job)| async move {
             // Opening a loopback registry may probe it for TLS: both sides at once.
             let (source, target) = futures::join!(open(&job.source, false), open(&job.target, true));
-            let tags = if job.filter.needs_listing() {
-                source.list_tags().await.map(|available| {
-                    // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
-                    // SBOMs, not images: they travel with their subject.
-                    let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
-                    job.filter.select(&available)
-                })
-            } else {
-                Ok(job.filter.select(&[]))
+            let source_tags = async {
+                if job.filter.needs_listing() {
+                    source.list_tags().await.map(|available| {
+                        // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
+                        // SBOMs, not images: they travel with their subject.
+                        let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
+                        job.filter.select(&available)
+                    })
+                } else {
+                    Ok(job.filter.select(&[]))
+                }
             };
-            (job_idx, source, target, tags)
+            let (tags, known) = futures::join!(source_tags, TargetKnowledge::gather(target.as_ref()));
+            (job_idx, source, target, tags, known)
         })
         .buffer_unordered(options.parallel_tags.max(1));
     let listings = async move {
@@ -142,13 +145,13 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
             let _ = listed.unbounded_send(listing);
         }
     };
-    let planned = listed_rx.flat_map(|(job_idx, source, target, tags)| {
+    let planned = listed_rx.flat_map(|(job_idx, source, target, tags, known)| {
         let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
             Ok(tags) => {
                 progress.planned(tags.len());
-                let target_is_new = Arc::new(OnceCell::new());
+                let known = Arc::new(known);
                 tags.into_iter()
-                    .map(|tag| Ok(Planned { job: job_idx, source: source.clone(), target: target.clone(), target_is_new: target_is_new.clone(), tag }))
+                    .map(|tag| Ok(Planned { job: job_idx, source: source.clone(), target: target.clone(), known: known.clone(), tag }))
                     .collect()
             }
             Err(error) => vec![Err(Box::new(TagResult {
@@ -168,7 +171,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
         .map(|(job_idx, order, item)| async move {
             let result = match item {
                 Ok(item) => {
-                    let sides = Sides { source: item.source.as_ref(), target: item.target.as_ref(), target_is_new: &item.target_is_new };
+                    let sides = Sides { source: item.source.as_ref(), target: item.target.as_ref(), known: &item.known };
                     sync_tag(&jobs[item.job], &sides, &item.tag, copier, options).await
                 }
                 Err(failed) => *failed,
@@ -187,9 +190,40 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
 struct Sides<'a> {
     source: &'a dyn Store,
     target: &'a dyn Store,
-    /// Whether the target repository had no tags when first looked at (asked once per job, and
-    /// only when a tag is missing there, so a warm sync never asks).
-    target_is_new: &'a OnceCell<bool>,
+    known: &'a TargetKnowledge,
+}
+
+/// What a job knows of its target repository before looking at any tag.
+struct TargetKnowledge {
+    /// The target's tags, listed up front when the target has never been seen (no tag cache
+    /// entries): a tag absent from them needs no `HEAD` on either side. `None` when not listed
+    /// (a warm run asks tag by tag, each `HEAD` conditional) or the listing failed.
+    tags: Option<std::collections::HashSet<String>>,
+    /// Whether the target repository had no tags, asked once per job and only when needed.
+    is_new: OnceCell<bool>,
+}
+
+impl TargetKnowledge {
+    async fn gather(target: &dyn Store) -> TargetKnowledge {
+        let is_new = OnceCell::new();
+        if target.tags_known() {
+            return TargetKnowledge { tags: None, is_new };
+        }
+        let tags = match target.list_tags().await {
+            Ok(tags) => Some(tags.into_iter().collect::<std::collections::HashSet<_>>()),
+            Err(error) if error.is_not_found() => Some(Default::default()),
+            Err(_) => None,
+        };
+        if let Some(tags) = &tags {
+            let _ = is_new.set(tags.is_empty());
+        }
+        TargetKnowledge { tags, is_new }
+    }
+
+    /// The target surely lacks `tag` (it was not in the up-front listing).
+    fn lacks(&self, tag: &str) -> bool {
+        self.tags.as_ref().is_some_and(|tags| !tags.contains(tag))
+    }
 }
 
 async fn sync_tag(job: &SyncJob, sides: &Sides<'_>, tag: &str, copier: &Copier, options: &SyncOptions) -> TagResult {
@@ -214,8 +248,9 @@ async fn sync_tag(job: &SyncJob, sides: &Sides<'_>, tag: &str, copier: &Copier, 
     result
 }
 
-/// One `HEAD` on each side decides, sent together. A platform subset of an index also needs the
-/// source's bytes to know the digest it makes.
+/// One `HEAD` on each side decides, sent together. A tag the target surely lacks is fetched
+/// from the source at once instead (the copy needs its bytes anyway). A platform subset of an
+/// index also needs the source's bytes to know the digest it makes.
 async fn plan_and_copy(
     job: &SyncJob,
     sides: &Sides<'_>,
@@ -225,18 +260,23 @@ async fn plan_and_copy(
     result: &mut TagResult,
 ) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
     let (source, target) = (sides.source, sides.target);
-    // Both sides at once: the two registries answer in parallel.
-    let (current, upstream) = futures::join!(target.resolve(tag), source.resolve(tag));
-    let current = match current {
-        Ok(descriptor) => Some(descriptor.digest().clone()),
-        Err(error) if error.is_not_found() => None,
-        Err(error) => return Err(error.into()),
+    let (current, upstream, mut fetched) = if sides.known.lacks(tag) {
+        // By tag, the bytes are checked against the digest the registry claims for them.
+        let manifest = source.get_manifest(tag).await?;
+        (None, manifest.descriptor(), Some(manifest))
+    } else {
+        // Both sides at once: the two registries answer in parallel.
+        let (current, upstream) = futures::join!(target.resolve(tag), source.resolve(tag));
+        let current = match current {
+            Ok(descriptor) => Some(descriptor.digest().clone()),
+            Err(error) if error.is_not_found() => None,
+            Err(error) => return Err(error.into()),
+        };
+        (current, upstream?, None)
     };
-    let upstream = upstream?;
     let upstream_digest = upstream.digest().clone();
-    let mut fetched = None;
     result.source_digest = Some(upstream_digest.clone());
-    if !job.platforms.is_empty() && media_type::is_index(upstream.media_type().as_ref()) {
+    if fetched.is_none() && !job.platforms.is_empty() && media_type::is_index(upstream.media_type().as_ref()) {
         fetched = Some(source.get_manifest(upstream_digest.as_ref()).await?);
     }
     let wanted = match &fetched {
@@ -262,7 +302,8 @@ async fn plan_and_copy(
     if current.is_none() {
         // A repository without tags holds nothing worth asking about, blob by blob.
         let target_is_new = sides
-            .target_is_new
+            .known
+            .is_new
             .get_or_init(|| async {
                 match target.list_tags().await {
                     Ok(tags) => tags.is_empty(),

@@ -435,10 +435,12 @@ impl Store for RemoteStore {
         let bad = |source| Error::from(ErrorKind::Manifest { reference: reference.to_owned(), location: self.location.clone(), source });
         // By digest the digest asked for is the truth; by tag the registry's claim is checked.
         let expected = airlock_oci::parse_digest(reference).ok().or(answered_digest);
-        match expected {
-            Some(expected) => Manifest::parse_verified(bytes, content_type.as_deref(), &expected).map_err(bad),
-            None => Manifest::parse(bytes, content_type.as_deref()).map_err(bad),
-        }
+        let manifest = match expected {
+            Some(expected) => Manifest::parse_verified(bytes, content_type.as_deref(), &expected).map_err(bad)?,
+            None => Manifest::parse(bytes, content_type.as_deref()).map_err(bad)?,
+        };
+        self.remember(reference, Some(&manifest.descriptor()));
+        Ok(manifest)
     }
 
     async fn put_manifest(&self, manifest: &Manifest, tag: Option<&str>) -> Result<PutManifestOutcome> {
@@ -585,6 +587,10 @@ impl Store for RemoteStore {
                 }
             }
         }
+    }
+
+    fn tags_known(&self) -> bool {
+        self.tag_cache.as_ref().is_none_or(|cache| cache.knows(&TagCache::repository_key(&self.client.registry, &self.repository)))
     }
 
     async fn referrers(&self, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {

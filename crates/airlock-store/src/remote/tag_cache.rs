@@ -61,6 +61,11 @@ impl TagCache {
         self.with_repository(repository, |entries| entries.tags.get(tag).cloned())
     }
 
+    /// Whether anything is remembered of `repository`'s tags.
+    pub(crate) fn knows(&self, repository: &str) -> bool {
+        self.with_repository(repository, |entries| !entries.tags.is_empty())
+    }
+
     pub(crate) fn put(&self, repository: &str, tag: &str, descriptor: Descriptor) {
         self.with_repository(repository, |entries| {
             if entries.tags.get(tag) != Some(&descriptor) {

@@ -71,6 +71,13 @@ fn warm_sync_costs_one_head_per_tag_on_each_side_and_moves_nothing() {
     let airlock = Airlock::new();
     let cold = airlock.run(&["sync", &source_side.at("app"), &target_side.at("mirror"), "-o", "json"]).success().json();
     assert_eq!(cold["summary"]["copied"], TAGS.len());
+    // A first sync lists the never-seen target once and then asks no tag of it: each manifest
+    // is fetched from the source by tag, once, and no HEAD goes to either side.
+    let manifest_heads = |log: &[crate::harness::proxy::Logged]| log.iter().filter(|r| r.method == "HEAD" && r.path.contains("/manifests/")).count();
+    assert_eq!(manifest_heads(&source_side.log()) + manifest_heads(&target_side.log()), 0);
+    let by_tag = source_side.log().into_iter().filter(|r| r.method == "GET" && TAGS.iter().any(|t| r.path.ends_with(&format!("/manifests/{t}")))).count();
+    assert_eq!(by_tag, TAGS.len());
+    assert_eq!(target_side.log().iter().filter(|r| r.path.contains("/tags/list")).count(), 1);
     source_side.clear_log();
     target_side.clear_log();
 
