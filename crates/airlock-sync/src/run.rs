@@ -260,10 +260,15 @@ async fn plan_and_copy(
     result: &mut TagResult,
 ) -> Result<Action, Box<dyn std::error::Error + Send + Sync>> {
     let (source, target) = (sides.source, sides.target);
-    let (current, upstream, mut fetched) = if sides.known.lacks(tag) {
+    let lacks = sides.known.lacks(tag);
+    let (current, upstream, mut fetched) = if lacks && !options.dry_run {
         // By tag, the bytes are checked against the digest the registry claims for them.
         let manifest = source.get_manifest(tag).await?;
         (None, manifest.descriptor(), Some(manifest))
+    } else if lacks {
+        // A dry run needs no bytes, and a `GET` counts against Docker Hub's pull limit where a
+        // `HEAD` does not.
+        (None, source.resolve(tag).await?, None)
     } else {
         // Both sides at once: the two registries answer in parallel.
         let (current, upstream) = futures::join!(target.resolve(tag), source.resolve(tag));

@@ -352,3 +352,18 @@ fn many_repositories_through_one_request_slot_never_stall() {
     let report = airlock.run_within(&args, std::time::Duration::from_secs(60)).success().json();
     assert_eq!(report["summary"]["up_to_date"], 24, "{report}");
 }
+
+#[test]
+fn a_dry_run_into_a_new_mirror_pulls_no_manifest() {
+    // Docker Hub counts a manifest GET as a pull and a HEAD as none: a plan needs no bytes.
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    source_with_tags(&source);
+    let source_side = FaultProxy::start(&source.host());
+    let airlock = Airlock::new();
+    let plan = airlock.run(&["sync", &source_side.at("app"), &target.at("mirror"), "--dry-run", "-o", "json"]).success().json();
+    assert_eq!(plan["summary"]["would_copy"], TAGS.len(), "{plan}");
+    let gets: Vec<String> = source_side.log().into_iter().filter(|r| r.method == "GET" && r.path.contains("/manifests/")).map(|r| r.path).collect();
+    assert!(gets.is_empty(), "a dry run fetched manifests: {gets:?}");
+    assert!(tags_at(&target, "mirror").is_empty());
+}
