@@ -19,6 +19,11 @@ use std::sync::Mutex;
 use airlock_oci::Descriptor;
 use sha2::Digest as _;
 
+/// Repository files kept at most; beyond, the least recently written go first. Registries on
+/// loopback come and go with their ports (the demo, tests, CI jobs), and a guess cache must
+/// not grow without bound.
+const MAX_FILES: usize = 5000;
+
 /// Tag → descriptor last answered for it, per repository.
 #[derive(Debug, Default)]
 pub struct TagCache {
@@ -99,14 +104,39 @@ impl TagCache {
     pub fn save(&self) -> std::io::Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let mut repositories = self.repositories.lock().expect("tag cache lock");
+        let mut wrote = false;
         for (repository, entries) in repositories.iter_mut().filter(|(_, entries)| entries.changed) {
             let file = File { version: 1, repository: repository.clone(), tags: entries.tags.clone() };
             let bytes = serde_json::to_vec(&file).expect("a tag cache serialises");
             write_replacing(&file_of(dir, repository), &bytes)?;
             entries.changed = false;
+            wrote = true;
+        }
+        if wrote {
+            prune(dir, MAX_FILES)?;
         }
         Ok(())
     }
+}
+
+/// Removes the least recently written files beyond `keep`, down to nine tenths of it (so that
+/// a full folder is not pruned on every save).
+fn prune(dir: &Path, keep: usize) -> std::io::Result<()> {
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_str().is_some_and(|name| name.ends_with(".json") && !name.starts_with('.')))
+        .filter_map(|entry| Some((entry.metadata().ok()?.modified().ok()?, entry.path())))
+        .collect();
+    if files.len() <= keep {
+        return Ok(());
+    }
+    files.sort();
+    let excess = files.len() - keep * 9 / 10;
+    for (_, path) in files.into_iter().take(excess) {
+        // Another airlock may have pruned it already.
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 fn file_of(dir: &Path, repository: &str) -> PathBuf {
@@ -167,6 +197,25 @@ mod tests {
         assert_eq!(again.get("r.example/a/b", "1.0"), Some(descriptor(1)));
         assert_eq!(again.get("r.example/a/b", "2.0"), None);
         assert_eq!(again.get("r.example/c", "1.0"), Some(descriptor(4)));
+    }
+
+    #[test]
+    fn the_oldest_files_go_beyond_the_limit() {
+        let folder = tempfile::tempdir().unwrap();
+        let dir = folder.path().to_path_buf();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for n in 0..12u8 {
+            let cache = TagCache::in_dir(dir.clone());
+            cache.put(&format!("127.0.0.1:{n}/r"), "1", descriptor(n));
+            cache.save().unwrap();
+            if n < 6 {
+                std::fs::File::options().write(true).open(file_of(&dir, &format!("127.0.0.1:{n}/r"))).unwrap().set_modified(old).unwrap();
+            }
+        }
+        prune(&dir, 10).unwrap();
+        let left: Vec<bool> = (0..12u8).map(|n| file_of(&dir, &format!("127.0.0.1:{n}/r")).exists()).collect();
+        assert_eq!(left.iter().filter(|kept| **kept).count(), 9, "{left:?}");
+        assert!(left[6..].iter().all(|kept| *kept), "the newest stay: {left:?}");
     }
 
     #[test]
