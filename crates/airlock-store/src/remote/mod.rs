@@ -194,6 +194,7 @@ pub struct RemoteStore {
     client: Arc<RegistryClient>,
     repository: String,
     scope: Scope,
+    /// `registry/repository`: names the store in errors, and is its key in the tag cache.
     location: String,
     /// Upload sessions opened by a mount attempt that fell back to an upload.
     pending_uploads: Mutex<HashMap<Digest, String>>,
@@ -590,7 +591,7 @@ impl Store for RemoteStore {
     }
 
     fn tags_known(&self) -> bool {
-        self.tag_cache.as_ref().is_none_or(|cache| cache.knows(&TagCache::repository_key(&self.client.registry, &self.repository)))
+        self.tag_cache.as_ref().is_none_or(|cache| cache.knows(&self.location))
     }
 
     async fn referrers(&self, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
@@ -680,16 +681,15 @@ impl RemoteStore {
     /// What the tag cache guesses `reference` points at, when it is a tag.
     fn cached(&self, reference: &str) -> Option<Descriptor> {
         let cache = self.tag_cache.as_ref().filter(|_| airlock_oci::parse_digest(reference).is_err())?;
-        cache.get(&TagCache::repository_key(&self.client.registry, &self.repository), reference)
+        cache.get(&self.location, reference)
     }
 
     /// Records what the registry just said tag `reference` points at (`None`: nothing).
     fn remember(&self, reference: &str, descriptor: Option<&Descriptor>) {
         let Some(cache) = self.tag_cache.as_ref().filter(|_| airlock_oci::parse_digest(reference).is_err()) else { return };
-        let repository = TagCache::repository_key(&self.client.registry, &self.repository);
         match descriptor {
-            Some(descriptor) => cache.put(&repository, reference, descriptor.clone()),
-            None => cache.forget(&repository, reference),
+            Some(descriptor) => cache.put(&self.location, reference, descriptor.clone()),
+            None => cache.forget(&self.location, reference),
         }
     }
 

@@ -24,7 +24,7 @@ use sha2::Digest as _;
 /// not grow without bound.
 const MAX_FILES: usize = 5000;
 
-/// Tag → descriptor last answered for it, per repository.
+/// Tag → descriptor last answered for it, per repository (keyed `registry/repository`).
 #[derive(Debug, Default)]
 pub struct TagCache {
     /// Where the files live; `None`: memory only.
@@ -55,11 +55,6 @@ impl TagCache {
     /// A cache kept in `dir`, one file per repository.
     pub fn in_dir(dir: PathBuf) -> Self {
         TagCache { dir: Some(dir), repositories: Mutex::default() }
-    }
-
-    /// The key of one repository of one registry.
-    pub(crate) fn repository_key(registry: &str, repository: &str) -> String {
-        format!("{registry}/{repository}")
     }
 
     pub(crate) fn get(&self, repository: &str, tag: &str) -> Option<Descriptor> {

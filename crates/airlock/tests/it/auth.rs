@@ -79,9 +79,8 @@ fn docker_config_json_is_read_from_docker_config() {
     std::fs::write(docker.join("config.json"), "{}").unwrap();
     let podman = airlock.path("podman-auth.json");
     std::fs::write(&podman, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host())).unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"));
-    command.args(["digest", &registry.at("app:v1")]).env("HOME", airlock.home.path()).env("DOCKER_CONFIG", &docker).env("REGISTRY_AUTH_FILE", &podman);
-    let run = crate::harness::run_command(command, None).success();
+    let env = [("DOCKER_CONFIG", docker.to_str().unwrap()), ("REGISTRY_AUTH_FILE", podman.to_str().unwrap())];
+    let run = airlock.run_env(&["digest", &registry.at("app:v1")], &env).success();
     assert_eq!(run.stdout.trim(), img.digest);
 }
 
@@ -164,9 +163,7 @@ fn credential_helpers_are_run_with_the_docker_protocol() {
     std::fs::write(&config, format!(r#"{{"credHelpers":{{"{}":"airlocktest"}}}}"#, registry.host())).unwrap();
 
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"));
-    command.args(["digest", &registry.at("app:v1"), "--authfile", config.to_str().unwrap()]).env("PATH", path).env("HOME", airlock.home.path());
-    let run = crate::harness::run_command(command, None).success();
+    let run = airlock.run_env(&["digest", &registry.at("app:v1"), "--authfile", config.to_str().unwrap()], &[("PATH", &path)]).success();
     assert_eq!(run.stdout.trim(), img.digest);
     assert_eq!(std::fs::read_to_string(&asked).unwrap().trim(), registry.host());
 }

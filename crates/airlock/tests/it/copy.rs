@@ -203,11 +203,7 @@ fn memory_stays_bounded_whatever_the_layer_size() {
     push(&source.host(), "huge", &img, Some("v1"), None);
     let airlock = Airlock::new();
     for destination in [target.at("huge:v1"), format!("ocidir://{}:v1", airlock.path("folder").display())] {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
-            .args(["copy", "-q", &source.at("huge:v1"), &destination])
-            .env("HOME", airlock.home.path())
-            .spawn()
-            .unwrap();
+        let mut child = airlock.spawn(&["copy", "-q", &source.at("huge:v1"), &destination]);
         let mut peak = 0;
         while child.try_wait().unwrap().is_none() {
             peak = peak_rss_kib(child.id()).unwrap_or(0).max(peak);

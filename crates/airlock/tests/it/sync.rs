@@ -273,12 +273,7 @@ fn a_sync_file_mirrors_many_repositories_with_registry_settings() {
         ),
     )
     .unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"));
-    command
-        .args(["sync", "-f", file.to_str().unwrap(), "-o", "json"])
-        .env("HOME", airlock.home.path())
-        .env("AIRLOCK_TEST_MIRROR_SECRET", "mirror-secret-9");
-    let run = crate::harness::run_command(command, None).success();
+    let run = airlock.run_env(&["sync", "-f", file.to_str().unwrap(), "-o", "json"], &[("AIRLOCK_TEST_MIRROR_SECRET", "mirror-secret-9")]).success();
     assert!(!run.stdout.contains("mirror-secret-9") && !run.stderr.contains("mirror-secret-9"));
     let report = run.json();
     let synced: Vec<String> = report["results"].as_array().unwrap().iter().map(|r| format!("{}:{}", r["target"].as_str().unwrap(), r["tag"].as_str().unwrap())).collect();

@@ -102,18 +102,10 @@ impl Airlock {
         self.home.path().join(name)
     }
 
-    /// Starts `airlock ARGS` in the background (output discarded), for tests that kill it.
+    /// Starts `airlock ARGS` in the background (output discarded), for tests that kill it or
+    /// watch it run.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(env!("CARGO_BIN_EXE_airlock"))
-            .args(args)
-            .env("HOME", self.home.path())
-            .env("DOCKER_CONFIG", self.home.path().join(".docker"))
-            .env_remove("AIRLOCK_CACHE_DIR")
-            .env_remove("XDG_CACHE_HOME")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start airlock")
+        self.command(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("start airlock")
     }
 
     /// Runs `airlock ARGS` with a clean environment for credentials.
