@@ -103,71 +103,88 @@ pub trait SyncProgress: Send + Sync {
 /// Opens the store for a reference; the caller decides how (credentials, TLS, folders).
 pub type OpenStore<'a> = &'a (dyn Fn(&Reference, bool) -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send + 'a>> + Send + Sync);
 
+/// A job's two stores, the tags it selected from the source, and what its target holds.
+type Listing = (usize, Arc<dyn Store>, Arc<dyn Store>, Result<Vec<String>, airlock_store::Error>, TargetKnowledge);
+
+/// One tag to sync, with its job's stores.
+struct Planned {
+    job: usize,
+    source: Arc<dyn Store>,
+    target: Arc<dyn Store>,
+    known: Arc<TargetKnowledge>,
+    tag: String,
+}
+
+/// A listing's tags, each numbered in its job's order; a failed listing is one failed result.
+fn plan((job, source, target, tags, known): Listing, progress: &dyn SyncProgress) -> Vec<(usize, usize, Result<Planned, Box<TagResult>>)> {
+    let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
+        Ok(tags) => {
+            progress.planned(tags.len());
+            let known = Arc::new(known);
+            tags.into_iter()
+                .map(|tag| Ok(Planned { job, source: source.clone(), target: target.clone(), known: known.clone(), tag }))
+                .collect()
+        }
+        Err(error) => vec![Err(Box::new(TagResult {
+            source: source.to_string(),
+            target: target.to_string(),
+            tag: String::new(),
+            digest: None,
+            source_digest: None,
+            action: Action::Failed,
+            bytes: 0,
+            error: Some(chain(&error)),
+        }))],
+    };
+    items.into_iter().enumerate().map(|(order, item)| (job, order, item)).collect()
+}
+
 /// Runs `jobs`, copying through `copier`. Returns one result per tag, in job and tag order.
 pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options: &SyncOptions, progress: &dyn SyncProgress) -> Vec<TagResult> {
-    struct Planned {
-        job: usize,
-        source: Arc<dyn Store>,
-        target: Arc<dyn Store>,
-        known: Arc<TargetKnowledge>,
-        tag: String,
-    }
     // Listings and tags overlap: a job's tags start as soon as its listing is in, so both
     // registries stay busy (a warm sync is mostly waiting for answers). The listings are driven
     // on their own, beside the tags, never from inside the tags' buffer: a listing that holds one
     // of a registry's request permits must make progress even while every tag slot is taken
     // (else tags waiting for that permit and the listing waiting for a slot block each other).
-    let (listed, listed_rx) = futures::channel::mpsc::unbounded();
-    let listings = futures::stream::iter(jobs.iter().enumerate())
-        .map(|(job_idx, job)| async move {
-            // Opening a loopback registry may probe it for TLS: both sides at once.
-            let (source, target) = futures::join!(open(&job.source, false), open(&job.target, true));
-            let source_tags = async {
-                if job.filter.needs_listing() {
-                    source.list_tags().await.map(|available| {
-                        // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
-                        // SBOMs, not images: they travel with their subject.
-                        let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
-                        job.filter.select(&available)
-                    })
-                } else {
-                    Ok(job.filter.select(&[]))
-                }
-            };
-            let (tags, known) = futures::join!(source_tags, TargetKnowledge::gather(target.as_ref()));
-            (job_idx, source, target, tags, known)
+    let (listed, listed_rx) = futures::channel::mpsc::unbounded::<(usize, usize, Result<Planned, Box<TagResult>>)>();
+    // Boxed so that the stream's type names no closure over borrowed jobs: the whole sync stays
+    // a `Send` future a caller can spawn (rustc cannot prove that through such closures).
+    let listings: Vec<Pin<Box<dyn Future<Output = Listing> + Send + '_>>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(job_idx, job)| -> Pin<Box<dyn Future<Output = Listing> + Send + '_>> {
+            Box::pin(async move {
+                // Opening a loopback registry may probe it for TLS: both sides at once.
+                let (source, target) = futures::join!(open(&job.source, false), open(&job.target, true));
+                let source_tags = async {
+                    if job.filter.needs_listing() {
+                        source.list_tags().await.map(|available| {
+                            // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
+                            // SBOMs, not images: they travel with their subject.
+                            let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
+                            job.filter.select(&available)
+                        })
+                    } else {
+                        Ok(job.filter.select(&[]))
+                    }
+                };
+                let (tags, known) = futures::join!(source_tags, TargetKnowledge::gather(target.as_ref()));
+                (job_idx, source, target, tags, known)
+            })
         })
+        .collect();
+    let listings = futures::stream::iter(listings)
         .buffer_unordered(options.parallel_tags.max(1));
     let listings = async move {
         let mut listings = std::pin::pin!(listings);
         while let Some(listing) = listings.next().await {
-            // The receiver lives until every listing is in: sending cannot fail.
-            let _ = listed.unbounded_send(listing);
+            for item in plan(listing, progress) {
+                // The receiver lives until every listing is in: sending cannot fail.
+                let _ = listed.unbounded_send(item);
+            }
         }
     };
-    let planned = listed_rx.flat_map(|(job_idx, source, target, tags, known)| {
-        let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
-            Ok(tags) => {
-                progress.planned(tags.len());
-                let known = Arc::new(known);
-                tags.into_iter()
-                    .map(|tag| Ok(Planned { job: job_idx, source: source.clone(), target: target.clone(), known: known.clone(), tag }))
-                    .collect()
-            }
-            Err(error) => vec![Err(Box::new(TagResult {
-                source: source.to_string(),
-                target: target.to_string(),
-                tag: String::new(),
-                digest: None,
-                source_digest: None,
-                action: Action::Failed,
-                bytes: 0,
-                error: Some(chain(&error)),
-            }))],
-        };
-        futures::stream::iter(items.into_iter().enumerate().map(move |(order, item)| (job_idx, order, item)))
-    });
-    let outcomes = planned
+    let outcomes = listed_rx
         .map(|(job_idx, order, item)| async move {
             let result = match item {
                 Ok(item) => {

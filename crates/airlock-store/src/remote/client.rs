@@ -172,7 +172,10 @@ impl RegistryClient {
         self.pacer.wait().await;
         tracing::trace!(%method, %url, "request");
         match self.http.execute(request).await {
-            Ok(response) => Ok((response, method)),
+            Ok(response) => {
+                tracing::trace!(%method, %url, status = response.status().as_u16(), "response");
+                Ok((response, method))
+            }
             Err(source) => Err(Error::from(ErrorKind::Transport { method, url, source })),
         }
     }
