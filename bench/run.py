@@ -10,7 +10,10 @@ Every destination is checked afterwards: each tag must carry its source digest.
 Prints medians, ratios and peak RSS (from /usr/bin/time -v). Needs: docker-registry, skopeo,
 curl, /usr/bin/time (Debian packages docker-registry skopeo curl time) and a release build.
 
-  python3 bench/run.py [--rounds 3] [--profiles small-many,big-few]
+  python3 bench/run.py [--rounds 3] [--profiles small-many,big-few] [--storage DIR]
+
+The registries keep their data in the system's temporary folder unless --storage names another
+(e.g. /dev/shm, to take the filesystem out of the measurement: see bench/README.md).
 """
 
 import argparse
@@ -151,7 +154,7 @@ def free_port():
 
 class Registry:
     def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="airlock-bench-")
+        self.dir = tempfile.mkdtemp(prefix="airlock-bench-", dir=STORAGE)
         self.port = free_port()
         config = os.path.join(self.dir, "config.yml")
         with open(config, "w") as f:
@@ -328,7 +331,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profiles", default="small-many,big-few")
     parser.add_argument("--no-build", action="store_true", help="use the release binary as it is")
+    parser.add_argument("--storage", help="folder under which the registries keep their data (default: the system's temporary folder)")
     args = parser.parse_args()
+    global STORAGE
+    STORAGE = args.storage
     for tool, package in [("docker-registry", "docker-registry"), ("skopeo", "skopeo"), ("curl", "curl"), ("/usr/bin/time", "time")]:
         need(tool, package)
     if not args.no_build:
@@ -339,6 +345,9 @@ def main():
     POLICY = os.path.join(workdir, "policy.json")
     open(POLICY, "w").write('{"default":[{"type":"insecureAcceptAnything"}]}')
 
+    storage = STORAGE or tempfile.gettempdir()
+    filesystem = subprocess.run(["stat", "-f", "-c", "%T", storage], capture_output=True, text=True).stdout.strip()
+    print(f"registry storage: {storage} ({filesystem})", file=sys.stderr)
     rows = []
     for profile in args.profiles.split(","):
         print(f"sync, profile {profile}:", file=sys.stderr)
@@ -364,6 +373,7 @@ def main():
 
 
 POLICY = None
+STORAGE = None
 
 if __name__ == "__main__":
     main()
