@@ -204,6 +204,11 @@ impl Error {
             ErrorKind::Denied { hint, .. } => Some(hint.clone()),
             ErrorKind::Retried { source, .. } => source.hint(),
             ErrorKind::Http { status: 429, .. } => Some("the registry is rate limiting; lower the concurrency or try later".into()),
+            ErrorKind::Http { status: 405, method, .. } if method == "DELETE" => Some(
+                "the registry does not allow deletes; docker-registry needs `storage: {delete: {enabled: true}}` \
+                 (or REGISTRY_STORAGE_DELETE_ENABLED=true), `airlock serve` allows them unless serve.yaml says `delete: false`"
+                    .into(),
+            ),
             ErrorKind::Transport { source, .. } if chain_mentions(source, "certificate") => {
                 Some("the registry's certificate is not trusted; pass its CA with `--ca-cert FILE`".into())
             }

@@ -95,6 +95,13 @@ pub enum Command {
     Tags(TagsArgs),
     /// Print the digest a reference resolves to.
     Digest(DigestArgs),
+    /// Delete a manifest (an image, index or artifact) from a registry, a folder or a serve root.
+    ///
+    /// A tag is resolved to its digest first and the manifest with that digest is deleted, as
+    /// `skopeo delete` and `crane delete` do: every tag pointing at it goes with it. Blobs stay
+    /// until the registry collects garbage (`airlock gc` for a serve root). Prints the deleted
+    /// digest. Registries often refuse deletes unless configured to allow them.
+    Delete(DeleteArgs),
     /// Store credentials for a registry (in the `--authfile`, `REGISTRY_AUTH_FILE` or Docker's config.json).
     Login(LoginArgs),
     /// Remove stored credentials for a registry.
@@ -521,6 +528,15 @@ pub struct TagsArgs {
 #[derive(Debug, Args)]
 pub struct DigestArgs {
     /// The image, index or artifact.
+    pub reference: String,
+    /// Credentials, `USER:PASSWORD`.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The image, index or artifact, by tag or digest.
     pub reference: String,
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]

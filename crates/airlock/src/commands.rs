@@ -10,7 +10,7 @@ use airlock_store::Store;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::args::{Cli, Command, CopyArgs, DigestArgs, Global, InspectArgs, LoginArgs, LogoutArgs, Output, TagsArgs};
+use crate::args::{Cli, Command, CopyArgs, DeleteArgs, DigestArgs, Global, InspectArgs, LoginArgs, LogoutArgs, Output, TagsArgs};
 use crate::output;
 
 /// A failed command: the error chain, an optional fix, and the exit code.
@@ -67,6 +67,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(args) => inspect(global, args).await,
         Command::Tags(args) => tags(global, args).await,
         Command::Digest(args) => digest(global, args).await,
+        Command::Delete(args) => delete(global, args).await,
         Command::Login(args) => login(global, args).await,
         Command::Logout(args) => logout(global, args).await,
         Command::Import(args) => return crate::gate::import(global, args).await,
@@ -401,6 +402,24 @@ async fn digest(global: &Global, args: &DigestArgs) -> Result<()> {
             "size": descriptor.size(),
         })),
         Output::Text => output::data(descriptor.digest().as_ref()),
+    }
+    Ok(())
+}
+
+async fn delete(global: &Global, args: &DeleteArgs) -> Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
+    let store = open(&registries, &reference, Access::Delete).await;
+    let descriptor = store.resolve(&reference.tag_or_digest()).await.with_context(|| format!("cannot resolve `{reference}`"))?;
+    let digest = descriptor.digest();
+    store.delete_manifest(digest).await.with_context(|| format!("cannot delete `{reference}` ({digest})"))?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({
+            "reference": reference.to_string(),
+            "digest": digest.to_string(),
+            "deleted": true,
+        })),
+        Output::Text => output::data(digest.as_ref()),
     }
     Ok(())
 }

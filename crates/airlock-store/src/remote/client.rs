@@ -27,6 +27,16 @@ impl Scope {
         Scope(format!("repository:{repository}:{actions}"))
     }
 
+    /// The scope `access` needs on one repository (`delete` is the action distribution and
+    /// the Docker token spec name for removing manifests).
+    pub fn for_access(repository: &str, access: super::Access) -> Self {
+        match access {
+            super::Access::Pull => Scope::repository(repository, false),
+            super::Access::Push => Scope::repository(repository, true),
+            super::Access::Delete => Scope(format!("repository:{repository}:pull,delete")),
+        }
+    }
+
     /// This scope plus another.
     pub fn and(&self, other: &Scope) -> Self {
         Scope(format!("{} {}", self.0, other.0))

@@ -90,6 +90,8 @@ pub enum Access {
     Pull,
     /// Reading and writing.
     Push,
+    /// Reading and deleting manifests.
+    Delete,
 }
 
 /// The registries of one command: a client per host, created on first use.
@@ -173,7 +175,7 @@ impl Registries {
         let client = self.client(reference).await;
         RemoteStore {
             location: format!("{}/{}", reference.registry, reference.repository),
-            scope: Scope::repository(&reference.repository, access == Access::Push),
+            scope: Scope::for_access(&reference.repository, access),
             repository: reference.repository.clone(),
             client,
             pending_uploads: Mutex::new(HashMap::new()),
@@ -647,7 +649,12 @@ impl Store for RemoteStore {
         let response = self.send(&|| http.delete(&url)).await?;
         match response.status() {
             StatusCode::NOT_FOUND => Err(self.not_found(format!("manifest {digest}"))),
-            status if status.is_success() => Ok(()),
+            status if status.is_success() => {
+                if let Some(cache) = &self.tag_cache {
+                    cache.forget_digest(&self.location, digest);
+                }
+                Ok(())
+            }
             _ => Err(self.unexpected("DELETE", response).await),
         }
     }

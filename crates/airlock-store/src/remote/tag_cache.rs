@@ -83,6 +83,15 @@ impl TagCache {
         })
     }
 
+    /// Forgets every tag of `repository` that pointed at `digest` (its manifest was deleted).
+    pub(crate) fn forget_digest(&self, repository: &str, digest: &airlock_oci::Digest) {
+        self.with_repository(repository, |entries| {
+            let before = entries.tags.len();
+            entries.tags.retain(|_, descriptor| descriptor.digest() != digest);
+            entries.changed |= entries.tags.len() != before;
+        });
+    }
+
     fn with_repository<T>(&self, repository: &str, f: impl FnOnce(&mut Repository) -> T) -> T {
         let mut repositories = self.repositories.lock().expect("tag cache lock");
         let entries = repositories.entry(repository.to_owned()).or_insert_with(|| Repository {
@@ -192,6 +201,22 @@ mod tests {
         assert_eq!(again.get("r.example/a/b", "1.0"), Some(descriptor(1)));
         assert_eq!(again.get("r.example/a/b", "2.0"), None);
         assert_eq!(again.get("r.example/c", "1.0"), Some(descriptor(4)));
+    }
+
+    #[test]
+    fn a_deleted_manifest_takes_every_tag_on_it_along() {
+        let folder = tempfile::tempdir().unwrap();
+        let cache = TagCache::in_dir(folder.path().to_path_buf());
+        cache.put("r.example/a", "1.0", descriptor(1));
+        cache.put("r.example/a", "stable", descriptor(1));
+        cache.put("r.example/a", "2.0", descriptor(2));
+        cache.save().unwrap();
+        let cache = TagCache::in_dir(folder.path().to_path_buf());
+        cache.forget_digest("r.example/a", descriptor(1).digest());
+        cache.save().unwrap();
+        let again = TagCache::in_dir(folder.path().to_path_buf());
+        assert_eq!((again.get("r.example/a", "1.0"), again.get("r.example/a", "stable")), (None, None));
+        assert_eq!(again.get("r.example/a", "2.0"), Some(descriptor(2)));
     }
 
     #[test]

@@ -251,3 +251,41 @@ fn by_digest_with_oci_urls_and_no_destination_tag() {
     assert!(registry.has_manifest("pinned", &img.digest, None));
     assert!(!registry.has_manifest("pinned", "latest", None), "a copy by digest invented a tag");
 }
+
+#[test]
+fn delete_takes_the_manifest_and_every_tag_on_it() {
+    let registry = Registry::start(Auth::None);
+    let img = image("amd64", &[layer(45, 1000)]);
+    let other = image("amd64", &[layer(46, 1000)]);
+    push(&registry.host(), "app", &img, Some("v1"), None);
+    push(&registry.host(), "app", &img, Some("stable"), None);
+    push(&registry.host(), "app", &other, Some("v2"), None);
+    let airlock = Airlock::new();
+    // The tag cache learns where v1 and stable point, and must forget it with the manifest.
+    assert_eq!(airlock.run(&["digest", &registry.at("app:stable")]).success().stdout.trim(), img.digest);
+
+    let run = airlock.run(&["delete", &registry.at("app:v1")]).success();
+    assert_eq!(run.stdout.trim(), img.digest);
+    assert!(!registry.has_manifest("app", &img.digest, None));
+    assert!(!registry.has_manifest("app", "v1", None) && !registry.has_manifest("app", "stable", None), "a tag outlived its manifest");
+    assert_eq!(registry.skopeo_digest("app:v2"), other.digest, "another image's tag went too");
+    airlock.run(&["digest", &registry.at("app:stable")]).code(1).stderr_has("not found");
+
+    // Gone already: the error names the reference and the registry.
+    let again = airlock.run(&["delete", &format!("{}@{}", registry.at("app"), img.digest)]).code(1);
+    assert!(again.stderr.contains(&registry.host()) && again.stderr.contains("not found"), "{}", again.stderr);
+}
+
+#[test]
+fn a_registry_that_refuses_deletes_gets_a_hint() {
+    let root = crate::harness::tempdir();
+    let config = root.path().join("serve.yaml");
+    std::fs::write(&config, "delete: false\n").unwrap();
+    let served = crate::harness::Served::start_with(&root.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let img = image("amd64", &[layer(47, 1000)]);
+    push(&served.address, "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    let refused = airlock.run(&["delete", &served.at("app:v1")]).code(1);
+    assert!(refused.stderr.contains("405") && refused.stderr.contains("REGISTRY_STORAGE_DELETE_ENABLED"), "{}", refused.stderr);
+    assert_eq!(airlock.run(&["digest", &served.at("app:v1")]).success().stdout.trim(), img.digest);
+}

@@ -149,6 +149,14 @@ fn token_auth_with_rules_for_skopeo_and_airlock() {
     let report = airlock.run(&["copy", &served.at("public/app:v1"), &served.at("alice/app:v1"), "--authfile", stored, "-o", "json"]).success().json();
     assert_eq!(report["blobs_mounted"], 2, "alice may read public/app, so the blobs are mounted");
 
+    // Deleting takes the `delete` action: alice has it in alice/*, not in public/*.
+    let refused = airlock.run(&["delete", &served.at("public/app:v1"), "--authfile", stored]).code(1);
+    assert!(refused.stderr.contains("public/app"), "{}", refused.stderr);
+    assert_eq!(airlock.run(&["digest", &served.at("public/app:v1")]).success().stdout.trim(), img.digest);
+    let deleted = airlock.run(&["delete", &served.at("alice/app:v1"), "--authfile", stored, "-o", "json"]).success().json();
+    assert_eq!((deleted["digest"].as_str(), deleted["deleted"].as_bool()), (Some(img.digest.as_str()), Some(true)));
+    airlock.run(&["digest", &served.at("alice/app:v1"), "--authfile", stored]).code(1).stderr_has("not found");
+
     // bob's token opens bob/* only.
     let bob = "bob:bob-Secret-2";
     airlock.run(&["copy", &served.at("public/app:v1"), &served.at("bob/app:v1"), "--src-creds", bob, "--dest-creds", bob]).success();
