@@ -299,7 +299,7 @@ def bench_sync(profile, rounds, workdir):
             results[tool]["cold"].append(cold)
             results[tool]["warm"].append(warm)
             results[tool]["rss"].append(max(rss_cold, rss_warm))
-            print(f"  round {round_idx + 1} {tool:7} cold {cold:6.2f}s warm {warm:6.2f}s rss {max(rss_cold, rss_warm) / 1024:6.1f} MiB", file=sys.stderr)
+            print(f"  round {round_idx + 1} {tool:7} cold {cold:6.2f}s warm {warm:6.3f}s rss {max(rss_cold, rss_warm) / 1024:6.1f} MiB", file=sys.stderr)
     source.stop()
     return n_tags, results, left_behind
 
@@ -378,20 +378,24 @@ def main():
         print(f"sync, profile {profile}:", file=sys.stderr)
         n_tags, results, left_behind = bench_sync(profile, args.rounds, workdir)
         a, s = results["airlock"], results["skopeo"]
-        rows.append((f"{profile} ({n_tags} tags) cold sync", statistics.median(a["cold"]), statistics.median(s["cold"]), max(a["rss"]), max(s["rss"])))
-        rows.append((f"{profile} ({n_tags} tags) warm sync", statistics.median(a["warm"]), statistics.median(s["warm"]), None, None))
+        for case, rss_pair in (("cold", (max(a["rss"]), max(s["rss"]))), ("warm", (None, None))):
+            per_round = [mine / theirs for mine, theirs in zip(a[case], s[case])]
+            rows.append((f"{profile} ({n_tags} tags) {case} sync", statistics.median(a[case]), statistics.median(s[case]), *rss_pair, per_round))
         if any(left_behind.values()):
             print(f"  cold runs that left a tag behind: {left_behind}", file=sys.stderr)
     print("big image copy (3 x 64 MiB layers):", file=sys.stderr)
     total, times, rss = bench_big_copy(args.rounds, workdir)
     airlock_copy, skopeo_copy, plain = (statistics.median(times[t]) for t in ("airlock", "skopeo", "curl"))
-    rows.append(("big image copy", airlock_copy, skopeo_copy, max(rss["airlock"]), max(rss["skopeo"])))
+    per_round = [mine / theirs for mine, theirs in zip(times["airlock"], times["skopeo"])]
+    rows.append(("big image copy", airlock_copy, skopeo_copy, max(rss["airlock"]), max(rss["skopeo"]), per_round))
 
     print()
-    print(f"{'case':42} {'airlock':>9} {'skopeo':>9} {'ratio':>7} {'airlock RSS':>12} {'skopeo RSS':>11}")
-    for name, mine, theirs, my_rss, their_rss in rows:
+    # The ratio of the medians, and the range of the rounds' own ratios (the machine is noisy).
+    print(f"{'case':42} {'airlock':>9} {'skopeo':>9} {'ratio':>7} {'per round':>13} {'airlock RSS':>12} {'skopeo RSS':>11}")
+    for name, mine, theirs, my_rss, their_rss, per_round in rows:
         rss_text = f"{my_rss / 1024:9.1f} MiB {their_rss / 1024:7.1f} MiB" if my_rss else ""
-        print(f"{name:42} {mine:8.2f}s {theirs:8.2f}s {mine / theirs:6.2f}x {rss_text}")
+        spread = f"{min(per_round):.3f}-{max(per_round):.3f}x"
+        print(f"{name:42} {mine:8.3f}s {theirs:8.3f}s {mine / theirs:6.3f}x {spread:>13} {rss_text}")
     print(f"{'big image: plain curl GET->PUT':42} {plain:8.2f}s  airlock reaches {plain / airlock_copy * 100:.0f}% of its throughput "
           f"({total / airlock_copy / 2**20:.0f} vs {total / plain / 2**20:.0f} MiB/s)")
     shutil.rmtree(workdir, ignore_errors=True)
