@@ -115,8 +115,11 @@ struct Planned {
     tag: String,
 }
 
+/// A tag to sync (or a listing that failed), with its job and its place in the job's order.
+type PlanItem = (usize, usize, Result<Planned, Box<TagResult>>);
+
 /// A listing's tags, each numbered in its job's order; a failed listing is one failed result.
-fn plan((job, source, target, tags, known): Listing, progress: &dyn SyncProgress) -> Vec<(usize, usize, Result<Planned, Box<TagResult>>)> {
+fn plan((job, source, target, tags, known): Listing, progress: &dyn SyncProgress) -> Vec<PlanItem> {
     let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
         Ok(tags) => {
             progress.planned(tags.len());
@@ -146,7 +149,7 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
     // on their own, beside the tags, never from inside the tags' buffer: a listing that holds one
     // of a registry's request permits must make progress even while every tag slot is taken
     // (else tags waiting for that permit and the listing waiting for a slot block each other).
-    let (listed, listed_rx) = futures::channel::mpsc::unbounded::<(usize, usize, Result<Planned, Box<TagResult>>)>();
+    let (listed, listed_rx) = futures::channel::mpsc::unbounded::<PlanItem>();
     // Boxed so that the stream's type names no closure over borrowed jobs: the whole sync stays
     // a `Send` future a caller can spawn (rustc cannot prove that through such closures).
     let listings: Vec<Pin<Box<dyn Future<Output = Listing> + Send + '_>>> = jobs
