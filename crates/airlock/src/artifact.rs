@@ -122,7 +122,7 @@ pub async fn artifacts(global: &Global, args: &ArtifactsArgs) -> Result<()> {
                 .iter()
                 .map(|o| {
                     vec![
-                        o.digest.chars().take(19).collect(),
+                        output::short_digest(Some(&o.digest)),
                         o.platform.clone().unwrap_or_else(|| "-".into()),
                         o.disktype.clone().unwrap_or_else(|| "-".into()),
                         o.size.map(output::bytes).unwrap_or_else(|| format!("{} layers", o.layers)),
@@ -130,11 +130,11 @@ pub async fn artifacts(global: &Global, args: &ArtifactsArgs) -> Result<()> {
                     ]
                 })
                 .collect();
-            let mut text = crate::gate::table(&["DIGEST", "PLATFORM", "DISKTYPE", "SIZE", "TITLE"], &rows);
+            let mut text = output::table(&["DIGEST", "PLATFORM", "DISKTYPE", "SIZE", "TITLE"], &rows);
             let chosen = &resolution.offers[resolution.chosen];
             text.push_str(&format!("\npull would choose {} ({})\n", chosen.digest, chosen.title.as_deref().unwrap_or("untitled")));
             for verdict in &resolution.verdicts {
-                text.push_str(&format!("  {}: {}\n", verdict.digest.chars().take(19).collect::<String>(), verdict.reason));
+                text.push_str(&format!("  {}: {}\n", output::short_digest(Some(&verdict.digest)), verdict.reason));
             }
             output::data(&text);
         }

@@ -9,7 +9,6 @@ use airlock_store::remote::Registries;
 
 use crate::args::{DiscoverArgs, Global, OnboardArgs, Output};
 use crate::commands::{registry_options, usage, Failure, Result};
-use crate::gate::table;
 use crate::output;
 
 fn input_failure(error: DiscoverError) -> Failure {
@@ -45,7 +44,7 @@ fn images_table(images: &[Image]) -> String {
             vec![i.image.clone(), format!("{}{more}", i.locations.first().cloned().unwrap_or_default())]
         })
         .collect();
-    table(&["IMAGE", "FOUND IN"], &rows)
+    output::table(&["IMAGE", "FOUND IN"], &rows)
 }
 
 pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
@@ -114,11 +113,11 @@ fn render(global: &Global, args: &OnboardArgs, results: &[Onboarded], lock: &std
                 r.status.to_owned(),
                 r.source.clone().unwrap_or_else(|| "-".into()),
                 r.target.clone().unwrap_or_else(|| "-".into()),
-                r.digest.as_deref().map(|d| d.chars().take(19).collect()).unwrap_or_else(|| "-".into()),
+                output::short_digest(r.digest.as_deref()),
             ]
         })
         .collect();
-    let mut summary = table(&["IMAGE", "STATUS", "SOURCE", "TARGET", "DIGEST"], &rows);
+    let mut summary = output::table(&["IMAGE", "STATUS", "SOURCE", "TARGET", "DIGEST"], &rows);
     for r in results.iter().filter(|r| r.error.is_some()) {
         summary.push_str(&format!("{}: {}\n", r.status, r.error.as_deref().unwrap_or("")));
     }

@@ -80,34 +80,15 @@ pub(crate) fn render_outcomes(global: &Global, outcomes: &[Outcome]) {
                 o.tag.clone(),
                 o.action.to_owned(),
                 o.run_id.clone().unwrap_or_else(|| "-".into()),
-                short(o.promoted_digest.as_deref().or(o.upstream_digest.as_deref())),
+                output::short_digest(o.promoted_digest.as_deref().or(o.upstream_digest.as_deref())),
             ]
         })
         .collect();
-    let mut text = table(&["IMPORT", "TAG", "ACTION", "RUN ID", "DIGEST"], &rows);
+    let mut text = output::table(&["IMPORT", "TAG", "ACTION", "RUN ID", "DIGEST"], &rows);
     for o in outcomes.iter().filter(|o| o.reason.is_some()) {
         text.push_str(&format!("{}{}: {}\n", o.import, if o.tag.is_empty() { String::new() } else { format!(":{}", o.tag) }, o.reason.as_deref().unwrap_or("")));
     }
     output::data(&text);
-}
-
-fn short(digest: Option<&str>) -> String {
-    digest.map(|d| d.chars().take(19).collect()).unwrap_or_else(|| "-".into())
-}
-
-/// A table in the manner of `az acr task list-runs -o table`: a header, a rule, the rows.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let widths: Vec<usize> = header.iter().enumerate().map(|(i, h)| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(h.len())).collect();
-    let line = |cells: Vec<&str>| {
-        let joined: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        format!("{}\n", joined.join("  ").trim_end())
-    };
-    let mut text = line(header.to_vec());
-    text.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
-    for row in rows {
-        text.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    text
 }
 
 fn timestamp(secs: u64) -> String {
@@ -131,7 +112,7 @@ pub(crate) fn runs_table(runs: &[Run]) -> String {
         .iter()
         .map(|r| vec![r.run_id.clone(), r.import.clone(), r.platform.clone(), r.status.clone(), r.trigger.clone(), timestamp(r.started), duration(r.duration_ms)])
         .collect();
-    table(&["RUN ID", "TASK", "PLATFORM", "STATUS", "TRIGGER", "STARTED", "DURATION"], &rows)
+    output::table(&["RUN ID", "TASK", "PLATFORM", "STATUS", "TRIGGER", "STARTED", "DURATION"], &rows)
 }
 
 pub async fn runs(global: &Global, args: &RunsArgs) -> Result<()> {

@@ -54,6 +54,27 @@ pub fn note(text: &str) {
     eprintln!("{text}");
 }
 
+/// A table for people, in the manner of `az acr task list-runs -o table` (the run lists of the
+/// seeds): a header, a rule, the rows, columns as wide as their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = header.iter().enumerate().map(|(i, h)| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(h.len())).collect();
+    let line = |cells: Vec<&str>| {
+        let joined: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        format!("{}\n", joined.join("  ").trim_end())
+    };
+    let mut text = line(header.to_vec());
+    text.push_str(&line(widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect()));
+    for row in rows {
+        text.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    text
+}
+
+/// A digest as tables show it: `sha256:` and the first twelve hex digits; `-` for none.
+pub fn short_digest(digest: Option<&str>) -> String {
+    digest.map(|d| d.chars().take(19).collect()).unwrap_or_else(|| "-".into())
+}
+
 /// `1.5 MiB`.
 pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -138,13 +138,14 @@ fn render(global: &Global, results: &[TagResult]) {
         }
         return;
     }
-    let source_width = results.iter().map(|r| r.source.len()).max().unwrap_or(6).max(6);
-    let tag_width = results.iter().map(|r| r.tag.len()).max().unwrap_or(3).max(3);
-    let mut text = format!("{:<source_width$}  {:<tag_width$}  {:<10}  {:<19}  {}\n", "SOURCE", "TAG", "ACTION", "DIGEST", "MOVED");
-    for r in results {
-        let digest = r.digest.as_ref().map(|d| d.to_string().chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into());
-        text.push_str(&format!("{:<source_width$}  {:<tag_width$}  {:<10}  {:<19}  {}\n", r.source, r.tag, r.action.as_str(), digest, output::bytes(r.bytes)));
-    }
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|r| {
+            let digest = r.digest.as_ref().map(ToString::to_string);
+            vec![r.source.clone(), r.tag.clone(), r.action.as_str().to_owned(), output::short_digest(digest.as_deref()), output::bytes(r.bytes)]
+        })
+        .collect();
+    let mut text = output::table(&["SOURCE", "TAG", "ACTION", "DIGEST", "MOVED"], &rows);
     text.push_str(&format!(
         "\n{} copied, {} up to date, {} would copy, {} failed; {} moved\n",
         summary.copied,
