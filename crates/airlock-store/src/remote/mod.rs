@@ -685,15 +685,19 @@ impl RemoteStore {
         }
     }
 
+    /// The tag cache, when `reference` is a tag (a digest needs no guess).
+    fn cache_for(&self, reference: &str) -> Option<&TagCache> {
+        self.tag_cache.as_deref().filter(|_| airlock_oci::parse_digest(reference).is_err())
+    }
+
     /// What the tag cache guesses `reference` points at, when it is a tag.
     fn cached(&self, reference: &str) -> Option<Descriptor> {
-        let cache = self.tag_cache.as_ref().filter(|_| airlock_oci::parse_digest(reference).is_err())?;
-        cache.get(&self.location, reference)
+        self.cache_for(reference)?.get(&self.location, reference)
     }
 
     /// Records what the registry just said tag `reference` points at (`None`: nothing).
     fn remember(&self, reference: &str, descriptor: Option<&Descriptor>) {
-        let Some(cache) = self.tag_cache.as_ref().filter(|_| airlock_oci::parse_digest(reference).is_err()) else { return };
+        let Some(cache) = self.cache_for(reference) else { return };
         match descriptor {
             Some(descriptor) => cache.put(&self.location, reference, descriptor.clone()),
             None => cache.forget(&self.location, reference),
