@@ -1,9 +1,10 @@
 //! OCI artifacts (seed 002): files pushed as ORAS pushes them, indexes of artifacts per platform
 //! and disk type, the choice of the one to pull, and the pull itself: streamed to disk, size and
-//! digest verified, resumable, decompressed on request.
+//! digest verified, resumable, decompressed on request; and Helm charts kept in registries ([`helm`]).
 
 #![warn(missing_docs)]
 
+pub mod helm;
 pub mod pull;
 pub mod push;
 pub mod select;

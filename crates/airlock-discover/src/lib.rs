@@ -37,6 +37,12 @@ pub struct Image {
     pub locations: Vec<String>,
 }
 
+/// The registry reference of a chart given as `oci://HOST/REPO[:VERSION|@DIGEST]` (as Helm
+/// writes charts in registries), `None` for a local chart.
+pub fn oci_chart(chart: &Path) -> Option<&str> {
+    chart.to_str().filter(|c| c.starts_with("oci://"))
+}
+
 /// What a path holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,8 +166,9 @@ fn expand(path: &Path, out: &mut Vec<(PathBuf, Kind)>) -> Result<(), DiscoverErr
     Ok(())
 }
 
-/// Renders a chart with `helm template` (subcharts included), values files and `--set`s.
-pub fn render_chart(chart: &Path, options: &Options) -> Result<String, DiscoverError> {
+/// Renders a chart with `helm template` (subcharts included), values files and `--set`s; errors
+/// name the chart as `name` (a fetched chart's reference rather than its temporary file).
+pub fn render_chart(chart: &Path, name: &str, options: &Options) -> Result<String, DiscoverError> {
     let program = if options.helm.is_empty() { "helm".to_owned() } else { options.helm.clone() };
     let mut command = Command::new(&program);
     command.arg("template").arg("airlock-discover").arg(chart);
@@ -171,18 +178,24 @@ pub fn render_chart(chart: &Path, options: &Options) -> Result<String, DiscoverE
     for set in &options.set {
         command.arg("--set").arg(set);
     }
-    let output = command.output().map_err(|e| DiscoverError::HelmMissing { program: program.clone(), chart: chart.display().to_string(), reason: e.to_string() })?;
+    let output = command.output().map_err(|e| DiscoverError::HelmMissing { program: program.clone(), chart: name.to_owned(), reason: e.to_string() })?;
     if !output.status.success() {
-        return Err(DiscoverError::HelmFailed { program, chart: chart.display().to_string(), stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
+        return Err(DiscoverError::HelmFailed { program, chart: name.to_owned(), stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned() });
     }
-    String::from_utf8(output.stdout).map_err(|_| DiscoverError::Input(format!("`{program} template {}` printed something that is not UTF-8", chart.display())))
+    String::from_utf8(output.stdout).map_err(|_| DiscoverError::Input(format!("`{program} template {name}` printed something that is not UTF-8")))
+}
+
+/// Every place an image is named in the chart at `path` (a folder or `.tgz`), the chart named
+/// `name` in messages.
+pub fn find_in_chart(path: &Path, name: &str, options: &Options) -> Result<Vec<Found>, DiscoverError> {
+    kube::images(&render_chart(path, name, options)?, name).map_err(DiscoverError::Input)
 }
 
 /// Every place an image is named in `path`, of kind `kind`.
 pub fn find(path: &Path, kind: Kind, options: &Options) -> Result<Vec<Found>, DiscoverError> {
     let name = path.display().to_string();
     match kind {
-        Kind::HelmChart => kube::images(&render_chart(path, options)?, &name).map_err(DiscoverError::Input),
+        Kind::HelmChart => find_in_chart(path, &name, options),
         Kind::Manifests => kube::images(&read(path)?, &name).map_err(DiscoverError::Input),
         Kind::Dockerfile => Ok(dockerfile::images(&read(path)?, &name, &options.build_args)),
         Kind::Compose => compose(path, options),
@@ -233,18 +246,26 @@ fn compose(path: &Path, options: &Options) -> Result<Vec<Found>, DiscoverError> 
 
 /// The images `paths` need, deduplicated (by normalised reference), in first-seen order.
 pub fn discover(paths: &[PathBuf], options: &Options) -> Result<Vec<Image>, DiscoverError> {
-    let mut inputs = Vec::new();
+    let mut found = Vec::new();
     for path in paths {
-        if !path.exists() {
-            return Err(DiscoverError::Input(format!("`{}` does not exist", path.display())));
-        }
-        expand(path, &mut inputs)?;
+        found.extend(found_in(path, options)?);
     }
+    Ok(dedupe(found))
+}
+
+/// Every place an image is named in `path`: a file of a kind [`detect`] tells, a chart, or a
+/// folder of them.
+pub fn found_in(path: &Path, options: &Options) -> Result<Vec<Found>, DiscoverError> {
+    if !path.exists() {
+        return Err(DiscoverError::Input(format!("`{}` does not exist", path.display())));
+    }
+    let mut inputs = Vec::new();
+    expand(path, &mut inputs)?;
     let mut found = Vec::new();
     for (path, kind) in inputs {
         found.extend(find(&path, kind, options)?);
     }
-    Ok(dedupe(found))
+    Ok(found)
 }
 
 /// Merges the places of one image.

@@ -38,7 +38,8 @@ pub struct OnboardConfig {
 pub struct HelmPackage {
     /// Its name.
     pub name: String,
-    /// The chart folder or `.tgz`, relative to the config file.
+    /// The chart folder or `.tgz`, relative to the config file, or a chart in a registry
+    /// (`oci://HOST/REPO[:VERSION|@DIGEST]`, see [`crate::oci_chart`]).
     pub path_to_chart: PathBuf,
     /// A values file rendered with it, relative to the config file.
     pub default_values: Option<PathBuf>,
@@ -68,7 +69,9 @@ pub fn load_config(path: &Path) -> Result<OnboardConfig, DiscoverError> {
     }
     let base = path.parent().unwrap_or(Path::new("."));
     for package in &mut config.helm_packages {
-        package.path_to_chart = base.join(&package.path_to_chart);
+        if crate::oci_chart(&package.path_to_chart).is_none() {
+            package.path_to_chart = base.join(&package.path_to_chart);
+        }
         package.default_values = package.default_values.as_ref().map(|v| base.join(v));
     }
     Ok(config)
@@ -176,6 +179,9 @@ pub struct LockFile {
     pub target: String,
     /// By image as written.
     pub images: BTreeMap<String, LockEntry>,
+    /// The digest of each chart fetched from a registry, by `path_to_chart` as written.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub charts: BTreeMap<String, String>,
 }
 
 /// One locked image.
@@ -197,7 +203,7 @@ impl LockFile {
             .filter(|o| o.status == "onboarded")
             .filter_map(|o| Some((o.image.clone(), LockEntry { digest: o.digest.clone()?, source: o.source.clone()?, target: o.target.clone()? })))
             .collect();
-        LockFile { target: target.to_owned(), images }
+        LockFile { target: target.to_owned(), images, charts: BTreeMap::new() }
     }
 
     /// Writes it atomically (temporary file, fsync, rename).

@@ -134,17 +134,21 @@ pub enum Command {
     /// Each PATH is detected: a Helm chart (a folder with Chart.yaml, or a .tgz; rendered with
     /// `helm template`, subcharts included), Kubernetes manifests (a file or a folder of them; any
     /// workload kind, init and ephemeral containers), a Dockerfile (`FROM` of each stage and
-    /// `COPY --from`, with `ARG`s), or a compose file. Images are deduplicated by their normalised
+    /// `COPY --from`, with `ARG`s), or a compose file. A chart in a registry is named
+    /// `oci://HOST/REPO[:VERSION|@DIGEST]` (as `helm push` stores it; no version: the highest
+    /// released one, as `helm pull` picks): airlock fetches it with its own credentials and checks
+    /// its digest, and `helm` renders the archive. Images are deduplicated by their normalised
     /// reference.
     Discover(DiscoverArgs),
     /// Copy the images of Helm charts from source registries to a target, and lock their digests.
     ///
     /// CONFIG is JSONC (comments and trailing commas allowed): `image_sources` (registries or
-    /// registry/namespace, searched in order), `helm_packages` (`name`, `path_to_chart`,
-    /// `default_values`) and optionally `target`. Each image is looked for at SOURCE/PATH:TAG,
-    /// PATH being the image without its registry host (and, when its first part is no host name,
-    /// also without that part); the first found is copied by digest to TARGET/PATH:TAG. An image
-    /// found nowhere is an error listing every place tried.
+    /// registry/namespace, searched in order), `helm_packages` (`name`, `path_to_chart`, which
+    /// may be an `oci://` chart in a registry, `default_values`) and optionally `target`. Each
+    /// image is looked for at SOURCE/PATH:TAG, PATH being the image without its registry host
+    /// (and, when its first part is no host name, also without that part); the first found is
+    /// copied by digest to TARGET/PATH:TAG. An image found nowhere is an error listing every
+    /// place tried. The lock file records each image's digest and each fetched chart's.
     Onboard(OnboardArgs),
     /// Push files as an OCI artifact, as `oras push` does, or `--index` assemble pushed artifacts.
     ///
@@ -255,7 +259,8 @@ pub struct ArtifactsArgs {
 
 #[derive(Debug, Args)]
 pub struct DiscoverArgs {
-    /// Charts, manifest files or folders, Dockerfiles, compose files.
+    /// Charts (folders, `.tgz` or `oci://` references), manifest files or folders, Dockerfiles,
+    /// compose files.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     /// Values files for charts, in order (as `helm template -f`).

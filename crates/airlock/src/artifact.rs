@@ -40,7 +40,7 @@ fn key_values(pairs: &[String], flag: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn failure(error: airlock_artifact::ArtifactError) -> Failure {
+pub(crate) fn failure(error: airlock_artifact::ArtifactError) -> Failure {
     let exit_code = if matches!(error, airlock_artifact::ArtifactError::Invalid(_)) { 2 } else { 1 };
     Failure::from(anyhow::Error::new(error)).with_exit_code(exit_code)
 }

@@ -75,7 +75,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback(args) => crate::gate::rollback(global, args).await,
         Command::Watch(args) => crate::gate::watch(global, args).await,
         Command::Demo(args) => return crate::demo::demo(global, args).await,
-        Command::Discover(args) => crate::discover::discover(global, args),
+        Command::Discover(args) => crate::discover::discover(global, args).await,
         Command::Onboard(args) => return crate::discover::onboard(global, args).await,
         Command::Push(args) => crate::artifact::push(global, args).await,
         Command::Pull(args) => crate::artifact::pull(global, args).await,

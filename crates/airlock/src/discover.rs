@@ -5,10 +5,13 @@ use std::process::ExitCode;
 use airlock_copy::{CopyOptions, Copier};
 use airlock_discover::onboard::{self, LockFile, Onboarded};
 use airlock_discover::{DiscoverError, Image, Options};
-use airlock_store::remote::Registries;
+use std::path::PathBuf;
+
+use airlock_artifact::helm::PulledChart;
+use airlock_store::remote::{Access, Registries};
 
 use crate::args::{DiscoverArgs, Global, OnboardArgs, Output};
-use crate::commands::{registry_options, usage, Failure, Result};
+use crate::commands::{parse_reference, registry_options, usage, Failure, Result};
 use crate::output;
 
 fn input_failure(error: DiscoverError) -> Failure {
@@ -26,11 +29,57 @@ fn build_args(args: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-pub fn discover(global: &Global, args: &DiscoverArgs) -> Result<()> {
+/// Charts named `oci://…`, fetched with airlock's own registry settings (credentials, TLS,
+/// retries, digests checked) into a temporary folder, so that the user's `helm` only renders
+/// local archives.
+struct ChartFetcher {
+    registries: Option<Registries>,
+    dir: tempfile::TempDir,
+    fetched: Vec<PulledChart>,
+}
+
+impl ChartFetcher {
+    fn new() -> Result<ChartFetcher> {
+        let dir = tempfile::tempdir().map_err(|e| anyhow::anyhow!("cannot create a temporary folder for charts: {e}"))?;
+        Ok(ChartFetcher { registries: None, dir, fetched: Vec::new() })
+    }
+
+    /// The local archive of the chart `reference` names.
+    async fn fetch(&mut self, global: &Global, reference: &str) -> Result<PathBuf> {
+        let parsed = parse_reference(reference)?;
+        let registries = match &self.registries {
+            Some(registries) => registries,
+            None => self.registries.insert(Registries::new(registry_options(global))?),
+        };
+        let store = airlock_gate::open_store(registries, &parsed, Access::Pull).await;
+        // One folder per chart: two registries may hold charts of the same name and version.
+        let dir = self.dir.path().join(self.fetched.len().to_string());
+        let chart = airlock_artifact::helm::pull_chart(store.as_ref(), &parsed, &dir).await.map_err(crate::artifact::failure)?;
+        if !global.quiet && global.output == Output::Text {
+            output::note(&format!("chart {}: {} {}, {}", chart.reference, chart.name, chart.version, chart.digest));
+        }
+        let file = chart.file.clone();
+        self.fetched.push(chart);
+        Ok(file)
+    }
+}
+
+pub async fn discover(global: &Global, args: &DiscoverArgs) -> Result<()> {
     let options = Options { helm: args.helm.clone(), values: args.values.clone(), set: args.set.clone(), build_args: build_args(&args.build_arg)? };
-    let images = airlock_discover::discover(&args.paths, &options).map_err(input_failure)?;
+    let mut charts = ChartFetcher::new()?;
+    let mut found = Vec::new();
+    for input in &args.paths {
+        match airlock_discover::oci_chart(input) {
+            Some(reference) => {
+                let archive = charts.fetch(global, reference).await?;
+                found.extend(airlock_discover::find_in_chart(&archive, reference, &options).map_err(input_failure)?);
+            }
+            None => found.extend(airlock_discover::found_in(input, &options).map_err(input_failure)?),
+        }
+    }
+    let images = airlock_discover::dedupe(found);
     match global.output {
-        Output::Json => output::json(&serde_json::json!({ "images": images })),
+        Output::Json => output::json(&serde_json::json!({ "images": images, "charts": charts.fetched })),
         Output::Text => output::data(&images_table(&images)),
     }
     Ok(())
@@ -58,8 +107,19 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     if config.helm_packages.is_empty() {
         return Err(usage(format!("`{}` lists no `helm_packages`", args.config.display())));
     }
+    // Charts in registries are fetched first; from here on every package names a local chart.
+    let mut charts = ChartFetcher::new()?;
+    let mut packages = config.helm_packages.clone();
+    let mut chart_digests = std::collections::BTreeMap::new();
+    for package in &mut packages {
+        if let Some(reference) = airlock_discover::oci_chart(&package.path_to_chart).map(str::to_owned) {
+            package.path_to_chart = charts.fetch(global, &reference).await?;
+            let fetched = charts.fetched.last().expect("just fetched");
+            chart_digests.insert(reference, fetched.digest.to_string());
+        }
+    }
     let mut found = Vec::new();
-    for package in &config.helm_packages {
+    for package in &packages {
         let options = Options { helm: args.helm.clone(), values: package.default_values.iter().cloned().collect(), ..Options::default() };
         found.extend(airlock_discover::find(&package.path_to_chart, airlock_discover::Kind::HelmChart, &options).map_err(input_failure)?);
     }
@@ -78,11 +138,13 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
 
     let lock_path = args.lock.clone().unwrap_or_else(|| args.config.parent().unwrap_or(std::path::Path::new(".")).join("airlock-onboard.lock.json"));
     if !args.dry_run {
-        LockFile::of(&target, &results).write(&lock_path).map_err(|e| anyhow::anyhow!("cannot write the lock file `{}`: {e}", lock_path.display()))?;
+        let mut lock = LockFile::of(&target, &results);
+        lock.charts = chart_digests;
+        lock.write(&lock_path).map_err(|e| anyhow::anyhow!("cannot write the lock file `{}`: {e}", lock_path.display()))?;
     }
     let mut values = serde_json::Map::new();
     if args.emit_values {
-        for package in &config.helm_packages {
+        for package in &packages {
             let defaults = onboard::chart_values(&package.path_to_chart, package.default_values.as_deref()).map_err(input_failure)?;
             values.insert(package.name.clone(), onboard::values_overrides(&defaults, &results, &target));
         }

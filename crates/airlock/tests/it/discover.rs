@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::harness::fixtures::{image, layer, push};
-use crate::harness::{helm_bin, skopeo_digest, Airlock, Auth, Registry};
+use crate::harness::{helm_bin, helm_push, skopeo_digest, Airlock, Auth, Registry};
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -247,4 +247,73 @@ fn onboard_errors_a_missing_image_a_missing_helm_and_bad_jsonc() {
     write(&chart.join("templates/broken.yaml"), "{{ .Values.nope.deeper }}\n");
     let broken = airlock.run_env(&["discover", chart.to_str().unwrap()], &[("PATH", &path)]).code(1);
     assert!(broken.stderr.contains("template` failed"), "{}", broken.stderr);
+}
+
+/// Charts kept in a registry (pushed by the real Helm engine, as `helm push` does): fetched by
+/// airlock by version, by digest, or as the newest release, verified, then rendered; onboarding
+/// locks the chart's digest beside the images'.
+#[test]
+fn discover_and_onboard_charts_kept_in_a_registry() {
+    let dir = crate::harness::tempdir();
+    let chart = contoso_chart(dir.path());
+    let registry = Registry::start(Auth::None);
+    let remote = format!("oci://{}/charts", registry.host());
+    let values = chart.join("values.yaml");
+    let written = crate::harness::read(&values);
+    helm_push(&chart, "1.0.0", &remote);
+    // 1.1.0 moves contoso-a on; a release candidate moves it further, but is no release.
+    std::fs::write(&values, written.replacen("tag: 1.0.0", "tag: 1.1.0", 1)).unwrap();
+    helm_push(&chart, "1.1.0", &remote);
+    std::fs::write(&values, written.replacen("tag: 1.0.0", "tag: 2.0.0", 1)).unwrap();
+    helm_push(&chart, "2.0.0-rc.1", &remote);
+    let digest_1_0 = skopeo_digest(&format!("docker://{}/charts/contoso:1.0.0", registry.host()));
+    let helm = helm_bin();
+    let path = path_with(helm.path());
+    let airlock = Airlock::new();
+
+    let found = airlock.run_env(&["discover", &format!("{remote}/contoso:1.0.0"), "-o", "json"], &[("PATH", &path)]).success().json();
+    assert_eq!(
+        image_names(&found),
+        ["repository/test-release/contoso-test:1.0.0", "repository/release/contoso-c:1.0.0", "repository/release/contoso-a:1.0.0", "repository/release/contoso-b:1.0.0"]
+    );
+    assert_eq!(found["images"][2]["locations"][0], "contoso/templates/deployment.yaml: Deployment/airlock-discover-core container `a`");
+    let fetched = &found["charts"][0];
+    assert_eq!((fetched["name"].as_str(), fetched["version"].as_str()), (Some("contoso"), Some("1.0.0")));
+    assert_eq!(fetched["digest"], digest_1_0, "the manifest digest, as skopeo sees it");
+
+    // No version: the newest release, as `helm pull` picks it, not the release candidate.
+    let newest = airlock.run_env(&["discover", &format!("{remote}/contoso"), "-o", "json"], &[("PATH", &path)]).success().json();
+    assert!(image_names(&newest).contains(&"repository/release/contoso-a:1.1.0".to_owned()), "{newest}");
+    assert_eq!(newest["charts"][0]["reference"], format!("{}/charts/contoso:1.1.0", registry.host()));
+    // By digest, with a local chart beside it; in text, the chart and its digest go to stderr.
+    let other = dir.path().join("extra.yaml");
+    write(&other, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n    - name: x\n      image: busybox:1.36\n");
+    let text = airlock.run_env(&["discover", &format!("{remote}/contoso@{digest_1_0}"), other.to_str().unwrap()], &[("PATH", &path)]).success();
+    assert!(text.stdout.contains("repository/release/contoso-a:1.0.0") && text.stdout.contains("busybox:1.36"), "{}", text.stdout);
+    assert!(text.stderr.contains(&format!("contoso 1.0.0, {digest_1_0}")), "{}", text.stderr);
+
+    // What is not a chart, and a version that is not there, are named.
+    let img = image("amd64", &[layer(710, 1000)]);
+    push(&registry.host(), "charts/not-a-chart", &img, Some("1.0.0"), None);
+    airlock
+        .run_env(&["discover", &format!("{remote}/not-a-chart:1.0.0")], &[("PATH", &path)])
+        .code(2)
+        .stderr_has("is not a Helm chart: its config is `application/vnd.oci.image.config.v1+json`");
+    let absent = airlock.run_env(&["discover", &format!("{remote}/contoso:9.9.9")], &[("PATH", &path)]).code(1);
+    assert!(absent.stderr.contains("charts/contoso") && absent.stderr.contains("9.9.9"), "{}", absent.stderr);
+
+    // Onboarding a chart from the registry: its images are copied, its digest is locked.
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    for (seed, image_path, tag) in [(720, "release/contoso-a", "1.0.0"), (721, "release/contoso-b", "1.0.0"), (722, "release/contoso-c", "1.0.0"), (723, "test-release/contoso-test", "1.0.0")] {
+        push(&source.host(), image_path, &image("amd64", &[layer(seed, 1500)]), Some(tag), None);
+    }
+    let chart_reference = format!("{remote}/contoso:1.0.0");
+    let config = cnf_input(dir.path(), &[source.host()], Path::new(&chart_reference), None);
+    let report = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target.host(), "-o", "json"], &[("PATH", &path)]).success().json();
+    assert!(report["results"].as_array().unwrap().iter().all(|r| r["status"] == "onboarded"), "{report}");
+    assert!(target.has_manifest("release/contoso-a", "1.0.0", None));
+    let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
+    assert_eq!(lock["charts"][&chart_reference], digest_1_0, "{lock}");
+    assert_eq!(lock["images"].as_object().unwrap().len(), 4);
 }

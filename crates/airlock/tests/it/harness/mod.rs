@@ -174,6 +174,17 @@ pub fn helm_bin() -> tempfile::TempDir {
     dir
 }
 
+/// Packages the chart folder `chart` as `version` with the real Helm engine and pushes it to
+/// `remote` (`oci://HOST/PATH`, plain HTTP), as `helm package --version` and `helm push` do.
+pub fn helm_push(chart: &Path, version: &str, remote: &str) {
+    let python = require("python3", "python3");
+    let out = tempdir();
+    let script = "import sys, helm_python as h\nh.push(h.package(sys.argv[1], destination=sys.argv[2], version=sys.argv[3]), sys.argv[4], plain_http=True)\n";
+    let mut command = Command::new(python);
+    command.args(["-c", script]).arg(chart).arg(out.path()).args([version, remote]);
+    run_command(command, None).success();
+}
+
 pub fn run_command(mut command: Command, stdin: Option<&str>) -> Run {
     use std::io::Write;
     let description = format!("{command:?}");
