@@ -254,8 +254,13 @@ pub fn values_overrides(values: &serde_json::Value, onboarded: &[Onboarded], tar
 }
 
 /// A chart's default values: its `values.yaml`, its subcharts' under their names, then the
-/// package's `default_values` over them.
+/// package's `default_values` over them. A packaged chart (`.tgz`) is unpacked into a temporary
+/// folder first.
 pub fn chart_values(chart: &Path, default_values: Option<&Path>) -> Result<serde_json::Value, DiscoverError> {
+    if chart.is_file() {
+        let unpacked = unpack_chart(chart)?;
+        return chart_values(&unpacked.1, default_values);
+    }
     let read_yaml = |path: &Path| -> Result<serde_json::Value, DiscoverError> {
         let text = std::fs::read_to_string(path).map_err(|e| DiscoverError::Input(format!("cannot read `{}`: {e}", path.display())))?;
         let value: Option<serde_json::Value> = serde_saphyr::from_str(&text).map_err(|e| DiscoverError::Input(format!("{}: not valid YAML: {e}", path.display())))?;
@@ -267,9 +272,21 @@ pub fn chart_values(chart: &Path, default_values: Option<&Path>) -> Result<serde
             values = read_yaml(&chart.join("values.yaml"))?;
         }
         if let Ok(entries) = std::fs::read_dir(chart.join("charts")) {
-            let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("Chart.yaml").is_file()).collect();
+            let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
             entries.sort();
-            for sub in entries {
+            // Subcharts as folders, or packaged as `helm dependency build` leaves them.
+            let mut unpacked = Vec::new();
+            let mut subcharts = Vec::new();
+            for entry in entries {
+                if entry.join("Chart.yaml").is_file() {
+                    subcharts.push(entry);
+                } else if entry.is_file() && entry.extension().is_some_and(|e| e == "tgz") {
+                    let (guard, folder) = unpack_chart(&entry)?;
+                    unpacked.push(guard);
+                    subcharts.push(folder);
+                }
+            }
+            for sub in subcharts {
                 let meta = read_yaml(&sub.join("Chart.yaml"))?;
                 let name = meta["name"].as_str().map(str::to_owned).unwrap_or_else(|| sub.file_name().unwrap_or_default().to_string_lossy().into_owned());
                 let sub_values = chart_values(&sub, None)?;
@@ -284,6 +301,24 @@ pub fn chart_values(chart: &Path, default_values: Option<&Path>) -> Result<serde
         merge(&mut values, &read_yaml(path)?);
     }
     Ok(values)
+}
+
+/// Unpacks a packaged chart (a gzipped tar holding one folder, the chart) into a temporary
+/// folder; entries that would leave it are refused by `tar`. The folder lives as long as the
+/// returned guard.
+fn unpack_chart(archive: &Path) -> Result<(tempfile::TempDir, PathBuf), DiscoverError> {
+    let name = archive.display();
+    let file = std::fs::File::open(archive).map_err(|e| DiscoverError::Input(format!("cannot read `{name}`: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|e| DiscoverError::Input(format!("cannot unpack `{name}`: {e}")))?;
+    tar::Archive::new(flate2::read::GzDecoder::new(file))
+        .unpack(dir.path())
+        .map_err(|e| DiscoverError::Input(format!("cannot unpack `{name}` (a chart is a gzipped tar): {e}")))?;
+    let chart = std::fs::read_dir(dir.path())
+        .map_err(|e| DiscoverError::Input(format!("cannot unpack `{name}`: {e}")))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| path.join("Chart.yaml").is_file())
+        .ok_or_else(|| DiscoverError::Input(format!("`{name}` holds no chart folder (no `*/Chart.yaml`)")))?;
+    Ok((dir, chart))
 }
 
 /// Deep-merges `over` into `base`, as Helm merges values files.
@@ -395,6 +430,40 @@ pub async fn onboard(images: &[crate::Image], sources: &[String], target: &str, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gzipped tar of `files` (path, bytes), as `helm package` writes one.
+    fn packaged(path: &Path, files: &[(&str, &[u8])]) {
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(std::fs::File::create(path).unwrap(), flate2::Compression::fast()));
+        for (name, bytes) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *bytes).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+    }
+
+    #[test]
+    fn packaged_charts_and_subcharts_give_their_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("db-0.1.0.tgz");
+        packaged(&sub, &[("db/Chart.yaml", b"apiVersion: v2\nname: db\nversion: 0.1.0\n"), ("db/values.yaml", b"image: postgres:16\n")]);
+        let sub_bytes = std::fs::read(&sub).unwrap();
+        // The subchart travels packaged inside the chart, as `helm dependency build` leaves it.
+        let chart = dir.path().join("app-1.0.0.tgz");
+        packaged(
+            &chart,
+            &[("app/Chart.yaml", b"apiVersion: v2\nname: app\nversion: 1.0.0\n"), ("app/values.yaml", b"image: web:1\n"), ("app/charts/db-0.1.0.tgz", &sub_bytes)],
+        );
+        let values = chart_values(&chart, None).unwrap();
+        assert_eq!(values, serde_json::json!({"image": "web:1", "db": {"image": "postgres:16"}}));
+        // Not a chart archive: said, with the file's name.
+        let bogus = dir.path().join("bogus.tgz");
+        packaged(&bogus, &[("README", b"hello")]);
+        let error = chart_values(&bogus, None).unwrap_err().to_string();
+        assert!(error.contains("bogus.tgz") && error.contains("holds no chart folder"), "{error}");
+    }
 
     #[test]
     fn docker_splits_hosts_only_when_they_look_like_hosts() {

@@ -316,4 +316,13 @@ fn discover_and_onboard_charts_kept_in_a_registry() {
     let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
     assert_eq!(lock["charts"][&chart_reference], digest_1_0, "{lock}");
     assert_eq!(lock["images"].as_object().unwrap().len(), 4);
+    // The values overrides come from the fetched archive's values (subchart included): rendered
+    // with them, the chart names only the target.
+    let emitted = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target.host(), "--emit-values", "-q"], &[("PATH", &path)]).success().stdout;
+    let overrides = dir.path().join("onboarded.yaml");
+    std::fs::write(&overrides, &emitted).unwrap();
+    let rendered = airlock.run_env(&["discover", &chart_reference, "-f", overrides.to_str().unwrap(), "-o", "json"], &[("PATH", &path)]).success().json();
+    let names = image_names(&rendered);
+    assert_eq!(names.len(), 4, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with(&target.host())), "{names:?}\n{emitted}");
 }
