@@ -2,12 +2,10 @@
 
 use std::process::ExitCode;
 
+use airlock_artifact::helm::PulledChart;
 use airlock_copy::{CopyOptions, Copier};
 use airlock_discover::onboard::{self, LockFile, Onboarded};
 use airlock_discover::{DiscoverError, Image, Options};
-use std::path::PathBuf;
-
-use airlock_artifact::helm::PulledChart;
 use airlock_store::remote::{Access, Registries};
 
 use crate::args::{DiscoverArgs, Global, OnboardArgs, Output};
@@ -44,8 +42,8 @@ impl ChartFetcher {
         Ok(ChartFetcher { registries: None, dir, fetched: Vec::new() })
     }
 
-    /// The local archive of the chart `reference` names.
-    async fn fetch(&mut self, global: &Global, reference: &str) -> Result<PathBuf> {
+    /// The chart `reference` names, fetched; its `file` is the local archive.
+    async fn fetch(&mut self, global: &Global, reference: &str) -> Result<&PulledChart> {
         let parsed = parse_reference(reference)?;
         let registries = match &self.registries {
             Some(registries) => registries,
@@ -58,9 +56,8 @@ impl ChartFetcher {
         if !global.quiet && global.output == Output::Text {
             output::note(&format!("chart {}: {} {}, {}", chart.reference, chart.name, chart.version, chart.digest));
         }
-        let file = chart.file.clone();
         self.fetched.push(chart);
-        Ok(file)
+        Ok(self.fetched.last().expect("just pushed"))
     }
 }
 
@@ -71,7 +68,7 @@ pub async fn discover(global: &Global, args: &DiscoverArgs) -> Result<()> {
     for input in &args.paths {
         match airlock_discover::oci_chart(input) {
             Some(reference) => {
-                let archive = charts.fetch(global, reference).await?;
+                let archive = charts.fetch(global, reference).await?.file.clone();
                 found.extend(airlock_discover::find_in_chart(&archive, reference, &options).map_err(input_failure)?);
             }
             None => found.extend(airlock_discover::found_in(input, &options).map_err(input_failure)?),
@@ -113,9 +110,9 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     let mut chart_digests = std::collections::BTreeMap::new();
     for package in &mut packages {
         if let Some(reference) = airlock_discover::oci_chart(&package.path_to_chart).map(str::to_owned) {
-            package.path_to_chart = charts.fetch(global, &reference).await?;
-            let fetched = charts.fetched.last().expect("just fetched");
-            chart_digests.insert(reference, fetched.digest.to_string());
+            let chart = charts.fetch(global, &reference).await?;
+            package.path_to_chart = chart.file.clone();
+            chart_digests.insert(reference, chart.digest.to_string());
         }
     }
     let mut found = Vec::new();
