@@ -44,18 +44,19 @@ struct ChartMetadata {
     version: String,
 }
 
-/// Fetches the chart `reference` names into `dir`, verified. Without tag or digest, the highest
-/// released semantic version among the repository's tags is taken, as `helm pull` does without
-/// `--version`.
-pub async fn pull_chart(store: &dyn Store, reference: &Reference, dir: &Path) -> Result<PulledChart, ArtifactError> {
+/// Fetches the chart `reference` names into `dir`, verified. Without tag or digest, the tags
+/// are versions (Helm writes a version's `+` as `_`) and the highest one `wanted` admits is
+/// taken, as `helm pull --version` does.
+pub async fn pull_chart(store: &dyn Store, reference: &Reference, wanted: &VersionWanted, dir: &Path) -> Result<PulledChart, ArtifactError> {
     let (reference, target) = match (reference.digest(), reference.tag()) {
         (Some(digest), _) => (reference.clone(), digest.to_string()),
         (None, Some(tag)) => (reference.clone(), tag.to_owned()),
         (None, None) => {
             let tags = store.list_tags().await?;
-            let newest = newest_version(&tags).ok_or_else(|| {
+            let as_versions: Vec<String> = tags.iter().map(|tag| tag.replace('_', "+")).collect();
+            let newest = wanted.newest(as_versions.iter().map(String::as_str).zip(&tags)).cloned().ok_or_else(|| {
                 ArtifactError::Invalid(format!(
-                    "`{}`: no tag is a semantic version (tags: {}); name the chart version, as in `{}:1.2.3`",
+                    "`{}` has no tag that is {wanted} (tags: {}); name the chart version, as in `{}:1.2.3`",
                     reference.repository_key(),
                     if tags.is_empty() { "none".to_owned() } else { tags.join(", ") },
                     reference.repository_key()
@@ -80,31 +81,175 @@ pub async fn pull_chart(store: &dyn Store, reference: &Reference, dir: &Path) ->
     let metadata = airlock_store::verify::read_small(store, config, CONFIG_LIMIT).await?;
     let metadata: ChartMetadata = serde_json::from_slice(&metadata).map_err(|e| not_a_chart(format!("its metadata ({}) does not parse: {e}", config.digest())))?;
     let pulled = crate::pull::download(store, layer, dir, false).await?;
-    // `helm template` tells a packaged chart by its name; the metadata names the file as
-    // `helm pull` does, with nothing that could leave `dir`.
-    let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' }).collect::<String>();
-    let file = dir.join(format!("{}-{}.tgz", safe(&metadata.name), safe(&metadata.version)));
+    let file = archive_path(dir, &metadata.name, &metadata.version);
     std::fs::rename(&pulled.file, &file).map_err(ArtifactError::io("cannot rename to", &file))?;
     Ok(PulledChart { reference: text, digest: manifest.digest().clone(), name: metadata.name, version: metadata.version, file })
 }
 
-/// The highest semantic version among `tags`, pre-releases left out as Helm's `*` leaves them
-/// (Helm writes a version's `+` as `_` in its tag).
-fn newest_version(tags: &[String]) -> Option<String> {
-    tags.iter()
-        .filter_map(|tag| semver::Version::parse(&tag.replace('_', "+")).ok().map(|v| (v, tag)))
-        .filter(|(version, _)| version.pre.is_empty())
-        .max_by(|a, b| a.0.cmp(&b.0))
-        .map(|(_, tag)| tag.clone())
+/// `helm template` tells a packaged chart by its name: `NAME-VERSION.tgz` as `helm pull` names
+/// it, with nothing that could leave `dir`.
+fn archive_path(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' }).collect::<String>();
+    dir.join(format!("{}-{}.tgz", safe(name), safe(version)))
+}
+
+/// A chart repository's `index.yaml`, as much of it as choosing and verifying a chart needs.
+#[derive(serde::Deserialize)]
+struct RepoIndex {
+    #[serde(default)]
+    entries: std::collections::BTreeMap<String, Vec<RepoEntry>>,
+}
+
+#[derive(serde::Deserialize)]
+struct RepoEntry {
+    version: String,
+    #[serde(default)]
+    urls: Vec<String>,
+    /// The archive's SHA-256, in hex.
+    digest: Option<String>,
+}
+
+/// An index is metadata, read whole to be parsed; the largest public ones are tens of MiB.
+const INDEX_LIMIT: usize = 256 << 20;
+
+/// Fetches chart `name` from the chart repository at `repo` (an HTTP(S) URL serving
+/// `index.yaml`, as `helm repo add` takes) into `dir`: the highest version `wanted` admits,
+/// streamed and checked against the SHA-256 the index gives. A chart the index gives no digest
+/// for is refused: airlock takes nothing it cannot verify.
+pub async fn pull_repo_chart(
+    registries: &airlock_store::remote::Registries,
+    repo: &str,
+    name: &str,
+    wanted: &VersionWanted,
+    dir: &Path,
+) -> Result<PulledChart, ArtifactError> {
+    use futures::StreamExt as _;
+    let base = reqwest::Url::parse(&format!("{}/", repo.trim_end_matches('/')))
+        .map_err(|e| ArtifactError::Invalid(format!("`--repo {repo}`: not a URL: {e}")))?;
+    let index_url = base.join("index.yaml").expect("a relative path joins");
+    let mut body = registries.get_url(index_url.as_str()).await?.bytes_stream();
+    let mut text = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ArtifactError::Invalid(format!("{index_url}: the answer was cut: {}", e.without_url())))?;
+        if text.len() + chunk.len() > INDEX_LIMIT {
+            return Err(ArtifactError::Invalid(format!("{index_url}: larger than {} MiB; not a chart index", INDEX_LIMIT >> 20)));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(text).map_err(|_| ArtifactError::Invalid(format!("{index_url}: not UTF-8 text; not a chart index")))?;
+    let index: RepoIndex = serde_saphyr::from_str(&text).map_err(|e| ArtifactError::Invalid(format!("{index_url}: not a chart index: {e}")))?;
+    let Some(versions) = index.entries.get(name) else {
+        let mut names: Vec<&str> = index.entries.keys().map(String::as_str).collect();
+        names.truncate(20);
+        return Err(ArtifactError::Invalid(format!("no chart `{name}` in {repo}; it has: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") })));
+    };
+    let entry = wanted.newest(versions.iter().map(|entry| (entry.version.as_str(), entry))).ok_or_else(|| {
+        let offered: Vec<&str> = versions.iter().map(|e| e.version.as_str()).take(20).collect();
+        ArtifactError::Invalid(format!("chart `{name}` in {repo} has no {wanted}; versions: {}", offered.join(", ")))
+    })?;
+    let url = entry.urls.first().ok_or_else(|| ArtifactError::Invalid(format!("{index_url}: `{name}` {} lists no URL", entry.version)))?;
+    let url = base.join(url).map_err(|e| ArtifactError::Invalid(format!("{index_url}: `{name}` {}: bad URL `{url}`: {e}", entry.version)))?;
+    let expected = entry
+        .digest
+        .as_deref()
+        .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
+        .ok_or_else(|| ArtifactError::Invalid(format!("{index_url}: `{name}` {} has no SHA-256 `digest`; airlock does not take a chart it cannot verify", entry.version)))?;
+
+    std::fs::create_dir_all(dir).map_err(ArtifactError::io("cannot create", dir))?;
+    let file = archive_path(dir, name, &entry.version);
+    let partial = file.with_extension("tgz.airlock-partial");
+    let mut out = std::fs::File::create(&partial).map_err(ArtifactError::io("cannot write", &partial))?;
+    let mut hasher = airlock_oci::DigestHasher::new(expected.algorithm()).expect("sha256 is computed");
+    let mut body = registries.get_url(url.as_str()).await?.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ArtifactError::Invalid(format!("{url}: the answer was cut: {}", e.without_url())))?;
+        hasher.update(&chunk);
+        std::io::Write::write_all(&mut out, &chunk).map_err(ArtifactError::io("cannot write", &partial))?;
+    }
+    out.sync_all().map_err(ArtifactError::io("cannot write", &partial))?;
+    drop(out);
+    let actual = hasher.finish();
+    if actual != expected {
+        let _ = std::fs::remove_file(&partial);
+        return Err(ArtifactError::Verification { file: file.display().to_string(), expected: expected.to_string(), reason: format!("{url} hashes to {actual}") });
+    }
+    std::fs::rename(&partial, &file).map_err(ArtifactError::io("cannot rename to", &file))?;
+    Ok(PulledChart { reference: url.to_string(), digest: expected, name: name.to_owned(), version: entry.version.clone(), file })
+}
+
+/// Which chart versions a Helm-style `--version` admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionWanted {
+    /// No version given: the highest release (pre-releases left out, as Helm's `*` leaves them).
+    Newest,
+    /// A plain version: that one (Helm reads `1.2.3` as exactly 1.2.3).
+    Exact(semver::Version),
+    /// A range (`^1.2`, `~1.2.3`, `>=1.0, <2`): the highest version in it.
+    Range(semver::VersionReq),
+}
+
+impl VersionWanted {
+    /// Reads `--version` as Helm does: a plain version is exact, anything else a range.
+    pub fn parse(text: Option<&str>) -> Result<VersionWanted, ArtifactError> {
+        let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Ok(VersionWanted::Newest);
+        };
+        if let Ok(exact) = semver::Version::parse(text.trim_start_matches('v')) {
+            return Ok(VersionWanted::Exact(exact));
+        }
+        semver::VersionReq::parse(text)
+            .map(VersionWanted::Range)
+            .map_err(|e| ArtifactError::Invalid(format!("`--version {text}`: neither a version nor a range (`1.2.3`, `^1.2`, `>=1.0, <2`): {e}")))
+    }
+
+    fn admits(&self, version: &semver::Version) -> bool {
+        match self {
+            VersionWanted::Newest => version.pre.is_empty(),
+            VersionWanted::Exact(exact) => version.cmp_precedence(exact).is_eq(),
+            VersionWanted::Range(range) => range.matches(version),
+        }
+    }
+
+    /// The candidate with the highest admitted version.
+    fn newest<'a, T>(&self, candidates: impl IntoIterator<Item = (&'a str, T)>) -> Option<T> {
+        candidates
+            .into_iter()
+            .filter_map(|(text, item)| semver::Version::parse(text.trim_start_matches('v')).ok().map(|v| (v, item)))
+            .filter(|(version, _)| self.admits(version))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(_, item)| item)
+    }
+}
+
+impl std::fmt::Display for VersionWanted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionWanted::Newest => f.write_str("a release"),
+            VersionWanted::Exact(version) => write!(f, "version {version}"),
+            VersionWanted::Range(range) => write!(f, "a version in `{range}`"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::VersionWanted;
+
+    fn newest(wanted: Option<&str>, versions: &[&'static str]) -> Option<&'static str> {
+        VersionWanted::parse(wanted).unwrap().newest(versions.iter().map(|v| (*v, *v)))
+    }
+
     #[test]
-    fn the_newest_version_is_semantic_not_lexical() {
-        let tags = |list: &[&str]| list.iter().map(|t| t.to_string()).collect::<Vec<_>>();
-        assert_eq!(super::newest_version(&tags(&["0.9.0", "0.10.0", "latest", "0.11.0-rc.1"])).as_deref(), Some("0.10.0"));
-        assert_eq!(super::newest_version(&tags(&["1.0.0", "1.0.1_build.5"])).as_deref(), Some("1.0.1_build.5"), "`_` stands for `+`");
-        assert_eq!(super::newest_version(&tags(&["latest", "stable"])), None);
+    fn versions_are_chosen_as_helm_chooses_them() {
+        // Semantic, not lexical; pre-releases only when asked for; non-versions ignored.
+        assert_eq!(newest(None, &["0.9.0", "0.10.0", "latest", "0.11.0-rc.1"]), Some("0.10.0"));
+        assert_eq!(newest(None, &["latest", "stable"]), None);
+        // A plain version is exact, not `^`.
+        assert_eq!(newest(Some("1.2.0"), &["1.2.0", "1.3.0"]), Some("1.2.0"));
+        assert_eq!(newest(Some("0.11.0-rc.1"), &["0.10.0", "0.11.0-rc.1"]), Some("0.11.0-rc.1"));
+        // Ranges.
+        assert_eq!(newest(Some("^1.2"), &["1.1.9", "1.2.3", "1.9.0", "2.0.0"]), Some("1.9.0"));
+        assert_eq!(newest(Some(">=1.0, <1.5"), &["1.4.9", "1.5.0"]), Some("1.4.9"));
+        assert!(VersionWanted::parse(Some("one")).unwrap_err().to_string().contains("neither a version nor a range"));
     }
 }

@@ -135,10 +135,14 @@ pub enum Command {
     /// `helm template`, subcharts included), Kubernetes manifests (a file or a folder of them; any
     /// workload kind, init and ephemeral containers), a Dockerfile (`FROM` of each stage and
     /// `COPY --from`, with `ARG`s), or a compose file. A chart in a registry is named
-    /// `oci://HOST/REPO[:VERSION|@DIGEST]` (as `helm push` stores it; no version: the highest
-    /// released one, as `helm pull` picks): airlock fetches it with its own credentials and checks
-    /// its digest, and `helm` renders the archive. Images are deduplicated by their normalised
-    /// reference.
+    /// `oci://HOST/REPO[:VERSION|@DIGEST]` (as `helm push` stores it), and with `--repo URL` each
+    /// PATH is a chart name in that chart repository; without a version, the highest release (or
+    /// the highest in `--version`) is taken, as `helm pull` picks. airlock fetches such charts
+    /// itself, with its own credentials and TLS settings, checks their digest (a repository chart
+    /// against its index's SHA-256), and `helm` renders the archive. Images are deduplicated by
+    /// their normalised reference.
+    // `--version` is the chart version here, as in `helm template`.
+    #[command(disable_version_flag = true)]
     Discover(DiscoverArgs),
     /// Copy the images of Helm charts from source registries to a target, and lock their digests.
     ///
@@ -275,6 +279,14 @@ pub struct DiscoverArgs {
     /// The Helm binary that renders charts.
     #[arg(long, default_value = "helm", value_name = "PATH")]
     pub helm: String,
+    /// A chart repository (the URL `helm repo add` takes, serving `index.yaml`): each PATH is
+    /// then a chart name in it, as `helm template --repo`.
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
+    /// The chart version for `--repo` charts and `oci://` charts named without one: a version
+    /// (exactly that one) or a range (`^1.2`, `~1.2.3`, `>=1.0, <2`) [default: the newest release].
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,9 @@
 //! `airlock discover` and `airlock onboard`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use airlock_artifact::helm::PulledChart;
+use airlock_artifact::helm::{PulledChart, VersionWanted};
 use airlock_copy::{CopyOptions, Copier};
 use airlock_discover::onboard::{self, LockFile, Onboarded};
 use airlock_discover::{DiscoverError, Image, Options};
@@ -42,35 +43,62 @@ impl ChartFetcher {
         Ok(ChartFetcher { registries: None, dir, fetched: Vec::new() })
     }
 
-    /// The chart `reference` names, fetched; its `file` is the local archive.
-    async fn fetch(&mut self, global: &Global, reference: &str) -> Result<&PulledChart> {
-        let parsed = parse_reference(reference)?;
-        let registries = match &self.registries {
-            Some(registries) => registries,
+    fn registries(&mut self, global: &Global) -> Result<&Registries> {
+        Ok(match self.registries {
+            Some(ref registries) => registries,
             None => self.registries.insert(Registries::new(registry_options(global))?),
-        };
-        let store = airlock_gate::open_store(registries, &parsed, Access::Pull).await;
-        // One folder per chart: two registries may hold charts of the same name and version.
-        let dir = self.dir.path().join(self.fetched.len().to_string());
-        let chart = airlock_artifact::helm::pull_chart(store.as_ref(), &parsed, &dir).await.map_err(crate::artifact::failure)?;
+        })
+    }
+
+    /// The chart `reference` (`oci://…`) names, fetched; its `file` is the local archive.
+    async fn fetch(&mut self, global: &Global, reference: &str, wanted: &VersionWanted) -> Result<&PulledChart> {
+        let parsed = parse_reference(reference)?;
+        if *wanted != VersionWanted::Newest && (parsed.tag().is_some() || parsed.digest().is_some()) {
+            return Err(usage(format!("`{reference}` names its version; drop the tag or `--version`")));
+        }
+        let store = airlock_gate::open_store(self.registries(global)?, &parsed, Access::Pull).await;
+        let dir = self.next_dir();
+        let chart = airlock_artifact::helm::pull_chart(store.as_ref(), &parsed, wanted, &dir).await.map_err(crate::artifact::failure)?;
+        Ok(self.keep(global, chart))
+    }
+
+    /// Chart `name` of the chart repository at `repo`, fetched and checked against its index.
+    async fn fetch_from_repo(&mut self, global: &Global, repo: &str, name: &str, wanted: &VersionWanted) -> Result<&PulledChart> {
+        let dir = self.next_dir();
+        let chart = airlock_artifact::helm::pull_repo_chart(self.registries(global)?, repo, name, wanted, &dir).await.map_err(crate::artifact::failure)?;
+        Ok(self.keep(global, chart))
+    }
+
+    /// One folder per chart: two registries may hold charts of the same name and version.
+    fn next_dir(&self) -> PathBuf {
+        self.dir.path().join(self.fetched.len().to_string())
+    }
+
+    fn keep(&mut self, global: &Global, chart: PulledChart) -> &PulledChart {
         if !global.quiet && global.output == Output::Text {
             output::note(&format!("chart {}: {} {}, {}", chart.reference, chart.name, chart.version, chart.digest));
         }
         self.fetched.push(chart);
-        Ok(self.fetched.last().expect("just pushed"))
+        self.fetched.last().expect("just pushed")
     }
 }
 
 pub async fn discover(global: &Global, args: &DiscoverArgs) -> Result<()> {
     let options = Options { helm: args.helm.clone(), values: args.values.clone(), set: args.set.clone(), build_args: build_args(&args.build_arg)? };
+    let wanted = VersionWanted::parse(args.version.as_deref()).map_err(crate::artifact::failure)?;
     let mut charts = ChartFetcher::new()?;
     let mut found = Vec::new();
     for input in &args.paths {
-        match airlock_discover::oci_chart(input) {
-            Some(reference) => {
-                let archive = charts.fetch(global, reference).await?.file.clone();
-                found.extend(airlock_discover::find_in_chart(&archive, reference, &options).map_err(input_failure)?);
+        let fetched = match (&args.repo, airlock_discover::oci_chart(input)) {
+            (Some(repo), _) => {
+                let name = input.to_str().ok_or_else(|| usage(format!("`{}`: not a chart name", input.display())))?;
+                Some((charts.fetch_from_repo(global, repo, name, &wanted).await?, format!("{repo} {name}")))
             }
+            (None, Some(reference)) => Some((charts.fetch(global, reference, &wanted).await?, reference.to_owned())),
+            (None, None) => None,
+        };
+        match fetched {
+            Some((chart, name)) => found.extend(airlock_discover::find_in_chart(&chart.file, &name, &options).map_err(input_failure)?),
             None => found.extend(airlock_discover::found_in(input, &options).map_err(input_failure)?),
         }
     }
@@ -110,7 +138,7 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     let mut chart_digests = std::collections::BTreeMap::new();
     for package in &mut packages {
         if let Some(reference) = airlock_discover::oci_chart(&package.path_to_chart).map(str::to_owned) {
-            let chart = charts.fetch(global, &reference).await?;
+            let chart = charts.fetch(global, &reference, &VersionWanted::Newest).await?;
             package.path_to_chart = chart.file.clone();
             chart_digests.insert(reference, chart.digest.to_string());
         }

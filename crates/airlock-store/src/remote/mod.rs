@@ -130,6 +130,41 @@ impl Registries {
         Ok(Registries { options, http, credential_files, clients: Mutex::new(HashMap::new()) })
     }
 
+    /// GETs a plain HTTP(S) resource beside the registries (a Helm chart repository's index
+    /// and archives) with the same TLS roots and retry policy: connection errors, 408, 429
+    /// (`Retry-After` honoured) and 5xx are tried again. A 2xx response is returned for its
+    /// body to be streamed; any other status is an error naming the URL (without credentials).
+    pub async fn get_url(&self, url: &str) -> Result<reqwest::Response> {
+        let shown = match reqwest::Url::parse(url) {
+            Ok(mut parsed) => {
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+                parsed.to_string()
+            }
+            Err(_) => redact_url(url),
+        };
+        let mut attempt = 1;
+        loop {
+            let error = match self.http.get(url).send().await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry::parse_retry_after);
+                    Error::from(ErrorKind::Http { method: "GET".into(), url: shown.clone(), status: response.status().as_u16(), code: None, message: None, retry_after })
+                }
+                Err(source) => Error::from(ErrorKind::Transport { method: "GET".into(), url: shown.clone(), source: source.without_url() }),
+            };
+            if !error.is_transient() {
+                return Err(error);
+            }
+            if attempt >= self.options.retry.attempts {
+                return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: error }));
+            }
+            tracing::debug!(url = %shown, attempt, error = %error, "retrying");
+            tokio::time::sleep(self.options.retry.delay(attempt, error.retry_after())).await;
+            attempt += 1;
+        }
+    }
+
     async fn client(&self, registry: &RegistryRef) -> Arc<RegistryClient> {
         let cell = self.clients.lock().expect("clients lock").entry(registry.registry.clone()).or_default().clone();
         cell.get_or_init(|| async {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::harness::fixtures::{image, layer, push};
-use crate::harness::{helm_bin, helm_push, skopeo_digest, Airlock, Auth, Registry};
+use crate::harness::{helm_bin, helm_package, helm_push, helm_repo_index, skopeo_digest, Airlock, Auth, Registry, StaticHttp};
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -285,6 +285,10 @@ fn discover_and_onboard_charts_kept_in_a_registry() {
     let newest = airlock.run_env(&["discover", &format!("{remote}/contoso"), "-o", "json"], &[("PATH", &path)]).success().json();
     assert!(image_names(&newest).contains(&"repository/release/contoso-a:1.1.0".to_owned()), "{newest}");
     assert_eq!(newest["charts"][0]["reference"], format!("{}/charts/contoso:1.1.0", registry.host()));
+    // Or the newest in a range; a reference that names its version takes no `--version`.
+    let ranged = airlock.run_env(&["discover", &format!("{remote}/contoso"), "--version", "<1.1", "-o", "json"], &[("PATH", &path)]).success().json();
+    assert_eq!(ranged["charts"][0]["version"], "1.0.0");
+    airlock.run_env(&["discover", &format!("{remote}/contoso:1.0.0"), "--version", "1.1.0"], &[("PATH", &path)]).code(2).stderr_has("names its version");
     // By digest, with a local chart beside it; in text, the chart and its digest go to stderr.
     let other = dir.path().join("extra.yaml");
     write(&other, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n    - name: x\n      image: busybox:1.36\n");
@@ -325,4 +329,47 @@ fn discover_and_onboard_charts_kept_in_a_registry() {
     let names = image_names(&rendered);
     assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.iter().all(|n| n.starts_with(&target.host())), "{names:?}\n{emitted}");
+}
+
+/// Charts from a chart repository (`index.yaml` written by the real Helm engine, served over
+/// HTTP): chosen by version as `helm pull --repo` chooses, checked against the index's SHA-256.
+#[test]
+fn discover_charts_from_a_chart_repository() {
+    let dir = crate::harness::tempdir();
+    let chart = contoso_chart(dir.path());
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let values = chart.join("values.yaml");
+    let written = crate::harness::read(&values);
+    helm_package(&chart, "1.0.0", &repo);
+    std::fs::write(&values, written.replacen("tag: 1.0.0", "tag: 1.1.0", 1)).unwrap();
+    helm_package(&chart, "1.1.0", &repo);
+    helm_repo_index(&repo);
+    let server = StaticHttp::serve(&repo);
+    let helm = helm_bin();
+    let path = path_with(helm.path());
+    let airlock = Airlock::new();
+
+    // The newest release, its digest the archive's.
+    let found = airlock.run_env(&["discover", "--repo", &server.url, "contoso", "-o", "json"], &[("PATH", &path)]).success().json();
+    assert!(image_names(&found).contains(&"repository/release/contoso-a:1.1.0".to_owned()), "{found}");
+    assert_eq!(found["charts"][0]["version"], "1.1.0");
+    assert_eq!(found["charts"][0]["digest"], crate::harness::sha256(&std::fs::read(repo.join("contoso-1.1.0.tgz")).unwrap()));
+    assert_eq!(found["charts"][0]["reference"], format!("{}/contoso-1.1.0.tgz", server.url));
+    // A range, as `--version` takes it.
+    let older = airlock.run_env(&["discover", "--repo", &server.url, "contoso", "--version", "~1.0", "-o", "json"], &[("PATH", &path)]).success().json();
+    assert!(image_names(&older).contains(&"repository/release/contoso-a:1.0.0".to_owned()), "{older}");
+    // What is not there is named with what is.
+    airlock.run_env(&["discover", "--repo", &server.url, "nope"], &[("PATH", &path)]).code(2).stderr_has("no chart `nope` in");
+    airlock
+        .run_env(&["discover", "--repo", &server.url, "contoso", "--version", "3.0.0"], &[("PATH", &path)])
+        .code(2)
+        .stderr_has("chart `contoso` in")
+        .stderr_has("has no version 3.0.0; versions: 1.1.0, 1.0.0");
+    // An archive that is not what the index says is refused.
+    std::fs::write(&values, written.replacen("tag: 1.0.0", "tag: 6.6.6", 1)).unwrap();
+    helm_package(&chart, "1.1.0", &repo);
+    let tampered = airlock.run_env(&["discover", "--repo", &server.url, "contoso"], &[("PATH", &path)]).code(1);
+    assert!(tampered.stderr.contains("contoso-1.1.0.tgz") && tampered.stderr.contains("does not match sha256:"), "{}", tampered.stderr);
+    assert!(!tampered.stdout.contains("6.6.6"), "nothing of it was rendered: {}", tampered.stdout);
 }

@@ -159,12 +159,18 @@ impl Airlock {
     }
 }
 
-/// A folder holding `helm`: the stand-in under tests that renders with the real Helm engine
-/// (PyPI's helm-python-sdk). Put it first on `PATH`, or pass `--helm FOLDER/helm`.
-pub fn helm_bin() -> tempfile::TempDir {
+/// Python 3 with PyPI's helm-python-sdk (the real Helm engine), or a clear failure.
+fn helm_python_interpreter() -> PathBuf {
     let python = require("python3", "python3");
     let probe = Command::new(&python).args(["-c", "import helm_python"]).output().expect("run python3");
     assert!(probe.status.success(), "the Python package `helm-python-sdk` is not installed: `pip install helm-python-sdk` (README's test command installs it)");
+    python
+}
+
+/// A folder holding `helm`: the stand-in under tests that renders with the real Helm engine
+/// (PyPI's helm-python-sdk). Put it first on `PATH`, or pass `--helm FOLDER/helm`.
+pub fn helm_bin() -> tempfile::TempDir {
+    let python = helm_python_interpreter();
     let dir = tempdir();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/helm_template.py");
     let helm = dir.path().join("helm");
@@ -174,15 +180,63 @@ pub fn helm_bin() -> tempfile::TempDir {
     dir
 }
 
-/// Packages the chart folder `chart` as `version` with the real Helm engine and pushes it to
-/// `remote` (`oci://HOST/PATH`, plain HTTP), as `helm package --version` and `helm push` do.
-pub fn helm_push(chart: &Path, version: &str, remote: &str) {
-    let python = require("python3", "python3");
-    let out = tempdir();
-    let script = "import sys, helm_python as h\nh.push(h.package(sys.argv[1], destination=sys.argv[2], version=sys.argv[3]), sys.argv[4], plain_http=True)\n";
+/// Runs a Python snippet against the real Helm engine (PyPI's helm-python-sdk), with `args` as
+/// `sys.argv[1:]`.
+fn helm_python(script: &str, args: &[&std::ffi::OsStr]) {
+    let python = helm_python_interpreter();
     let mut command = Command::new(python);
-    command.args(["-c", script]).arg(chart).arg(out.path()).args([version, remote]);
+    command.arg("-c").arg(format!("import sys, helm_python as h\n{script}\n")).args(args);
     run_command(command, None).success();
+}
+
+/// Packages the chart folder `chart` as `version` into `out` (`NAME-VERSION.tgz`), as
+/// `helm package --version` does.
+pub fn helm_package(chart: &Path, version: &str, out: &Path) {
+    helm_python("h.package(sys.argv[1], destination=sys.argv[2], version=sys.argv[3])", &[chart.as_os_str(), out.as_os_str(), version.as_ref()]);
+}
+
+/// Packages the chart folder `chart` as `version` and pushes it to `remote` (`oci://HOST/PATH`,
+/// plain HTTP), as `helm package --version` and `helm push` do.
+pub fn helm_push(chart: &Path, version: &str, remote: &str) {
+    let out = tempdir();
+    helm_package(chart, version, out.path());
+    let name = crate::harness::read(&chart.join("Chart.yaml")).lines().find_map(|l| l.strip_prefix("name: ").map(str::to_owned)).expect("a chart name");
+    let archive = out.path().join(format!("{name}-{version}.tgz"));
+    helm_python("h.push(sys.argv[1], sys.argv[2], plain_http=True)", &[archive.as_os_str(), remote.as_ref()]);
+}
+
+/// Writes `dir/index.yaml` for the charts in `dir`, as `helm repo index` does.
+pub fn helm_repo_index(dir: &Path) {
+    helm_python("h.repo_index_generate(sys.argv[1])", &[dir.as_os_str()]);
+}
+
+/// A folder served over plain HTTP by Python's `http.server` on a free loopback port: a Helm
+/// chart repository in tests.
+pub struct StaticHttp {
+    pub url: String,
+    child: std::process::Child,
+}
+
+impl StaticHttp {
+    pub fn serve(dir: &Path) -> StaticHttp {
+        let port = registry::free_port();
+        let mut child = Command::new(require("python3", "python3"))
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start python3 -m http.server");
+        assert!(registry::wait_ready(port, &mut child), "python3 -m http.server did not start on port {port}");
+        StaticHttp { url: format!("http://127.0.0.1:{port}"), child }
+    }
+}
+
+impl Drop for StaticHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub fn run_command(mut command: Command, stdin: Option<&str>) -> Run {
