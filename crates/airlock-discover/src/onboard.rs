@@ -39,8 +39,15 @@ pub struct HelmPackage {
     /// Its name.
     pub name: String,
     /// The chart folder or `.tgz`, relative to the config file, or a chart in a registry
-    /// (`oci://HOST/REPO[:VERSION|@DIGEST]`, see [`crate::oci_chart`]).
+    /// (`oci://HOST/REPO[:VERSION|@DIGEST]`, see [`crate::oci_chart`]), or with `repo` the
+    /// chart's name in that chart repository.
     pub path_to_chart: PathBuf,
+    /// A chart repository (the URL `helm repo add` takes) holding the chart `path_to_chart`
+    /// names.
+    pub repo: Option<String>,
+    /// The version of a `repo` or `oci://` chart named without one: a version or a range
+    /// (`^1.2`); the newest release when absent.
+    pub version: Option<String>,
     /// A values file rendered with it, relative to the config file.
     pub default_values: Option<PathBuf>,
     /// AOSM's dependency list; accepted, not needed (Helm renders subcharts).
@@ -69,7 +76,7 @@ pub fn load_config(path: &Path) -> Result<OnboardConfig, DiscoverError> {
     }
     let base = path.parent().unwrap_or(Path::new("."));
     for package in &mut config.helm_packages {
-        if crate::oci_chart(&package.path_to_chart).is_none() {
+        if package.repo.is_none() && crate::oci_chart(&package.path_to_chart).is_none() {
             package.path_to_chart = base.join(&package.path_to_chart);
         }
         package.default_values = package.default_values.as_ref().map(|v| base.join(v));
@@ -179,9 +186,18 @@ pub struct LockFile {
     pub target: String,
     /// By image as written.
     pub images: BTreeMap<String, LockEntry>,
-    /// The digest of each chart fetched from a registry, by `path_to_chart` as written.
+    /// Each chart fetched from a registry or a chart repository, by package name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub charts: BTreeMap<String, String>,
+    pub charts: BTreeMap<String, LockedChart>,
+}
+
+/// One fetched chart.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockedChart {
+    /// Where it was fetched: the registry reference with its version, or the archive's URL.
+    pub reference: String,
+    /// Its digest: the chart manifest's, or the archive's.
+    pub digest: String,
 }
 
 /// One locked image.

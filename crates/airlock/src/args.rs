@@ -148,7 +148,8 @@ pub enum Command {
     ///
     /// CONFIG is JSONC (comments and trailing commas allowed): `image_sources` (registries or
     /// registry/namespace, searched in order), `helm_packages` (`name`, `path_to_chart`, which
-    /// may be an `oci://` chart in a registry, `default_values`) and optionally `target`. Each
+    /// may be an `oci://` chart in a registry or, with `repo`, a chart name in a chart
+    /// repository; `version` for those; `default_values`) and optionally `target`. Each
     /// image is looked for at SOURCE/PATH:TAG, PATH being the image without its registry host
     /// (and, when its first part is no host name, also without that part); the first found is
     /// copied by digest to TARGET/PATH:TAG. An image found nowhere is an error listing every

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use airlock_artifact::helm::{PulledChart, VersionWanted};
 use airlock_copy::{CopyOptions, Copier};
-use airlock_discover::onboard::{self, LockFile, Onboarded};
+use airlock_discover::onboard::{self, LockFile, LockedChart, Onboarded};
 use airlock_discover::{DiscoverError, Image, Options};
 use airlock_store::remote::{Access, Registries};
 
@@ -135,13 +135,19 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     // Charts in registries are fetched first; from here on every package names a local chart.
     let mut charts = ChartFetcher::new()?;
     let mut packages = config.helm_packages.clone();
-    let mut chart_digests = std::collections::BTreeMap::new();
+    let mut locked_charts = std::collections::BTreeMap::new();
     for package in &mut packages {
-        if let Some(reference) = airlock_discover::oci_chart(&package.path_to_chart).map(str::to_owned) {
-            let chart = charts.fetch(global, &reference, &VersionWanted::Newest).await?;
-            package.path_to_chart = chart.file.clone();
-            chart_digests.insert(reference, chart.digest.to_string());
-        }
+        let wanted = VersionWanted::parse(package.version.as_deref()).map_err(crate::artifact::failure)?;
+        let chart = match (&package.repo, airlock_discover::oci_chart(&package.path_to_chart).map(str::to_owned)) {
+            (Some(repo), _) => {
+                let name = package.path_to_chart.to_string_lossy().into_owned();
+                charts.fetch_from_repo(global, repo, &name, &wanted).await?
+            }
+            (None, Some(reference)) => charts.fetch(global, &reference, &wanted).await?,
+            (None, None) => continue,
+        };
+        package.path_to_chart = chart.file.clone();
+        locked_charts.insert(package.name.clone(), LockedChart { reference: chart.reference.clone(), digest: chart.digest.to_string() });
     }
     let mut found = Vec::new();
     for package in &packages {
@@ -164,7 +170,7 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     let lock_path = args.lock.clone().unwrap_or_else(|| args.config.parent().unwrap_or(std::path::Path::new(".")).join("airlock-onboard.lock.json"));
     if !args.dry_run {
         let mut lock = LockFile::of(&target, &results);
-        lock.charts = chart_digests;
+        lock.charts = locked_charts;
         lock.write(&lock_path).map_err(|e| anyhow::anyhow!("cannot write the lock file `{}`: {e}", lock_path.display()))?;
     }
     let mut values = serde_json::Map::new();

@@ -318,7 +318,7 @@ fn discover_and_onboard_charts_kept_in_a_registry() {
     assert!(report["results"].as_array().unwrap().iter().all(|r| r["status"] == "onboarded"), "{report}");
     assert!(target.has_manifest("release/contoso-a", "1.0.0", None));
     let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
-    assert_eq!(lock["charts"][&chart_reference], digest_1_0, "{lock}");
+    assert_eq!(lock["charts"]["contoso"], serde_json::json!({"reference": format!("{}/charts/contoso:1.0.0", registry.host()), "digest": digest_1_0}), "{lock}");
     assert_eq!(lock["images"].as_object().unwrap().len(), 4);
     // The values overrides come from the fetched archive's values (subchart included): rendered
     // with them, the chart names only the target.
@@ -366,6 +366,27 @@ fn discover_charts_from_a_chart_repository() {
         .code(2)
         .stderr_has("chart `contoso` in")
         .stderr_has("has no version 3.0.0; versions: 1.1.0, 1.0.0");
+    // Onboarding takes the same chart sources: `repo` and `version` beside `path_to_chart`.
+    let source = Registry::start(Auth::None);
+    let target = Registry::start(Auth::None);
+    for (seed, image_path) in [(730, "release/contoso-a"), (731, "release/contoso-b"), (732, "release/contoso-c"), (733, "test-release/contoso-test")] {
+        push(&source.host(), image_path, &image("amd64", &[layer(seed, 1500)]), Some("1.0.0"), None);
+    }
+    let config = dir.path().join("from-repo.jsonc");
+    write(
+        &config,
+        &format!(
+            "{{\n  \"image_sources\": [\"{}\"],\n  \"helm_packages\": [\n    {{\"name\": \"contoso\", \"repo\": \"{}\", \"path_to_chart\": \"contoso\", \"version\": \"1.0.0\"}},\n  ],\n}}\n",
+            source.host(),
+            server.url
+        ),
+    );
+    let report = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target.host(), "-o", "json"], &[("PATH", &path)]).success().json();
+    assert_eq!(report["results"].as_array().unwrap().iter().filter(|r| r["status"] == "onboarded").count(), 4, "{report}");
+    let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
+    assert_eq!(lock["charts"]["contoso"]["reference"], format!("{}/contoso-1.0.0.tgz", server.url), "{lock}");
+    assert_eq!(lock["charts"]["contoso"]["digest"], crate::harness::sha256(&std::fs::read(repo.join("contoso-1.0.0.tgz")).unwrap()));
+
     // An archive that is not what the index says is refused.
     std::fs::write(&values, written.replacen("tag: 1.0.0", "tag: 6.6.6", 1)).unwrap();
     helm_package(&chart, "1.1.0", &repo);
