@@ -127,7 +127,8 @@ pub async fn pull_repo_chart(
     let base = reqwest::Url::parse(&format!("{}/", repo.trim_end_matches('/')))
         .map_err(|e| ArtifactError::Invalid(format!("`--repo {repo}`: not a URL: {e}")))?;
     let index_url = base.join("index.yaml").expect("a relative path joins");
-    let mut body = registries.get_url(index_url.as_str()).await?.bytes_stream();
+    let unreadable = |source| ArtifactError::ChartRepository { repo: repo.to_owned(), source };
+    let mut body = registries.get_url(index_url.as_str()).await.map_err(unreadable)?.bytes_stream();
     let mut text = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| ArtifactError::Invalid(format!("{index_url}: the answer was cut: {}", e.without_url())))?;
@@ -160,7 +161,7 @@ pub async fn pull_repo_chart(
     let partial = file.with_extension("tgz.airlock-partial");
     let mut out = std::fs::File::create(&partial).map_err(ArtifactError::io("cannot write", &partial))?;
     let mut hasher = airlock_oci::DigestHasher::new(expected.algorithm()).expect("sha256 is computed");
-    let mut body = registries.get_url(url.as_str()).await?.bytes_stream();
+    let mut body = registries.get_url(url.as_str()).await.map_err(unreadable)?.bytes_stream();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| ArtifactError::Invalid(format!("{url}: the answer was cut: {}", e.without_url())))?;
         hasher.update(&chunk);

@@ -78,9 +78,43 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
+    /// A chart repository could not be read.
+    #[error("chart repository {repo}")]
+    ChartRepository {
+        /// The repository's URL.
+        repo: String,
+        /// What failed.
+        #[source]
+        source: airlock_store::Error,
+    },
     /// Bad input.
     #[error("{0}")]
     Invalid(String),
+}
+
+impl ArtifactError {
+    /// A fix to show the user, when one is known.
+    pub fn hint(&self) -> Option<String> {
+        use airlock_store::ErrorKind;
+        match self {
+            ArtifactError::Store(store) => store.hint(),
+            ArtifactError::ChartRepository { repo, source } => {
+                let last = match source.kind() {
+                    ErrorKind::Retried { source, .. } => source,
+                    _ => source,
+                };
+                match last.kind() {
+                    ErrorKind::Http { status: 404, .. } => Some(format!("`{repo}` should be the URL `helm repo add` takes, serving `index.yaml`")),
+                    ErrorKind::Http { status: 401 | 403, .. } => {
+                        Some("airlock reads public chart repositories; for a private one, `helm pull` the chart and name the `.tgz`".into())
+                    }
+                    ErrorKind::Transport { .. } => last.hint().filter(|hint| hint.contains("--ca-cert")).or_else(|| Some(format!("is `{repo}` reachable from here?"))),
+                    _ => last.hint(),
+                }
+            }
+            _ => None,
+        }
+    }
 }
 
 impl ArtifactError {

@@ -150,7 +150,7 @@ pub enum ErrorKind {
         reason: String,
     },
     /// An operation retried until the limit; the last error is the source.
-    #[error("gave up after {attempts} attempts")]
+    #[error("gave up after {attempts} attempt{}", if *.attempts == 1 { "" } else { "s" })]
     Retried {
         /// Attempts made.
         attempts: u32,

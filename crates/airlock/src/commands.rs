@@ -30,8 +30,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn hint_of(error: &anyhow::Error) -> Option<String> {
     error.chain().find_map(|cause| {
-        if let Some(airlock_artifact::ArtifactError::Store(store)) = cause.downcast_ref::<airlock_artifact::ArtifactError>() {
-            return store.hint();
+        if let Some(artifact) = cause.downcast_ref::<airlock_artifact::ArtifactError>() {
+            return artifact.hint();
         }
         if let Some(discover) = cause.downcast_ref::<airlock_discover::DiscoverError>() {
             return discover.hint();

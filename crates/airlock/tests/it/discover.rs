@@ -362,6 +362,11 @@ fn discover_charts_from_a_chart_repository() {
     // What is not there is named with what is.
     airlock.run_env(&["discover", "--repo", &server.url, "nope"], &[("PATH", &path)]).code(2).stderr_has("no chart `nope` in");
     airlock
+        .run_env(&["discover", "--repo", &format!("{}/elsewhere", server.url), "contoso"], &[("PATH", &path)])
+        .code(1)
+        .stderr_has(&format!("GET {}/elsewhere/index.yaml: 404", server.url))
+        .stderr_has("should be the URL `helm repo add` takes");
+    airlock
         .run_env(&["discover", "--repo", &server.url, "contoso", "--version", "3.0.0"], &[("PATH", &path)])
         .code(2)
         .stderr_has("chart `contoso` in")
