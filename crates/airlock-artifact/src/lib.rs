@@ -106,7 +106,11 @@ impl ArtifactError {
                 match last.kind() {
                     ErrorKind::Http { status: 404, .. } => Some(format!("`{repo}` should be the URL `helm repo add` takes, serving `index.yaml`")),
                     ErrorKind::Http { status: 401 | 403, .. } => {
-                        Some("airlock reads public chart repositories; for a private one, `helm pull` the chart and name the `.tgz`".into())
+                        Some(
+                            "airlock sends the credentials stored for the repository's host (`auths` of `--authfile`, `REGISTRY_AUTH_FILE`, podman's auth.json or Docker's config.json, \
+                             as `airlock login` writes them), over HTTPS or to a loopback host only"
+                                .into(),
+                        )
                     }
                     ErrorKind::Transport { .. } => last.hint().filter(|hint| hint.contains("--ca-cert")).or_else(|| Some(format!("is `{repo}` reachable from here?"))),
                     _ => last.hint(),

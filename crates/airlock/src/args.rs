@@ -281,7 +281,8 @@ pub struct DiscoverArgs {
     #[arg(long, default_value = "helm", value_name = "PATH")]
     pub helm: String,
     /// A chart repository (the URL `helm repo add` takes, serving `index.yaml`): each PATH is
-    /// then a chart name in it, as `helm template --repo`.
+    /// then a chart name in it, as `helm template --repo`. The credentials stored for its host
+    /// in the auth file are sent, over HTTPS or to a loopback host only.
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
     /// The chart version for `--repo` charts and `oci://` charts named without one: a version

@@ -132,20 +132,37 @@ impl Registries {
 
     /// GETs a plain HTTP(S) resource beside the registries (a Helm chart repository's index
     /// and archives) with the same TLS roots and retry policy: connection errors, 408, 429
-    /// (`Retry-After` honoured) and 5xx are tried again. A 2xx response is returned for its
-    /// body to be streamed; any other status is an error naming the URL (without credentials).
+    /// (`Retry-After` honoured) and 5xx are tried again. The credentials stored for the URL's
+    /// host (`airlock login HOST`, `--creds`) are sent, as Basic or Bearer, over HTTPS or to a
+    /// loopback host only. A 2xx response is returned for its body to be streamed; any other
+    /// status is an error naming the URL (without credentials).
     pub async fn get_url(&self, url: &str) -> Result<reqwest::Response> {
-        let shown = match reqwest::Url::parse(url) {
-            Ok(mut parsed) => {
+        let parsed = reqwest::Url::parse(url).ok();
+        let shown = match parsed.clone() {
+            Some(mut parsed) => {
                 let _ = parsed.set_username("");
                 let _ = parsed.set_password(None);
                 parsed.to_string()
             }
-            Err(_) => redact_url(url),
+            None => redact_url(url),
+        };
+        let host = parsed.as_ref().and_then(|u| u.host_str().map(|h| u.port().map(|p| format!("{h}:{p}")).unwrap_or_else(|| h.to_owned())));
+        let credential = match host {
+            Some(host) if parsed.as_ref().is_some_and(|u| u.scheme() == "https") || is_loopback(&host) => match self.options.explicit_credentials.get(&host) {
+                Some(credential) => Some(credential.clone()),
+                None => self.credential_files.lookup(&host).await?,
+            },
+            _ => None,
         };
         let mut attempt = 1;
         loop {
-            let error = match self.http.get(url).send().await {
+            let request = match &credential {
+                Some(Credential::Basic { username, password }) => self.http.get(url).basic_auth(username, Some(password.expose())),
+                Some(Credential::BearerToken(token)) => self.http.get(url).bearer_auth(token.expose()),
+                // A refresh token is for a registry's token service, which a plain URL has not.
+                Some(Credential::IdentityToken(_)) | None => self.http.get(url),
+            };
+            let error = match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),
                 Ok(response) => {
                     let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(retry::parse_retry_after);

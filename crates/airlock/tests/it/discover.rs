@@ -398,4 +398,16 @@ fn discover_charts_from_a_chart_repository() {
     let tampered = airlock.run_env(&["discover", "--repo", &server.url, "contoso"], &[("PATH", &path)]).code(1);
     assert!(tampered.stderr.contains("contoso-1.1.0.tgz") && tampered.stderr.contains("does not match sha256:"), "{}", tampered.stderr);
     assert!(!tampered.stdout.contains("6.6.6"), "nothing of it was rendered: {}", tampered.stdout);
+
+    // A private repository: refused without credentials, read with the ones stored for its host.
+    let private = StaticHttp::serve_with_basic_auth(&repo, Some("alice:s3cret-pw"));
+    let refused = airlock.run_env(&["discover", "--repo", &private.url, "contoso", "--version", "1.0.0"], &[("PATH", &path)]).code(1);
+    assert!(refused.stderr.contains("index.yaml: 401") && refused.stderr.contains("airlock sends the credentials stored for the repository's host"), "{}", refused.stderr);
+    let host = private.url.trim_start_matches("http://");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:s3cret-pw");
+    std::fs::write(airlock.authfile(), format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#)).unwrap();
+    let authfile = airlock.authfile();
+    let read = airlock.run_env(&["discover", "--repo", &private.url, "contoso", "--version", "1.0.0", "--authfile", authfile.to_str().unwrap(), "-v"], &[("PATH", &path)]).success();
+    assert!(read.stdout.contains("repository/release/contoso-a:1.0.0"), "{}", read.stdout);
+    assert!(!read.stderr.contains("s3cret-pw") && !read.stderr.contains(&auth), "the password stays out of logs: {}", read.stderr);
 }

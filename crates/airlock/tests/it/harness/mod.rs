@@ -210,8 +210,8 @@ pub fn helm_repo_index(dir: &Path) {
     helm_python("h.repo_index_generate(sys.argv[1])", &[dir.as_os_str()]);
 }
 
-/// A folder served over plain HTTP by Python's `http.server` on a free loopback port: a Helm
-/// chart repository in tests.
+/// A folder served over plain HTTP by Python's `http.server` (`tests/it/static_http.py`) on a
+/// free loopback port: a Helm chart repository in tests.
 pub struct StaticHttp {
     pub url: String,
     child: std::process::Child,
@@ -219,15 +219,23 @@ pub struct StaticHttp {
 
 impl StaticHttp {
     pub fn serve(dir: &Path) -> StaticHttp {
+        Self::serve_with_basic_auth(dir, None)
+    }
+
+    /// The same, answering `401` to any request without `Authorization: Basic` of `user:password`.
+    pub fn serve_with_basic_auth(dir: &Path, user_password: Option<&str>) -> StaticHttp {
         let port = registry::free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/static_http.py");
         let mut child = Command::new(require("python3", "python3"))
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(script)
+            .arg(port.to_string())
             .arg(dir)
+            .args(user_password)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start python3 -m http.server");
-        assert!(registry::wait_ready(port, &mut child), "python3 -m http.server did not start on port {port}");
+            .expect("start tests/it/static_http.py");
+        assert!(registry::wait_ready(port, &mut child), "tests/it/static_http.py did not start on port {port}");
         StaticHttp { url: format!("http://127.0.0.1:{port}"), child }
     }
 }
