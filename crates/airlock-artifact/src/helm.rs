@@ -81,16 +81,16 @@ pub async fn pull_chart(store: &dyn Store, reference: &Reference, wanted: &Versi
     let metadata = airlock_store::verify::read_small(store, config, CONFIG_LIMIT).await?;
     let metadata: ChartMetadata = serde_json::from_slice(&metadata).map_err(|e| not_a_chart(format!("its metadata ({}) does not parse: {e}", config.digest())))?;
     let pulled = crate::pull::download(store, layer, dir, false).await?;
-    let file = archive_path(dir, &metadata.name, &metadata.version);
+    let file = dir.join(archive_name(&metadata.name, &metadata.version));
     std::fs::rename(&pulled.file, &file).map_err(ArtifactError::io("cannot rename to", &file))?;
     Ok(PulledChart { reference: text, digest: manifest.digest().clone(), name: metadata.name, version: metadata.version, file })
 }
 
 /// `helm template` tells a packaged chart by its name: `NAME-VERSION.tgz` as `helm pull` names
-/// it, with nothing that could leave `dir`.
-fn archive_path(dir: &Path, name: &str, version: &str) -> PathBuf {
+/// it, with nothing that could leave the folder it is written to.
+fn archive_name(name: &str, version: &str) -> String {
     let safe = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() || "._+-".contains(c) { c } else { '_' }).collect::<String>();
-    dir.join(format!("{}-{}.tgz", safe(name), safe(version)))
+    format!("{}-{}.tgz", safe(name), safe(version))
 }
 
 /// A chart repository's `index.yaml`, as much of it as choosing and verifying a chart needs.
@@ -156,25 +156,15 @@ pub async fn pull_repo_chart(
         .and_then(|hex| format!("sha256:{hex}").parse::<Digest>().ok())
         .ok_or_else(|| ArtifactError::Invalid(format!("{index_url}: `{name}` {} has no SHA-256 `digest`; airlock does not take a chart it cannot verify", entry.version)))?;
 
-    std::fs::create_dir_all(dir).map_err(ArtifactError::io("cannot create", dir))?;
-    let file = archive_path(dir, name, &entry.version);
-    let partial = file.with_extension("tgz.airlock-partial");
-    let mut out = std::fs::File::create(&partial).map_err(ArtifactError::io("cannot write", &partial))?;
-    let mut hasher = airlock_oci::DigestHasher::new(expected.algorithm()).expect("sha256 is computed");
-    let mut body = registries.get_url(url.as_str()).await.map_err(unreadable)?.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ArtifactError::Invalid(format!("{url}: the answer was cut: {}", e.without_url())))?;
-        hasher.update(&chunk);
-        std::io::Write::write_all(&mut out, &chunk).map_err(ArtifactError::io("cannot write", &partial))?;
-    }
-    out.sync_all().map_err(ArtifactError::io("cannot write", &partial))?;
-    drop(out);
-    let actual = hasher.finish();
-    if actual != expected {
-        let _ = std::fs::remove_file(&partial);
-        return Err(ArtifactError::Verification { file: file.display().to_string(), expected: expected.to_string(), reason: format!("{url} hashes to {actual}") });
-    }
-    std::fs::rename(&partial, &file).map_err(ArtifactError::io("cannot rename to", &file))?;
+    let mut file = crate::pull::PartialFile::open(dir, &archive_name(name, &entry.version), &expected, None)?;
+    let body = registries.get_url(url.as_str()).await.map_err(unreadable)?.bytes_stream();
+    file.append(body.map(|chunk| chunk.map_err(|e| ArtifactError::Invalid(format!("{url}: the answer was cut: {}", e.without_url())))))
+        .await?;
+    // A temporary file's name says less than where the bytes came from.
+    let file = file.finish().map_err(|error| match error {
+        ArtifactError::Verification { expected, reason, .. } => ArtifactError::Verification { file: url.to_string(), expected, reason },
+        other => other,
+    })?;
     Ok(PulledChart { reference: url.to_string(), digest: expected, name: name.to_owned(), version: entry.version.clone(), file })
 }
 

@@ -5,7 +5,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use airlock_oci::{Descriptor, Manifest, ManifestKind, Reference};
+use airlock_oci::{Descriptor, Digest, Manifest, ManifestKind, Reference};
 use airlock_store::Store;
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -144,54 +144,15 @@ pub struct Pulled {
 /// Downloads `layer` into `dir`, resuming a partial file of an earlier run; verifies size and
 /// digest before the file takes its name; a file that fails verification is removed.
 pub async fn download(store: &dyn Store, layer: &Descriptor, dir: &Path, decompress: bool) -> Result<Pulled, ArtifactError> {
-    std::fs::create_dir_all(dir).map_err(ArtifactError::io("cannot create", dir))?;
-    let name = file_name(layer);
-    let final_path = dir.join(&name);
-    let partial = dir.join(format!(".{name}.airlock-partial"));
-    let expected = layer.digest().clone();
-    let mut hasher = airlock_oci::DigestHasher::new(expected.algorithm())
-        .ok_or_else(|| ArtifactError::Invalid(format!("{expected}: airlock verifies sha256 and sha512 digests only")))?;
-    // A partial file from an interrupted run is hashed and continued, if it is not too long.
-    let mut offset = match std::fs::metadata(&partial) {
-        Ok(meta) if meta.len() <= layer.size() => meta.len(),
-        Ok(_) => {
-            std::fs::remove_file(&partial).map_err(ArtifactError::io("cannot remove", &partial))?;
-            0
-        }
-        Err(_) => 0,
-    };
-    let resumed = offset > 0;
-    if resumed {
-        let mut existing = std::fs::File::open(&partial).map_err(ArtifactError::io("cannot read", &partial))?;
-        std::io::copy(&mut existing, &mut HashWriter(&mut hasher)).map_err(ArtifactError::io("cannot read", &partial))?;
-    }
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(ArtifactError::io("cannot write", &partial))?;
+    let mut file = PartialFile::open(dir, &file_name(layer), layer.digest(), Some(layer.size()))?;
+    let resumed = file.len() > 0;
     let mut fetched = 0u64;
-    if offset < layer.size() {
-        let mut stream = store.get_blob(layer, offset).await?;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if offset + chunk.len() as u64 > layer.size() {
-                drop(file);
-                let _ = std::fs::remove_file(&partial);
-                return Err(ArtifactError::Verification { file: final_path.display().to_string(), expected: expected.to_string(), reason: format!("more than the {} bytes the manifest gives", layer.size()) });
-            }
-            hasher.update(&chunk);
-            file.write_all(&chunk).map_err(ArtifactError::io("cannot write", &partial))?;
-            offset += chunk.len() as u64;
-            fetched += chunk.len() as u64;
-        }
+    if file.len() < layer.size() {
+        let stream = store.get_blob(layer, file.len()).await?;
+        fetched = file.append(stream.map(|chunk| chunk.map_err(ArtifactError::from))).await?;
     }
-    file.sync_all().map_err(ArtifactError::io("cannot write", &partial))?;
-    drop(file);
-    let actual = hasher.finish();
-    if offset != layer.size() || actual != expected {
-        let _ = std::fs::remove_file(&partial);
-        let reason = if offset != layer.size() { format!("{offset} bytes arrived, the manifest gives {}", layer.size()) } else { format!("the bytes hash to {actual}") };
-        return Err(ArtifactError::Verification { file: final_path.display().to_string(), expected: expected.to_string(), reason });
-    }
-    std::fs::rename(&partial, &final_path).map_err(ArtifactError::io("cannot rename to", &final_path))?;
-    let mut pulled = Pulled { file: final_path.display().to_string(), digest: expected.to_string(), size: layer.size(), fetched, resumed, decompressed: None };
+    let final_path = file.finish()?;
+    let mut pulled = Pulled { file: final_path.display().to_string(), digest: layer.digest().to_string(), size: layer.size(), fetched, resumed, decompressed: None };
     if decompress {
         if let Some((kind, path)) = decompress_file(&final_path)? {
             pulled.decompressed = Some(kind);
@@ -199,6 +160,94 @@ pub async fn download(store: &dyn Store, layer: &Descriptor, dir: &Path, decompr
         }
     }
     Ok(pulled)
+}
+
+/// A download in progress: written to a hidden `.NAME.airlock-partial` beside its final name,
+/// hashed as it grows, and given its name only once its size and digest check out (removed
+/// otherwise). A partial file an interrupted run left is hashed and continued.
+pub(crate) struct PartialFile {
+    final_path: PathBuf,
+    partial: PathBuf,
+    file: std::fs::File,
+    hasher: airlock_oci::DigestHasher,
+    expected: Digest,
+    /// Bytes in the file so far.
+    len: u64,
+    /// The size the content must have, when it is known beforehand.
+    size: Option<u64>,
+}
+
+impl PartialFile {
+    /// Opens `dir/.NAME.airlock-partial` for content `expected` of `size` bytes (when known),
+    /// continuing what an earlier run left there unless it is already too long.
+    pub(crate) fn open(dir: &Path, name: &str, expected: &Digest, size: Option<u64>) -> Result<PartialFile, ArtifactError> {
+        std::fs::create_dir_all(dir).map_err(ArtifactError::io("cannot create", dir))?;
+        let final_path = dir.join(name);
+        let partial = dir.join(format!(".{name}.airlock-partial"));
+        let mut hasher = airlock_oci::DigestHasher::new(expected.algorithm())
+            .ok_or_else(|| ArtifactError::Invalid(format!("{expected}: airlock verifies sha256 and sha512 digests only")))?;
+        let len = match std::fs::metadata(&partial) {
+            Ok(meta) if size.is_none_or(|size| meta.len() <= size) => meta.len(),
+            Ok(_) => {
+                std::fs::remove_file(&partial).map_err(ArtifactError::io("cannot remove", &partial))?;
+                0
+            }
+            Err(_) => 0,
+        };
+        if len > 0 {
+            let mut existing = std::fs::File::open(&partial).map_err(ArtifactError::io("cannot read", &partial))?;
+            std::io::copy(&mut existing, &mut HashWriter(&mut hasher)).map_err(ArtifactError::io("cannot read", &partial))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&partial).map_err(ArtifactError::io("cannot write", &partial))?;
+        Ok(PartialFile { final_path, partial, file, hasher, expected: expected.clone(), len, size })
+    }
+
+    /// Bytes in the file so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Appends `chunks` (hashing them); returns how many bytes came. More than the known size
+    /// is an error, and the partial file is removed.
+    pub(crate) async fn append(&mut self, chunks: impl futures::Stream<Item = Result<bytes::Bytes, ArtifactError>>) -> Result<u64, ArtifactError> {
+        let mut chunks = std::pin::pin!(chunks);
+        let mut fetched = 0u64;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            if let Some(size) = self.size.filter(|size| self.len + chunk.len() as u64 > *size) {
+                let _ = std::fs::remove_file(&self.partial);
+                return Err(self.mismatch(format!("more than the {size} bytes expected")));
+            }
+            self.hasher.update(&chunk);
+            self.file.write_all(&chunk).map_err(ArtifactError::io("cannot write", &self.partial))?;
+            self.len += chunk.len() as u64;
+            fetched += chunk.len() as u64;
+        }
+        Ok(fetched)
+    }
+
+    /// Flushes the file to disk and checks size and digest: the file then takes its name (and
+    /// the path is returned), or it is removed.
+    pub(crate) fn finish(self) -> Result<PathBuf, ArtifactError> {
+        self.file.sync_all().map_err(ArtifactError::io("cannot write", &self.partial))?;
+        let reason = match self.size {
+            Some(size) if self.len != size => Some(format!("{} bytes arrived, {size} expected", self.len)),
+            _ => {
+                let actual = self.hasher.clone().finish();
+                (actual != self.expected).then(|| format!("the bytes hash to {actual}"))
+            }
+        };
+        if let Some(reason) = reason {
+            let _ = std::fs::remove_file(&self.partial);
+            return Err(self.mismatch(reason));
+        }
+        std::fs::rename(&self.partial, &self.final_path).map_err(ArtifactError::io("cannot rename to", &self.final_path))?;
+        Ok(self.final_path)
+    }
+
+    fn mismatch(&self, reason: String) -> ArtifactError {
+        ArtifactError::Verification { file: self.final_path.display().to_string(), expected: self.expected.to_string(), reason }
+    }
 }
 
 struct HashWriter<'a>(&'a mut airlock_oci::DigestHasher);

@@ -155,7 +155,11 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
         found.extend(airlock_discover::find(&package.path_to_chart, airlock_discover::Kind::HelmChart, &options).map_err(input_failure)?);
     }
     let images = airlock_discover::dedupe(found);
-    let registries = Registries::new(registry_options(global))?;
+    // The clients that fetched charts copy the images too (their connections and tokens kept).
+    let registries = match charts.registries.take() {
+        Some(registries) => registries,
+        None => Registries::new(registry_options(global))?,
+    };
     let mut copy_options = CopyOptions::new();
     copy_options.concurrency = std::num::NonZeroUsize::new(global.jobs.max(1)).expect("at least 1");
     let show_bars = !global.quiet && global.verbose == 0 && global.output == Output::Text && !args.dry_run;
