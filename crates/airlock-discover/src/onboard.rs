@@ -79,7 +79,11 @@ pub fn load_config(path: &Path) -> Result<OnboardConfig, DiscoverError> {
         if package.repo.is_none() && crate::oci_chart(&package.path_to_chart).is_none() {
             package.path_to_chart = base.join(&package.path_to_chart);
         }
-        package.default_values = package.default_values.as_ref().map(|v| base.join(v));
+        // AOSM's generated input files write `""` for an optional path left unset: none, not
+        // the config file's folder.
+        package.default_values = package.default_values.as_ref().filter(|v| !v.as_os_str().is_empty()).map(|v| base.join(v));
+        package.repo = package.repo.take().filter(|r| !r.trim().is_empty());
+        package.version = package.version.take().filter(|v| !v.trim().is_empty());
     }
     Ok(config)
 }
@@ -508,6 +512,16 @@ mod tests {
         std::fs::write(&path, "{\n  \"image_sources\": [\"a.io\"\n  \"helm_packages\": []\n}\n").unwrap();
         let error = load_config(&path).unwrap_err().to_string();
         assert!(error.contains("cnf-input.jsonc:3:18: not valid JSONC: Unexpected colon"), "{error}");
+    }
+
+    #[test]
+    fn empty_optional_paths_mean_none() {
+        // As `az aosm nfd generate-config` writes them.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cnf-input.jsonc");
+        std::fs::write(&path, r#"{"image_sources": ["a.io"], "helm_packages": [{"name": "c", "path_to_chart": "c", "default_values": "", "depends_on": []}]}"#).unwrap();
+        let config = load_config(&path).unwrap();
+        assert_eq!(config.helm_packages[0].default_values, None);
     }
 
     #[test]

@@ -108,6 +108,9 @@ struct GateFile {
     #[serde(default)]
     when: Vec<Spanned<String>>,
     timeout: Option<Spanned<String>>,
+    /// Variables of airlock's environment the gate's programs may see (they see no other).
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
     policy: Option<Policy>,
     test: Option<TestFile>,
     command: Option<Vec<String>>,
@@ -233,6 +236,9 @@ pub struct Gate {
     pub when: Vec<String>,
     /// How long it may take.
     pub timeout: Duration,
+    /// Variables of airlock's environment passed to the gate's programs, besides what a shell
+    /// and a container runtime need (`gates::clean_environment`).
+    pub env: Vec<String>,
     /// What it does.
     pub kind: GateKind,
 }
@@ -414,7 +420,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 return Err(at(Some(&gate.name.referenced), gkey("name"), format!("gate `{gate_name}` needs exactly one of `policy`, `test`, `command`, `signature`")));
             }
             let when = gate.when.iter().map(|w| w.value.clone()).collect();
-            gates.push(Gate { name: gate_name, when, timeout, kind: kinds.remove(0) });
+            for name in &gate.env {
+                let valid = !name.value.is_empty() && !name.value.contains(['=', '\0']);
+                if !valid {
+                    return Err(at(Some(&name.referenced), gkey("env"), format!("`{}` is not a variable name", name.value)));
+                }
+            }
+            let env = gate.env.iter().map(|e| e.value.clone()).collect();
+            gates.push(Gate { name: gate_name, when, timeout, env, kind: kinds.remove(0) });
         }
         let mut dependents = Vec::new();
         for (d, dependent) in entry.dependents.iter().enumerate() {

@@ -62,56 +62,122 @@ pub fn render(template: &str, variables: &BTreeMap<&'static str, String>) -> Str
     env.render_str(template, variables).unwrap_or_else(|_| template.to_owned())
 }
 
-/// Runs `gate`; the record says passed or failed and why.
+/// What a gate concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The gate ran and the candidate passed.
+    Passed,
+    /// The gate ran and said no: the upstream digest is refused.
+    Failed,
+    /// The gate could not run (runtime missing or broken, registry unreachable): nothing is
+    /// known about the candidate, so nothing is refused and the next look tries again.
+    Error,
+}
+
+impl Verdict {
+    /// As recorded in the run database (`gates.result`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Failed => "failed",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+/// Exit codes with which podman and docker report their own failure (125) or that the
+/// command could not be run (126, 127), as opposed to the tested program's answer.
+const RUNTIME_FAILURE_CODES: [i32; 3] = [125, 126, 127];
+
+/// Variables a gate's programs inherit from airlock's environment: what a shell and a
+/// container runtime need to work, nothing that could carry a secret (credentials named by
+/// `password_env` live in airlock's environment too). A gate gets more only by naming them in
+/// its `env` list.
+const INHERITED: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "TMPDIR", "TZ", "LANG", "LANGUAGE", "TERM",
+    "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME",
+    "DOCKER_HOST", "DOCKER_CONFIG", "BUILDAH_ISOLATION",
+];
+
+/// The environment of a gate's programs: [`INHERITED`], `LC_*` and `CONTAINERS_*` (podman's
+/// configuration paths), the variables the gate names in `env`, then `set` (the `AIRLOCK_*`
+/// variables), from an otherwise empty environment.
+pub fn clean_environment(passed: &[String], set: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| {
+            INHERITED.contains(&name.as_str())
+                || name.starts_with("LC_")
+                || name.starts_with("CONTAINERS_")
+                || passed.iter().any(|p| p == name)
+        })
+        .collect();
+    env.extend(set.iter().cloned());
+    env
+}
+
+fn apply_environment(process: &mut tokio::process::Command, env: &[(String, String)]) {
+    process.env_clear().envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+}
+
+/// Runs `gate`; the record says passed, failed or error, and why.
 pub async fn run(gate: &Gate, candidate: &Candidate<'_>, runtime: &Runtime) -> GateRecord {
     let started = Instant::now();
-    let outcome = tokio::time::timeout(gate.timeout, run_kind(&gate.kind, candidate, runtime)).await;
-    let (passed, log) = match outcome {
+    let outcome = tokio::time::timeout(gate.timeout, run_kind(gate, candidate, runtime)).await;
+    let (verdict, log) = match outcome {
         Ok(result) => result,
-        Err(_) => (false, format!("timed out after {}s", gate.timeout.as_secs())),
+        Err(_) => (Verdict::Failed, format!("timed out after {}s", gate.timeout.as_secs())),
     };
     GateRecord {
         name: gate.name.clone(),
         kind: gate.kind.as_str().to_owned(),
-        result: if passed { "passed" } else { "failed" }.to_owned(),
+        result: verdict.as_str().to_owned(),
         duration_ms: started.elapsed().as_millis() as u64,
         log,
     }
 }
 
-async fn run_kind(kind: &GateKind, candidate: &Candidate<'_>, runtime: &Runtime) -> (bool, String) {
-    match kind {
+async fn run_kind(gate: &Gate, candidate: &Candidate<'_>, runtime: &Runtime) -> (Verdict, String) {
+    let airlock_variables: Vec<(String, String)> =
+        candidate.variables().into_iter().map(|(name, value)| (format!("AIRLOCK_{}", name.to_ascii_uppercase()), value)).collect();
+    let env = clean_environment(&gate.env, &airlock_variables);
+    match &gate.kind {
         GateKind::Policy(policy) => {
             let mut log = String::new();
-            let mut passed = true;
+            let mut verdict = Verdict::Passed;
             for image in candidate.facts {
                 let violations = check(policy, image);
                 if violations.is_empty() {
                     log.push_str(&format!("{}: policy satisfied\n", image.platform));
                 } else {
-                    passed = false;
+                    verdict = Verdict::Failed;
                     for violation in violations {
                         log.push_str(&format!("{}: {violation}\n", image.platform));
                     }
                 }
             }
-            (passed, log)
+            (verdict, log)
         }
         GateKind::Command(command) => {
             let variables = candidate.variables();
             let args: Vec<String> = command.iter().map(|a| render(a, &variables)).collect();
             let mut process = tokio::process::Command::new(&args[0]);
             process.args(&args[1..]);
-            for (name, value) in &variables {
-                process.env(format!("AIRLOCK_{}", name.to_ascii_uppercase()), value);
-            }
+            apply_environment(&mut process, &env);
             let (code, output) = execute(process).await;
-            (code == Some(0), format!("$ {}\n{output}{}", args.join(" "), exit_line(code)))
+            // Not started at all: the gate's program is missing, which says nothing of the image.
+            let verdict = match code {
+                Some(0) => Verdict::Passed,
+                Some(_) => Verdict::Failed,
+                None if output.starts_with("cannot start ") => Verdict::Error,
+                None => Verdict::Failed,
+            };
+            (verdict, format!("$ {}\n{output}{}", args.join(" "), exit_line(code)))
         }
-        GateKind::Test { dockerfile, context, command, build_args } => test(candidate, runtime, dockerfile, context, command, build_args).await,
+        GateKind::Test { dockerfile, context, command, build_args } => test(candidate, runtime, &env, dockerfile, context, command, build_args).await,
         GateKind::Signature { key } => match crate::signature::verify(candidate.upstream.as_ref(), candidate.upstream_digest, key).await {
-            Ok(log) => (true, log),
-            Err(reason) => (false, reason),
+            Ok(log) => (Verdict::Passed, log),
+            Err(crate::signature::Refusal::Refused(reason)) => (Verdict::Failed, reason),
+            Err(crate::signature::Refusal::CannotCheck(reason)) => (Verdict::Error, reason),
         },
     }
 }
@@ -123,17 +189,20 @@ fn exit_line(code: Option<i32>) -> String {
     }
 }
 
-/// Builds a test image `FROM` the candidate and runs it.
+/// Builds a test image `FROM` the candidate and runs it. The verdict is `Error`, not
+/// `Failed`, when the runtime could not do its part: not installed, or exiting with one of
+/// [`RUNTIME_FAILURE_CODES`] (its own failure, not the build's or the test's).
 async fn test(
     candidate: &Candidate<'_>,
     runtime: &Runtime,
+    env: &[(String, String)],
     dockerfile: &std::path::Path,
     context: &std::path::Path,
     command: &[String],
     build_args: &BTreeMap<String, String>,
-) -> (bool, String) {
+) -> (Verdict, String) {
     if !matches!(candidate.reference, Reference::Registry(_)) {
-        return (false, format!("a test gate needs the staging repository in a registry the container runtime can pull from; `{}` is not", candidate.reference));
+        return (Verdict::Error, format!("a test gate needs the staging repository in a registry the container runtime can pull from; `{}` is not", candidate.reference));
     }
     let variables = candidate.variables();
     let image = format!("localhost/airlock-test-{}:{}", candidate.import.to_ascii_lowercase(), candidate.run_id);
@@ -148,18 +217,24 @@ async fn test(
             match tempfile::Builder::new().prefix("airlock-auth").suffix(".json").tempfile() {
                 Ok(file) => {
                     if std::fs::write(file.path(), body.to_string()).is_err() {
-                        return (false, "cannot write a credentials file for the container runtime".into());
+                        return (Verdict::Error, "cannot write a credentials file for the container runtime".into());
                     }
                     Some(file)
                 }
-                Err(e) => return (false, format!("cannot create a credentials file for the container runtime: {e}")),
+                Err(e) => return (Verdict::Error, format!("cannot create a credentials file for the container runtime: {e}")),
             }
         }
         _ => None,
     };
+    let runtime_command = |subcommand: &str| {
+        let mut process = tokio::process::Command::new(&runtime.command);
+        process.args(&runtime.args).arg(subcommand);
+        apply_environment(&mut process, env);
+        process
+    };
     let mut log = String::new();
-    let mut build = tokio::process::Command::new(&runtime.command);
-    build.args(&runtime.args).arg("build").args(&runtime.build_args);
+    let mut build = runtime_command("build");
+    build.args(&runtime.build_args);
     if podman && candidate.staging_insecure {
         build.arg("--tls-verify=false");
     }
@@ -175,19 +250,36 @@ async fn test(
     let (code, output) = execute(build).await;
     log.push_str(&output);
     if code != Some(0) {
-        log.push_str(&format!("building the test image failed: {}", exit_line(code)));
-        return (false, log);
+        let verdict = runtime_verdict(code);
+        let what = if verdict == Verdict::Error { "the container runtime could not build the test image" } else { "building the test image failed" };
+        log.push_str(&format!("{what}: {}", exit_line(code)));
+        return (verdict, tail(log));
     }
-    let mut run = tokio::process::Command::new(&runtime.command);
-    run.args(&runtime.args).arg("run").arg("--rm").args(&runtime.run_args).arg(&image).args(command);
+    let mut run = runtime_command("run");
+    run.arg("--rm").args(&runtime.run_args).arg(&image).args(command);
     log.push_str(&format!("$ {} run --rm {} {image} {}\n", runtime.command, runtime.run_args.join(" "), command.join(" ")));
     let (code, output) = execute(run).await;
     log.push_str(&output);
+    let verdict = runtime_verdict(code);
+    if verdict == Verdict::Error {
+        log.push_str("the container runtime could not run the test: ");
+    }
     log.push_str(&exit_line(code));
-    let mut remove = tokio::process::Command::new(&runtime.command);
-    remove.args(&runtime.args).args(["rmi", "-f", &image]);
+    let mut remove = runtime_command("rmi");
+    remove.args(["-f", &image]);
     let _ = execute(remove).await;
-    (code == Some(0), tail(log))
+    (verdict, tail(log))
+}
+
+/// What a container runtime's exit code says: 0 passed; its own failure codes, or no code at
+/// all (not started, killed), an error; any other code is the build's or the test's answer.
+fn runtime_verdict(code: Option<i32>) -> Verdict {
+    match code {
+        Some(0) => Verdict::Passed,
+        Some(code) if RUNTIME_FAILURE_CODES.contains(&code) => Verdict::Error,
+        Some(_) => Verdict::Failed,
+        None => Verdict::Error,
+    }
 }
 
 /// Keeps the end of a long log.

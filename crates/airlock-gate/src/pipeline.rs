@@ -26,7 +26,7 @@ use airlock_store::Store;
 use serde::Serialize;
 
 use crate::config::{Config, DependentAction, Import};
-use crate::gates::{self, Candidate};
+use crate::gates::{self, Candidate, Verdict};
 use crate::policy::ImageFacts;
 use crate::runs::{status_of, GateRecord, Runs, Status, Trigger};
 
@@ -55,7 +55,8 @@ pub struct Outcome {
     pub import: String,
     /// The upstream tag.
     pub tag: String,
-    /// `promoted`, `failed`, `up to date`, `rejected before`, `busy`, `rolled back`.
+    /// `promoted`, `failed` (a gate refused the digest), `error` (the run could not finish: a
+    /// registry, the container runtime), `up to date`, `rejected before`, `busy`, `rolled back`.
     pub action: &'static str,
     /// The run recorded, if any.
     pub run_id: Option<String>,
@@ -72,10 +73,10 @@ impl Outcome {
         Outcome { import: import.to_owned(), tag: tag.to_owned(), action, run_id: None, upstream_digest: None, promoted_digest: None, reason: None }
     }
 
-    /// Whether the outcome counts as a failure for the exit code: a failed run, or one that
-    /// could not start because another process holds the import.
+    /// Whether the outcome counts as a failure for the exit code: a failed or broken run, or
+    /// one that could not start because another process holds the import.
     pub fn failed(&self) -> bool {
-        matches!(self.action, "failed" | "busy")
+        matches!(self.action, "failed" | "error" | "busy")
     }
 }
 
@@ -113,7 +114,7 @@ impl Pipeline {
                 return vec![outcome];
             }
             Err(e) => {
-                let mut outcome = Outcome::new(&import.name, "", "failed");
+                let mut outcome = Outcome::new(&import.name, "", "error");
                 outcome.reason = Some(e);
                 return vec![outcome];
             }
@@ -131,7 +132,7 @@ impl Pipeline {
             match source.list_tags().await {
                 Ok(available) => import.filter.select(&available),
                 Err(e) => {
-                    let mut outcome = Outcome::new(&import.name, "", "failed");
+                    let mut outcome = Outcome::new(&import.name, "", "error");
                     outcome.reason = Some(format!("cannot list the tags of {}: {e}", import.source.repository_key()));
                     return vec![outcome];
                 }
@@ -147,7 +148,7 @@ impl Pipeline {
     }
 
     async fn import_tag(&self, import: &Import, source: Arc<dyn Store>, tag: &str, trigger: Trigger, force: bool) -> Outcome {
-        let mut outcome = Outcome::new(&import.name, tag, "failed");
+        let mut outcome = Outcome::new(&import.name, tag, "error");
         let upstream = match source.resolve(tag).await {
             Ok(descriptor) => descriptor.digest().clone(),
             Err(e) => {
@@ -161,12 +162,17 @@ impl Pipeline {
                 // A digest a gate refused stays refused; one whose run broke for another reason (a
                 // registry error, a kill) is tried again.
                 Ok(Some(last)) if last.upstream_digest.as_deref() == Some(upstream.as_ref()) => {
-                    let rejected = status_of(&last) == Status::Failed;
-                    let gated = !rejected || self.db(|runs| runs.rejected_by_gate(&last.run_id)).unwrap_or(false);
-                    if gated {
-                        outcome.action = if rejected { "rejected before" } else { "up to date" };
+                    // Settled: promoted, or refused by a gate that ran (a `Failed` run of an
+                    // older database may have failed for another reason: asked again).
+                    let settled = match status_of(&last) {
+                        Status::Succeeded => Some("up to date"),
+                        Status::Failed if self.db(|runs| runs.rejected_by_gate(&last.run_id)).unwrap_or(false) => Some("rejected before"),
+                        _ => None,
+                    };
+                    if let Some(action) = settled {
+                        outcome.action = action;
                         outcome.run_id = Some(last.run_id.clone());
-                        outcome.reason = rejected.then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
+                        outcome.reason = (action == "rejected before").then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
                         return outcome;
                     }
                 }
@@ -195,10 +201,16 @@ impl Pipeline {
                     runs.finish(&run_id, Status::Succeeded, Some(promotion.digest.as_ref()), promotion.previous.as_deref(), Some(&promotion.unique_tag), None)
                 })
             }
-            Err(reason) => {
-                outcome.reason = Some(reason.clone());
-                let _ = self.db(|runs| runs.log(&run_id, &format!("failed: {reason}")));
-                self.db(|runs| runs.finish(&run_id, Status::Failed, None, None, None, Some(reason)))
+            Err(stop) => {
+                let (status, action, word) = match stop {
+                    Stop::Refused(_) => (Status::Failed, "failed", "failed"),
+                    Stop::Error(_) => (Status::Error, "error", "error"),
+                };
+                let reason = stop.reason();
+                outcome.action = action;
+                outcome.reason = Some(reason.to_owned());
+                let _ = self.db(|runs| runs.log(&run_id, &format!("{word}: {reason}")));
+                self.db(|runs| runs.finish(&run_id, status, None, None, None, Some(reason)))
             }
         };
         let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
@@ -217,7 +229,9 @@ impl Pipeline {
         let _ = self.db(|runs| runs.log(run_id, text));
     }
 
-    async fn gated_promotion(&self, import: &Import, source: Arc<dyn Store>, tag: &str, upstream: &Digest, run_id: &str) -> Result<Promotion, String> {
+    /// Stages, gates and promotes. Only a gate's verdict refuses a digest ([`Stop::Refused`]);
+    /// every other failure (`?` on a `String`) is a [`Stop::Error`].
+    async fn gated_promotion(&self, import: &Import, source: Arc<dyn Store>, tag: &str, upstream: &Digest, run_id: &str) -> Result<Promotion, Stop> {
         let staging = open_store(&self.registries, &import.staging, Access::Push).await;
         let target = open_store(&self.registries, &import.target, Access::Push).await;
         let variables = std::collections::BTreeMap::from([
@@ -232,7 +246,7 @@ impl Pipeline {
         let unique_tag = gates::render(&import.unique_tag, &variables);
         airlock_oci::validate_tag(&unique_tag).map_err(|e| format!("the unique tag `{unique_tag}` from `{}` is not a valid tag: {e}", import.unique_tag))?;
         if unique_tag == tag {
-            return Err(format!("the unique tag template `{}` gives the stable tag itself", import.unique_tag));
+            return Err(Stop::Error(format!("the unique tag template `{}` gives the stable tag itself", import.unique_tag)));
         }
 
         // 1. Stage: the candidate goes to quarantine, by digest, under the unique tag.
@@ -295,29 +309,36 @@ impl Pipeline {
             let _ = self.db(|runs| runs.gate(run_id, position, &record));
             records.push(record);
         }
-        if let Some(failed) = records.iter().find(|r| r.result == "failed") {
-            let first_line = failed.log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("exit status")).unwrap_or("").trim().to_owned();
-            return Err(format!("gate `{}` failed: {first_line}", failed.name));
+        let last_words = |record: &GateRecord| {
+            record.log.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("exit status")).unwrap_or("").trim().to_owned()
+        };
+        // A gate that could not run says nothing about the candidate, even when another gate
+        // refused it: the run is an error, and the next look runs every gate again.
+        if let Some(broken) = records.iter().find(|r| r.result == Verdict::Error.as_str()) {
+            return Err(Stop::Error(format!("gate `{}` could not run: {}", broken.name, last_words(broken))));
+        }
+        if let Some(failed) = records.iter().find(|r| r.result == Verdict::Failed.as_str()) {
+            return Err(Stop::Refused(format!("gate `{}` failed: {}", failed.name, last_words(failed))));
         }
 
         // 3. Promote: content, report, unique tag, stable tag (last).
         let previous = match target.resolve(tag).await {
             Ok(descriptor) => Some(descriptor.digest().to_string()),
             Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(format!("cannot read {}:{tag}: {e}", import.target.repository_key())),
+            Err(e) => return Err(Stop::Error(format!("cannot read {}:{tag}: {e}", import.target.repository_key()))),
         };
         // A unique tag is a rollback point: it is never moved to other content.
         match target.resolve(&unique_tag).await {
             Ok(existing) if existing.digest() != &candidate_digest => {
-                return Err(format!(
+                return Err(Stop::Error(format!(
                     "{}:{unique_tag} already names {}: another run database promotes into this repository; give each its own `unique_tag` template",
                     import.target.repository_key(),
                     existing.digest()
-                ))
+                )))
             }
             Ok(_) => {}
             Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(format!("cannot read {}:{unique_tag}: {e}", import.target.repository_key())),
+            Err(e) => return Err(Stop::Error(format!("cannot read {}:{unique_tag}: {e}", import.target.repository_key()))),
         }
         self.log(run_id, &format!("promoting {candidate_digest} to {}", import.target.repository_key()));
         self.copier
@@ -411,10 +432,32 @@ impl Pipeline {
             }
             Err(e) => {
                 let reason = format!("cannot tag {}:{tag}: {e}", import.target.repository_key());
-                self.db(|runs| runs.finish(&run_id, Status::Failed, None, None, None, Some(&reason)))?;
+                self.db(|runs| runs.finish(&run_id, Status::Error, None, None, None, Some(&reason)))?;
                 Err(reason)
             }
         }
+    }
+}
+
+/// Why a run stopped short of a promotion.
+enum Stop {
+    /// A gate ran and refused the candidate: the upstream digest is not run again.
+    Refused(String),
+    /// Anything else: the digest is tried again at the next look.
+    Error(String),
+}
+
+impl Stop {
+    fn reason(&self) -> &str {
+        match self {
+            Stop::Refused(reason) | Stop::Error(reason) => reason,
+        }
+    }
+}
+
+impl From<String> for Stop {
+    fn from(reason: String) -> Stop {
+        Stop::Error(reason)
     }
 }
 

@@ -52,8 +52,11 @@ pub enum Status {
     Running,
     /// Promoted (or rolled back).
     Succeeded,
-    /// Stopped by a gate or an error; the target was left as it was.
+    /// Refused by a gate; the target was left as it was.
     Failed,
+    /// Stopped by something other than a gate's verdict (a registry, the container runtime, a
+    /// kill); the target was left as it was and the digest is tried again.
+    Error,
 }
 
 impl Status {
@@ -63,6 +66,7 @@ impl Status {
             Status::Running => "Running",
             Status::Succeeded => "Succeeded",
             Status::Failed => "Failed",
+            Status::Error => "Error",
         }
     }
 
@@ -70,6 +74,7 @@ impl Status {
         match text {
             "Succeeded" => Status::Succeeded,
             "Failed" => Status::Failed,
+            "Error" => Status::Error,
             _ => Status::Running,
         }
     }
@@ -87,7 +92,7 @@ pub struct Run {
     pub tag: String,
     /// The platforms of the candidate (`linux/amd64`, or several joined by `,`).
     pub platform: String,
-    /// `Running`, `Succeeded` or `Failed`.
+    /// `Running`, `Succeeded`, `Failed` (a gate refused) or `Error` (could not finish).
     pub status: String,
     /// Why it ran.
     pub trigger: String,
@@ -397,11 +402,11 @@ impl Runs {
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(|e| self.fail(e))
     }
 
-    /// Marks runs left `Running` by a process that is gone (killed) as failed, so the table
+    /// Marks runs left `Running` by a process that is gone (killed) as errors, so the table
     /// does not claim work that is not happening.
     pub fn reap(&self, import: &str, reason: &str) -> Result<usize> {
         self.connection
-            .execute("UPDATE runs SET status = 'Failed', reason = ?1 WHERE import = ?2 AND status = 'Running'", params![reason, import])
+            .execute("UPDATE runs SET status = 'Error', reason = ?1 WHERE import = ?2 AND status = 'Running'", params![reason, import])
             .map_err(|e| self.fail(e))
     }
 }

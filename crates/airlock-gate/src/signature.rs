@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use airlock_oci::Digest;
-use airlock_store::Store;
+use airlock_store::{ErrorKind, Store};
 use base64::Engine as _;
 
 const SIGNATURE_ANNOTATION: &str = "dev.cosignproject.cosign/signature";
@@ -44,18 +44,29 @@ pub fn load_key(path: &Path) -> Result<Vec<u8>, String> {
     Ok(der[P256_SPKI_PREFIX.len()..].to_vec())
 }
 
+/// Why a signature check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The image is unsigned or its signatures do not verify: the digest is refused.
+    Refused(String),
+    /// The check could not be made (the key unreadable, the registry unreachable): nothing is
+    /// known about the image.
+    CannotCheck(String),
+}
+
 /// Verifies that `upstream` carries a signature of `digest` by `key`; the log says which
-/// signature matched, the error why none did.
-pub async fn verify(upstream: &dyn Store, digest: &Digest, key: &Path) -> Result<String, String> {
-    let point = load_key(key)?;
+/// signature matched, the error why none did or why none could be checked.
+pub async fn verify(upstream: &dyn Store, digest: &Digest, key: &Path) -> Result<String, Refusal> {
+    let point = load_key(key).map_err(Refusal::CannotCheck)?;
     let public_key = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &point);
     let tag = signature_tag(digest);
     let manifest = match upstream.get_manifest(&tag).await {
         Ok(manifest) => manifest,
-        Err(e) if e.is_not_found() => return Err(format!("unsigned: {upstream} has no signature tag `{tag}` for {digest}")),
-        Err(e) => return Err(format!("cannot read the signature `{tag}` from {upstream}: {e}")),
+        Err(e) if e.is_not_found() => return Err(Refusal::Refused(format!("unsigned: {upstream} has no signature tag `{tag}` for {digest}"))),
+        Err(e) => return Err(Refusal::CannotCheck(format!("cannot read the signature `{tag}` from {upstream}: {e}"))),
     };
-    let parsed: serde_json::Value = serde_json::from_slice(manifest.bytes()).map_err(|e| format!("the signature manifest `{tag}` is not JSON: {e}"))?;
+    let parsed: serde_json::Value =
+        serde_json::from_slice(manifest.bytes()).map_err(|e| Refusal::Refused(format!("the signature manifest `{tag}` is not JSON: {e}")))?;
     let layers = parsed["layers"].as_array().cloned().unwrap_or_default();
     let mut reasons = Vec::new();
     for layer in &layers {
@@ -72,6 +83,10 @@ pub async fn verify(upstream: &dyn Store, digest: &Digest, key: &Path) -> Result
         };
         let payload = match airlock_store::verify::read_small(upstream, &descriptor, PAYLOAD_LIMIT).await {
             Ok(payload) => payload,
+            // Unreachable is not unsigned: only content seen and found wanting refuses.
+            Err(e) if matches!(e.kind(), ErrorKind::Transport { .. } | ErrorKind::Http { .. } | ErrorKind::Denied { .. }) => {
+                return Err(Refusal::CannotCheck(format!("cannot read the signature payload {} from {upstream}: {e}", descriptor.digest())));
+            }
             Err(e) => {
                 reasons.push(format!("payload {}: {e}", descriptor.digest()));
                 continue;
@@ -97,5 +112,5 @@ pub async fn verify(upstream: &dyn Store, digest: &Digest, key: &Path) -> Result
     if reasons.is_empty() {
         reasons.push(format!("`{tag}` holds no cosign signature layer"));
     }
-    Err(format!("no valid signature of {digest} by `{}`: {}", key.display(), reasons.join("; ")))
+    Err(Refusal::Refused(format!("no valid signature of {digest} by `{}`: {}", key.display(), reasons.join("; "))))
 }

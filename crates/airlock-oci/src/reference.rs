@@ -269,6 +269,9 @@ fn split_tag_and_digest(input: &str) -> Result<Parts<'_>, String> {
     };
     let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match rest[last_slash..].rfind(':') {
+        // `repo:@sha256:…`, an empty tag before a digest, is how Ironic's documentation writes
+        // a pinned image: the digest alone names it.
+        Some(colon) if digest.is_some() && colon == rest.len() - last_slash - 1 => (&rest[..last_slash + colon], None),
         Some(colon) => {
             let colon = last_slash + colon;
             let tag = &rest[colon + 1..];
@@ -401,6 +404,9 @@ mod tests {
         check("oci://host/path:tag", "host/path:tag");
         check(&format!("oci://host:8080/a/b@{D}"), &format!("host:8080/a/b@{D}"));
         check_err("oci://justhost", "needs a registry host and a repository");
+        // Ironic's documented form: an empty tag before the digest.
+        check(&format!("oci://host:8080/ironic/deploy:@{D}"), &format!("host:8080/ironic/deploy@{D}"));
+        check_err("oci://host/a/b:", "tag ``");
     }
 
     #[test]

@@ -63,6 +63,17 @@ pub struct FsBackend {
     root: PathBuf,
 }
 
+/// Refuses a key that is not a relative path of plain components.
+fn check_key(key: &str) -> io::Result<()> {
+    let bad = key.is_empty()
+        || key.contains('\0')
+        || key.split('/').any(|component| component.is_empty() || component == "." || component == ".." || component.len() > 255);
+    if bad {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refused storage key `{}`", key.escape_debug())));
+    }
+    Ok(())
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A name no other writer uses.
@@ -82,8 +93,12 @@ impl FsBackend {
         &self.root
     }
 
-    fn path(&self, key: &str) -> PathBuf {
-        self.root.join(key)
+    /// The file of `key`. Keys come from [`crate::storage`], which builds them from checked
+    /// names; this refuses again what could leave the folder (`..`, `.`, empty or over-long
+    /// components, an absolute key, NUL), so no caller's mistake becomes a write elsewhere.
+    fn path(&self, key: &str) -> io::Result<PathBuf> {
+        check_key(key)?;
+        Ok(self.root.join(key))
     }
 
     async fn temp_beside(&self, path: &Path) -> io::Result<PathBuf> {
@@ -96,11 +111,11 @@ impl FsBackend {
 #[async_trait]
 impl Backend for FsBackend {
     async fn get(&self, key: &str) -> io::Result<Vec<u8>> {
-        tokio::fs::read(self.path(key)).await
+        tokio::fs::read(self.path(key)?).await
     }
 
     async fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let temp = self.temp_beside(&path).await?;
         let result = async {
             let mut file = tokio::fs::File::create(&temp).await?;
@@ -117,7 +132,7 @@ impl Backend for FsBackend {
     }
 
     async fn put_stream(&self, key: &str, mut body: ByteStream) -> io::Result<u64> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let temp = self.temp_beside(&path).await?;
         let result = async {
             let mut file = tokio::fs::File::create(&temp).await?;
@@ -140,20 +155,20 @@ impl Backend for FsBackend {
     }
 
     async fn size(&self, key: &str) -> io::Result<u64> {
-        Ok(tokio::fs::metadata(self.path(key)).await?.len())
+        Ok(tokio::fs::metadata(self.path(key)?).await?.len())
     }
 
     async fn age(&self, key: &str) -> io::Result<Duration> {
-        let modified = tokio::fs::metadata(self.path(key)).await?.modified()?;
+        let modified = tokio::fs::metadata(self.path(key)?).await?.modified()?;
         Ok(std::time::SystemTime::now().duration_since(modified).unwrap_or_default())
     }
 
     async fn delete(&self, key: &str) -> io::Result<()> {
-        tokio::fs::remove_file(self.path(key)).await
+        tokio::fs::remove_file(self.path(key)?).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> io::Result<()> {
-        match tokio::fs::remove_dir_all(self.path(prefix)).await {
+        match tokio::fs::remove_dir_all(self.path(prefix)?).await {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
@@ -161,7 +176,7 @@ impl Backend for FsBackend {
 
     async fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
         let mut names = Vec::new();
-        let mut entries = match tokio::fs::read_dir(self.path(prefix)).await {
+        let mut entries = match tokio::fs::read_dir(self.path(prefix)?).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
             Err(e) => return Err(e),
@@ -177,7 +192,7 @@ impl Backend for FsBackend {
     }
 
     async fn read(&self, key: &str, offset: u64) -> io::Result<ByteStream> {
-        let mut file = tokio::fs::File::open(self.path(key)).await?;
+        let mut file = tokio::fs::File::open(self.path(key)?).await?;
         if offset > 0 {
             file.seek(io::SeekFrom::Start(offset)).await?;
         }
@@ -196,13 +211,13 @@ impl Backend for FsBackend {
     }
 
     async fn create(&self, key: &str) -> io::Result<()> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         tokio::fs::create_dir_all(path.parent().expect("keys have a parent")).await?;
         tokio::fs::File::create(path).await.map(|_| ())
     }
 
     async fn append(&self, key: &str, mut body: ByteStream) -> io::Result<u64> {
-        let path = self.path(key);
+        let path = self.path(key)?;
         let mut file = tokio::fs::OpenOptions::new().append(true).open(&path).await?;
         let mut failure = None;
         while let Some(chunk) = body.next().await {
@@ -227,7 +242,7 @@ impl Backend for FsBackend {
     }
 
     async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
-        let (from, to) = (self.path(from), self.path(to));
+        let (from, to) = (self.path(from)?, self.path(to)?);
         if tokio::fs::try_exists(&to).await.unwrap_or(false) {
             return tokio::fs::remove_file(from).await;
         }
@@ -265,6 +280,20 @@ mod tests {
 
     fn body(chunks: Vec<io::Result<Bytes>>) -> ByteStream {
         Box::pin(futures::stream::iter(chunks))
+    }
+
+    #[tokio::test]
+    async fn keys_that_could_leave_the_folder_are_refused() {
+        let parent = tempfile::tempdir().unwrap();
+        let backend = FsBackend::new(parent.path().join("root"));
+        for key in ["../escape", "a/../../escape", "/etc/escape", "a//b", "a/./b", "", "a\0b", &"n".repeat(256)] {
+            let refused = backend.put(key, b"x").await.unwrap_err();
+            assert_eq!(refused.kind(), io::ErrorKind::InvalidInput, "{key:?}");
+            assert_eq!(backend.get(key).await.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+        assert!(!parent.path().join("escape").exists());
+        backend.put("a/b", b"x").await.unwrap();
+        assert_eq!(backend.get("a/b").await.unwrap(), b"x");
     }
 
     #[tokio::test]

@@ -148,6 +148,29 @@ fn valid_name(name: &str) -> bool {
     airlock_oci::validate_repository(name).is_ok()
 }
 
+/// The answer to a manifest reference that is neither a digest nor a tag, or an upload id that
+/// cannot be one of ours.
+fn invalid_reference(resource: &Resource, method: &Method) -> Option<RegistryError> {
+    match resource {
+        Resource::Manifest(reference) if airlock_oci::parse_digest(reference).is_err() => {
+            if reference.contains(':') {
+                return Some(RegistryError::digest_invalid(format!("invalid digest `{}`", reference.escape_debug())));
+            }
+            let reason = airlock_oci::validate_tag(reference).err()?;
+            Some(if method == Method::PUT {
+                RegistryError::new(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", reason)
+            } else {
+                RegistryError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", format!("no such manifest: {reason}"))
+            })
+        }
+        Resource::Blob(digest) | Resource::Referrers(digest) => digest_param(digest).err(),
+        Resource::Upload(id) if !crate::storage::valid_upload_id(id) => {
+            Some(RegistryError::new(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry"))
+        }
+        _ => None,
+    }
+}
+
 async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Response {
     let storage = &registry.storage;
     let path = request.uri().path().to_owned();
@@ -158,6 +181,11 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
         return RegistryError::name_invalid(format!("invalid repository name `{name}`")).into_response();
     }
     let method = request.method().clone();
+    // References and upload ids are checked before anything reaches storage: bad input is the
+    // client's error (4xx), never a failed file operation (500).
+    if let Some(refused) = invalid_reference(&resource, &method) {
+        return refused.into_response();
+    }
     let query: HashMap<String, String> = request
         .uri()
         .query()

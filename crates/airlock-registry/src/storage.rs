@@ -57,6 +57,9 @@ pub enum StorageError {
     /// The manifest is not one.
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
+    /// A repository name that does not match the spec's grammar.
+    #[error("invalid repository name: {0}")]
+    NameInvalid(String),
     /// The body ended early or failed.
     #[error("reading the request body: {0}")]
     Body(String),
@@ -81,12 +84,29 @@ fn blob_key(digest: &Digest) -> String {
     format!("blobs/{}/{}", digest.algorithm(), digest.digest())
 }
 
-fn repo_key(name: &str) -> String {
-    format!("repositories/{name}")
+/// A repository's key, refused unless the name matches the spec's grammar: the routes check
+/// names already, and this check keeps `..` or an absolute path out of every other caller.
+fn repo_key(name: &str) -> Result<String> {
+    airlock_oci::validate_repository(name).map_err(StorageError::NameInvalid)?;
+    Ok(format!("repositories/{name}"))
 }
 
-fn upload_key(id: &str) -> String {
-    format!("uploads/{id}")
+/// A tag's key; a string that is no valid tag cannot name one (`Err(ManifestUnknown)`).
+fn tag_key(repo: &str, tag: &str) -> Result<String> {
+    airlock_oci::validate_tag(tag).map_err(|_| StorageError::ManifestUnknown)?;
+    Ok(format!("{repo}/_tags/{tag}"))
+}
+
+/// Whether `id` can be an upload id ([`unique`]'s hex, kept short).
+pub fn valid_upload_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn upload_key(id: &str) -> Result<String> {
+    if !valid_upload_id(id) {
+        return Err(StorageError::UploadUnknown);
+    }
+    Ok(format!("uploads/{id}"))
 }
 
 fn not_found_as<T>(result: std::io::Result<T>, error: StorageError) -> Result<T> {
@@ -154,12 +174,13 @@ impl Storage {
 
     /// Whether the repository exists (has ever held anything).
     pub async fn repository_exists(&self, name: &str) -> bool {
-        self.backend.list(&repo_key(name)).await.is_ok_and(|names| !names.is_empty())
+        let Ok(repo) = repo_key(name) else { return false };
+        self.backend.list(&repo).await.is_ok_and(|names| !names.is_empty())
     }
 
     /// The size of a blob the repository holds.
     pub async fn blob_size(&self, name: &str, digest: &Digest) -> Result<u64> {
-        if !self.exists(&format!("{}/_blobs/{}", repo_key(name), key(digest))).await {
+        if !self.exists(&format!("{}/_blobs/{}", repo_key(name)?, key(digest))).await {
             return Err(StorageError::BlobUnknown);
         }
         not_found_as(self.backend.size(&blob_key(digest)).await, StorageError::BlobUnknown)
@@ -173,7 +194,7 @@ impl Storage {
     }
 
     async fn link_blob(&self, name: &str, digest: &Digest) -> Result<()> {
-        let link = format!("{}/_blobs/{}", repo_key(name), key(digest));
+        let link = format!("{}/_blobs/{}", repo_key(name)?, key(digest));
         if !self.exists(&link).await {
             self.backend.put(&link, b"").await?;
         }
@@ -195,27 +216,27 @@ impl Storage {
 
     /// Removes a blob from a repository (the content stays until garbage collection).
     pub async fn delete_blob(&self, name: &str, digest: &Digest) -> Result<()> {
-        not_found_as(self.backend.delete(&format!("{}/_blobs/{}", repo_key(name), key(digest))).await, StorageError::BlobUnknown)
+        not_found_as(self.backend.delete(&format!("{}/_blobs/{}", repo_key(name)?, key(digest))).await, StorageError::BlobUnknown)
     }
 
     /// Starts an upload session for `name`; returns its id.
     pub async fn start_upload(&self, name: &str) -> Result<String> {
+        repo_key(name)?;
         let id = unique();
-        self.backend.put(&format!("{}/repository", upload_key(&id)), name.as_bytes()).await?;
-        self.backend.create(&format!("{}/data", upload_key(&id))).await?;
+        let session = upload_key(&id)?;
+        self.backend.put(&format!("{session}/repository"), name.as_bytes()).await?;
+        self.backend.create(&format!("{session}/data")).await?;
         Ok(id)
     }
 
     /// Bytes received by an upload of `name`.
     pub async fn upload_offset(&self, name: &str, id: &str) -> Result<u64> {
-        if id.contains('/') || id.starts_with('.') {
-            return Err(StorageError::UploadUnknown);
-        }
-        let owner = not_found_as(self.backend.get(&format!("{}/repository", upload_key(id))).await, StorageError::UploadUnknown)?;
+        let session = upload_key(id)?;
+        let owner = not_found_as(self.backend.get(&format!("{session}/repository")).await, StorageError::UploadUnknown)?;
         if owner != name.as_bytes() {
             return Err(StorageError::UploadUnknown);
         }
-        not_found_as(self.backend.size(&format!("{}/data", upload_key(id))).await, StorageError::UploadUnknown)
+        not_found_as(self.backend.size(&format!("{session}/data")).await, StorageError::UploadUnknown)
     }
 
     /// Appends a chunk; `start` is where the client says it begins (`Content-Range`), if it
@@ -229,25 +250,26 @@ impl Storage {
         if start.is_some_and(|start| start != offset) {
             return Err(StorageError::RangeInvalid { offset });
         }
-        self.backend.append(&format!("{}/data", upload_key(id)), into_byte_stream(body)).await.map_err(body_error)
+        self.backend.append(&format!("{}/data", upload_key(id)?), into_byte_stream(body)).await.map_err(body_error)
     }
 
     /// Finishes an upload: verifies the whole content against `digest`, moves it into place and
     /// links it to the repository. A mismatch deletes the session.
     pub async fn finish_upload(&self, name: &str, id: &str, digest: &Digest) -> Result<u64> {
         let size = self.upload_offset(name, id).await?;
-        let data = format!("{}/data", upload_key(id));
+        let session = upload_key(id)?;
+        let data = format!("{session}/data");
         let mut hasher = DigestHasher::new(digest.algorithm()).ok_or(StorageError::DigestInvalid)?;
         let mut stream = not_found_as(self.backend.read(&data, 0).await, StorageError::UploadUnknown)?;
         while let Some(chunk) = stream.next().await {
             hasher.update(&chunk?);
         }
         if &hasher.finish() != digest {
-            let _ = self.backend.delete_prefix(&upload_key(id)).await;
+            let _ = self.backend.delete_prefix(&session).await;
             return Err(StorageError::DigestInvalid);
         }
         self.backend.commit(&data, &blob_key(digest)).await?;
-        let _ = self.backend.delete_prefix(&upload_key(id)).await;
+        let _ = self.backend.delete_prefix(&session).await;
         self.link_blob(name, digest).await?;
         Ok(size)
     }
@@ -255,7 +277,7 @@ impl Storage {
     /// Abandons an upload.
     pub async fn cancel_upload(&self, name: &str, id: &str) -> Result<()> {
         self.upload_offset(name, id).await?;
-        Ok(self.backend.delete_prefix(&upload_key(id)).await?)
+        Ok(self.backend.delete_prefix(&upload_key(id)?).await?)
     }
 
     /// Stores a whole blob given in one request (monolithic upload), verified before it becomes
@@ -274,11 +296,11 @@ impl Storage {
 
     /// Resolves a tag or digest to the manifest's digest and media type.
     pub async fn resolve(&self, name: &str, reference: &str) -> Result<(Digest, String)> {
-        let repo = repo_key(name);
+        let repo = repo_key(name)?;
         let digest = match airlock_oci::parse_digest(reference) {
             Ok(digest) => digest,
             Err(_) => {
-                let text = match self.backend.get(&format!("{repo}/_tags/{reference}")).await {
+                let text = match self.backend.get(&tag_key(&repo, reference)?).await {
                     Ok(text) => text,
                     Err(e) if e.kind() == ErrorKind::NotFound => {
                         return Err(if self.repository_exists(name).await { StorageError::ManifestUnknown } else { StorageError::NameUnknown });
@@ -312,7 +334,11 @@ impl Storage {
     /// Stores a manifest exactly as received, under its digest and `tag`. Refused when it
     /// references a blob (or, for an index, a manifest) the repository lacks.
     pub async fn put_manifest(&self, name: &str, tag: Option<&str>, manifest: &Manifest) -> Result<()> {
-        let repo = repo_key(name);
+        let repo = repo_key(name)?;
+        let tag = match tag {
+            Some(tag) => Some(tag_key(&repo, tag).map_err(|_| StorageError::ManifestInvalid(format!("invalid tag `{tag}`")))?),
+            None => None,
+        };
         match manifest.kind() {
             airlock_oci::ManifestKind::Image { config, layers, .. } => {
                 for blob in std::iter::once(config).chain(layers) {
@@ -340,7 +366,7 @@ impl Storage {
             self.backend.put(&format!("{repo}/_referrers/{}/{}", key(subject.digest()), key(digest)), &descriptor).await?;
         }
         if let Some(tag) = tag {
-            self.backend.put(&format!("{repo}/_tags/{tag}"), digest.to_string().as_bytes()).await?;
+            self.backend.put(&tag, digest.to_string().as_bytes()).await?;
         }
         Ok(())
     }
@@ -350,12 +376,15 @@ impl Storage {
         if !self.repository_exists(name).await {
             return Err(StorageError::NameUnknown);
         }
-        Ok(self.backend.list(&format!("{}/_tags", repo_key(name))).await?)
+        // Only names that can be tags: a stray file in the folder is not one.
+        let mut tags = self.backend.list(&format!("{}/_tags", repo_key(name)?)).await?;
+        tags.retain(|tag| airlock_oci::validate_tag(tag).is_ok());
+        Ok(tags)
     }
 
     /// The descriptors of the manifests whose subject is `subject`.
     pub async fn referrers(&self, name: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
-        let repo = repo_key(name);
+        let repo = repo_key(name)?;
         let prefix = format!("{repo}/_referrers/{}", key(subject));
         let mut found = Vec::new();
         for entry in self.backend.list(&prefix).await? {
@@ -372,13 +401,13 @@ impl Storage {
 
     /// Deletes a manifest by digest (and every tag pointing at it), or a tag.
     pub async fn delete_manifest(&self, name: &str, reference: &str) -> Result<()> {
-        let repo = repo_key(name);
+        let repo = repo_key(name)?;
         if airlock_oci::parse_digest(reference).is_err() {
-            return not_found_as(self.backend.delete(&format!("{repo}/_tags/{reference}")).await, StorageError::ManifestUnknown);
+            return not_found_as(self.backend.delete(&tag_key(&repo, reference)?).await, StorageError::ManifestUnknown);
         }
         let (digest, _) = self.resolve(name, reference).await?;
         for tag in self.tags(name).await? {
-            let tag_key = format!("{repo}/_tags/{tag}");
+            let tag_key = tag_key(&repo, &tag)?;
             if self.backend.get(&tag_key).await.is_ok_and(|d| String::from_utf8_lossy(&d).trim() == digest.to_string()) {
                 let _ = self.backend.delete(&tag_key).await;
             }
@@ -413,42 +442,69 @@ impl Storage {
         use std::collections::HashSet;
         let mut repositories = Vec::new();
         self.find_repositories("repositories".to_owned(), &mut repositories).await?;
-        // Mark: every linked manifest, and what it lists.
+        // Mark: every linked manifest, read as the push accepted it (the media type recorded in
+        // its link), and what it lists. A manifest that cannot be read that way stops the whole
+        // collection: guessing its kind could sweep content a tag still reaches.
         let mut marked: HashSet<String> = HashSet::new();
-        let mut pending: Vec<String> = Vec::new();
+        let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
         for repository in &repositories {
             for entry in self.backend.list(&format!("{repository}/_manifests")).await? {
-                if let Some((algorithm, hex)) = entry.split_once('-') {
-                    pending.push(format!("{algorithm}:{hex}"));
-                }
+                let Some(digest) = entry.split_once('-').and_then(|(algorithm, hex)| airlock_oci::parse_digest(&format!("{algorithm}:{hex}")).ok()) else {
+                    continue;
+                };
+                let media_type = self.backend.get(&format!("{repository}/_manifests/{entry}")).await?;
+                let media_type = String::from_utf8_lossy(&media_type).trim().to_owned();
+                pending.push((digest, (!media_type.is_empty()).then_some(media_type)));
             }
         }
-        while let Some(digest) = pending.pop() {
-            if !marked.insert(digest.clone()) {
+        let mut read: HashSet<(String, Option<String>)> = HashSet::new();
+        while let Some((digest, media_type)) = pending.pop() {
+            marked.insert(digest.to_string());
+            if !read.insert((digest.to_string(), media_type.clone())) {
                 continue;
             }
-            let Ok(parsed) = airlock_oci::parse_digest(&digest) else { continue };
-            let Ok(bytes) = self.backend.get(&blob_key(&parsed)).await else { continue };
-            let Ok(manifest) = Manifest::parse_verified(bytes, None, &parsed) else { continue };
+            let bytes = match self.backend.get(&blob_key(&digest)).await {
+                Ok(bytes) => bytes,
+                // Nothing left to protect beneath a manifest whose bytes are gone.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    tracing::warn!(%digest, "gc: a linked manifest's bytes are missing");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let manifest = Manifest::parse_verified(bytes, media_type.as_deref(), &digest).map_err(|e| {
+                StorageError::ManifestInvalid(format!("gc stopped before sweeping anything: cannot tell what manifest {digest} references: {e}"))
+            })?;
             match manifest.kind() {
                 airlock_oci::ManifestKind::Image { config, layers, .. } => {
-                    pending.extend(std::iter::once(config).chain(layers).map(|d| d.digest().to_string()));
+                    marked.extend(std::iter::once(config).chain(layers).map(|d| d.digest().to_string()));
                 }
-                airlock_oci::ManifestKind::Index { manifests, .. } => pending.extend(manifests.iter().map(|d| d.digest().to_string())),
+                airlock_oci::ManifestKind::Index { manifests, .. } => {
+                    for child in manifests {
+                        let child_type = child.media_type().to_string();
+                        if airlock_oci::media_type::is_manifest(&child_type) {
+                            pending.push((child.digest().clone(), Some(child_type)));
+                        } else {
+                            // An index may list a plain blob; it is kept, not read.
+                            marked.insert(child.digest().to_string());
+                        }
+                    }
+                }
             }
         }
         // Sweep: idle upload sessions, then unreachable blobs.
         let mut report = GcReport::default();
         for id in self.backend.list("uploads").await? {
-            let data = format!("{}/data", upload_key(&id));
+            let Ok(session) = upload_key(&id) else { continue };
+            let data = format!("{session}/data");
             let activity = match self.backend.age(&data).await {
                 Ok(age) => age,
-                Err(_) => self.backend.age(&format!("{}/repository", upload_key(&id))).await.unwrap_or(Duration::MAX),
+                Err(_) => self.backend.age(&format!("{session}/repository")).await.unwrap_or(Duration::MAX),
             };
             if activity > grace {
                 report.stale_uploads += 1;
                 if !dry_run {
-                    self.backend.delete_prefix(&upload_key(&id)).await?;
+                    self.backend.delete_prefix(&session).await?;
                 }
             }
         }

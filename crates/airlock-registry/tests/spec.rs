@@ -614,3 +614,59 @@ async fn a_manifest_named_by_its_etag_is_not_modified() {
     let missing = registry.call("HEAD", "/v2/r/manifests/v2", &[("if-none-match", &format!("\"{digest}\""))], vec![]).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn bad_references_and_upload_ids_are_client_errors_never_500() {
+    let registry = Registry::new();
+    registry.push_image("r", "v1", b"layer").await;
+    let long_tag = "t".repeat(200);
+    let long_id = "u".repeat(300);
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.to_vec();
+    for reference in ["..", ".", "%2e%2e", ".hidden", "-dash", long_tag.as_str(), "a%0Ab", "sha256:xyz"] {
+        for method in ["GET", "HEAD", "DELETE", "PUT"] {
+            let body = if method == "PUT" { manifest.clone() } else { vec![] };
+            let answer = registry.call(method, &format!("/v2/r/manifests/{reference}"), &[("content-type", "application/vnd.oci.image.index.v1+json")], body).await;
+            assert!(answer.status.is_client_error(), "{method} manifests/{reference}: {}", answer.status);
+        }
+    }
+    for id in ["..", ".", long_id.as_str(), "a%2Fb", "x.y"] {
+        for method in ["GET", "PATCH", "PUT", "DELETE"] {
+            let answer = registry.call(method, &format!("/v2/r/blobs/uploads/{id}?digest={}", sha256(b"")), &[], vec![]).await;
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{method} uploads/{id}");
+            assert_eq!(answer.error_code(), "BLOB_UPLOAD_UNKNOWN");
+        }
+    }
+    for path in ["/v2/r/blobs/sha256:..", "/v2/r/referrers/..", "/v2/r/blobs/..", "/v2/../r/tags/list", "/v2/r/../x/tags/list"] {
+        let answer = registry.call("GET", path, &[], vec![]).await;
+        assert!(answer.status.is_client_error(), "{path}: {}", answer.status);
+    }
+    // The good tag is untouched.
+    assert_eq!(registry.call("GET", "/v2/r/manifests/v1", &[("accept", "application/vnd.oci.image.manifest.v1+json")], vec![]).await.status, StatusCode::OK);
+    assert_eq!(registry.call("GET", "/v2/r/tags/list", &[], vec![]).await.json()["tags"], serde_json::json!(["v1"]));
+}
+
+#[tokio::test]
+async fn gc_reads_an_ambiguous_manifest_as_its_push_was_accepted() {
+    // No `mediaType`, and both `config` and `manifests`: pushed as an image manifest, it must
+    // keep its config and layer through a collection (read as an index, they would be swept).
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: true });
+    let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
+    let (config_bytes, layer_bytes): (&[u8], &[u8]) = (b"{\"architecture\":\"amd64\",\"os\":\"linux\"}", b"an ambiguous layer");
+    let config = registry.push_blob("r", config_bytes).await;
+    let layer = registry.push_blob("r", layer_bytes).await;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_bytes.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": layer_bytes.len()}],
+        "manifests": [],
+    }))
+    .unwrap();
+    let put = registry.call("PUT", "/v2/r/manifests/v1", &[("content-type", "application/vnd.oci.image.manifest.v1+json")], manifest).await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&put.body));
+    let report = storage.storage.gc(false, std::time::Duration::ZERO).await.unwrap();
+    assert_eq!(report.removed, 0, "{report:?}");
+    for blob in [&config, &layer] {
+        assert_eq!(registry.call("GET", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.status, StatusCode::OK, "{blob}");
+    }
+}

@@ -74,6 +74,17 @@ pub enum ErrorKind {
         /// The store.
         location: String,
     },
+    /// A name (a tag listed by a registry, a title) that is not valid where it was to be used:
+    /// refused before it could become a path or a URL.
+    #[error("refused the {what} `{name}` from {location}: not a valid {what} name")]
+    InvalidName {
+        /// What kind of name: "tag", "repository".
+        what: String,
+        /// The name, escaped for printing.
+        name: String,
+        /// The store.
+        location: String,
+    },
     /// The registry answered with an unexpected status.
     #[error("{method} {url}: {status}{}", describe_body(.code, .message))]
     Http {
@@ -91,7 +102,7 @@ pub enum ErrorKind {
         retry_after: Option<std::time::Duration>,
     },
     /// The connection failed, timed out or was cut.
-    #[error("{method} {url}: connection failed")]
+    #[error("{method} {url}: {}", transport_cause(.source))]
     Transport {
         /// HTTP method.
         method: String,
@@ -158,6 +169,16 @@ pub enum ErrorKind {
         #[source]
         source: Error,
     },
+}
+
+fn transport_cause(source: &reqwest::Error) -> &'static str {
+    if source.is_timeout() {
+        "timed out: the registry sent nothing for longer than the read timeout (--read-timeout)"
+    } else if source.is_body() || source.is_decode() {
+        "the connection broke while reading the answer"
+    } else {
+        "connection failed"
+    }
 }
 
 fn describe_body(code: &Option<String>, message: &Option<String>) -> String {

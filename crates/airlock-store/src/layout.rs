@@ -255,6 +255,11 @@ impl Store for LayoutStore {
     }
 
     async fn put_manifest(&self, manifest: &Manifest, tag: Option<&str>) -> Result<PutManifestOutcome> {
+        // Only distribution-spec tags go into `index.json`: a name some registry listed is no
+        // reason to write a ref name other tools would read as a path or a reference.
+        if let Some(tag) = tag.filter(|t| airlock_oci::validate_tag(t).is_err()) {
+            return Err(Error::from(ErrorKind::InvalidName { what: "tag".into(), name: tag.escape_debug().to_string(), location: self.to_string() }));
+        }
         self.write_small_blob(manifest.digest(), manifest.bytes()).await?;
         let is_referrer = manifest.subject().is_some();
         if tag.is_none() && !is_referrer {
@@ -395,5 +400,10 @@ mod tests {
         assert_eq!(store.resolve(manifest.digest().as_ref()).await.unwrap().digest(), manifest.digest());
         let missing = store.get_manifest("nope").await.unwrap_err().to_string();
         assert!(missing.contains("tag `nope` not found in ocidir://"), "{missing}");
+        for bad in ["../../x", "a/b", "with\nnewline", ".hidden", &"t".repeat(200)] {
+            let refused = store.put_manifest(&manifest, Some(bad)).await.unwrap_err();
+            assert!(matches!(refused.kind(), crate::ErrorKind::InvalidName { .. }), "{refused}");
+        }
+        assert_eq!(store.list_tags().await.unwrap(), vec!["v1", "v2"]);
     }
 }

@@ -47,6 +47,9 @@ pub enum Action {
     WouldCopy,
     /// It failed; [`TagResult::error`] says why.
     Failed,
+    /// The source listed a name that is no valid tag (`../x`, `a/b`, a newline): never used
+    /// as a path or URL, reported with the reason in [`TagResult::error`].
+    Skipped,
 }
 
 impl Action {
@@ -57,6 +60,7 @@ impl Action {
             Action::UpToDate => "up to date",
             Action::WouldCopy => "would copy",
             Action::Failed => "failed",
+            Action::Skipped => "skipped",
         }
     }
 
@@ -67,6 +71,7 @@ impl Action {
             Action::UpToDate => "up_to_date",
             Action::WouldCopy => "would_copy",
             Action::Failed => "failed",
+            Action::Skipped => "skipped",
         }
     }
 }
@@ -103,8 +108,11 @@ pub trait SyncProgress: Send + Sync {
 /// Opens the store for a reference; the caller decides how (credentials, TLS, folders).
 pub type OpenStore<'a> = &'a (dyn Fn(&Reference, bool) -> Pin<Box<dyn Future<Output = Arc<dyn Store>> + Send + 'a>> + Send + Sync);
 
+/// The tags a job selected from its source, and the names it listed that are no tags.
+type Selected = (Vec<String>, Vec<String>);
+
 /// A job's two stores, the tags it selected from the source, and what its target holds.
-type Listing = (usize, Arc<dyn Store>, Arc<dyn Store>, Result<Vec<String>, airlock_store::Error>, TargetKnowledge);
+type Listing = (usize, Arc<dyn Store>, Arc<dyn Store>, Result<Selected, airlock_store::Error>, TargetKnowledge);
 
 /// One tag to sync, with its job's stores.
 struct Planned {
@@ -121,11 +129,25 @@ type PlanItem = (usize, usize, Result<Planned, Box<TagResult>>);
 /// A listing's tags, each numbered in its job's order; a failed listing is one failed result.
 fn plan((job, source, target, tags, known): Listing, progress: &dyn SyncProgress) -> Vec<PlanItem> {
     let items: Vec<Result<Planned, Box<TagResult>>> = match tags {
-        Ok(tags) => {
-            progress.planned(tags.len());
+        Ok((tags, refused)) => {
+            progress.planned(tags.len() + refused.len());
             let known = Arc::new(known);
+            let skipped = refused.into_iter().map(|name| {
+                let reason = airlock_oci::validate_tag(&name).err().unwrap_or_default();
+                Err(Box::new(TagResult {
+                    source: source.to_string(),
+                    target: target.to_string(),
+                    tag: name.escape_debug().to_string(),
+                    digest: None,
+                    source_digest: None,
+                    action: Action::Skipped,
+                    bytes: 0,
+                    error: Some(format!("{source} listed a name that is no valid tag, so it is not synced: {}", reason.escape_debug())),
+                }))
+            });
             tags.into_iter()
                 .map(|tag| Ok(Planned { job, source: source.clone(), target: target.clone(), known: known.clone(), tag }))
+                .chain(skipped)
                 .collect()
         }
         Err(error) => vec![Err(Box::new(TagResult {
@@ -162,13 +184,17 @@ pub async fn run(jobs: &[SyncJob], open: OpenStore<'_>, copier: &Copier, options
                 let source_tags = async {
                     if job.filter.needs_listing() {
                         source.list_tags().await.map(|available| {
-                            // Referrers-schema tags (`sha256-<hex>`) are listings of signatures and
-                            // SBOMs, not images: they travel with their subject.
-                            let available: Vec<String> = available.into_iter().filter(|t| !is_referrers_tag(t)).collect();
-                            job.filter.select(&available)
+                            // A listed name is untrusted: one that is no valid tag never reaches a
+                            // filter, a path or a URL. Referrers-schema tags (`sha256-<hex>`) are
+                            // listings of signatures and SBOMs, not images: they travel with their
+                            // subject.
+                            let (valid, refused): (Vec<String>, Vec<String>) =
+                                available.into_iter().partition(|t| airlock_oci::validate_tag(t).is_ok());
+                            let available: Vec<String> = valid.into_iter().filter(|t| !is_referrers_tag(t)).collect();
+                            (job.filter.select(&available), refused)
                         })
                     } else {
-                        Ok(job.filter.select(&[]))
+                        Ok((job.filter.select(&[]), Vec::new()))
                     }
                 };
                 let (tags, known) = futures::join!(source_tags, TargetKnowledge::gather(target.as_ref()));

@@ -55,6 +55,10 @@ pub struct Global {
     /// Attempts per request on connection errors, 408, 429 and 5xx (with backoff and `Retry-After`).
     #[arg(long, global = true, default_value_t = 5, value_name = "N")]
     pub retries: u32,
+    /// Seconds a registry may send nothing before a read gives up on the connection: a stalled
+    /// download is then resumed (`Range`) or asked for again, up to `--retries` times.
+    #[arg(long, global = true, default_value_t = 60, value_name = "SECONDS", env = "AIRLOCK_READ_TIMEOUT")]
+    pub read_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

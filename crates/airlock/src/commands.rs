@@ -118,6 +118,7 @@ pub(crate) fn registry_options(global: &Global) -> RegistryOptions {
     options.ca_certs = global.ca_certs.clone();
     options.max_requests_per_registry = global.max_requests.max(1);
     options.retry = RetryPolicy { attempts: global.retries.max(1), ..RetryPolicy::default() };
+    options.read_timeout = std::time::Duration::from_secs(global.read_timeout.max(1));
     options.tag_cache = Some(tag_cache());
     options
 }
@@ -446,6 +447,7 @@ async fn login(global: &Global, args: &LoginArgs) -> Result<()> {
     let mut options = RegistryOptions::new(files.clone());
     options.plain_http = global.plain_http.clone();
     options.ca_certs = global.ca_certs.clone();
+    options.read_timeout = std::time::Duration::from_secs(global.read_timeout.max(1));
     options.explicit_credentials.insert(registry.clone(), credential.clone());
     let registries = Registries::new(options)?;
     registries.check_login(&registry).await.with_context(|| format!("cannot log in to `{registry}`"))?;

@@ -96,6 +96,7 @@ struct Summary {
     up_to_date: usize,
     would_copy: usize,
     failed: usize,
+    skipped: usize,
     bytes: u64,
 }
 
@@ -108,6 +109,7 @@ fn summarize(results: &[TagResult]) -> Summary {
             Action::UpToDate => summary.up_to_date += 1,
             Action::WouldCopy => summary.would_copy += 1,
             Action::Failed => summary.failed += 1,
+            Action::Skipped => summary.skipped += 1,
         }
     }
     summary
@@ -133,8 +135,8 @@ fn render(global: &Global, results: &[TagResult]) {
         return;
     }
     if global.quiet {
-        for failure in results.iter().filter(|r| r.action == Action::Failed) {
-            output::note(&format!("failed: {}:{}: {}", failure.source, failure.tag, failure.error.as_deref().unwrap_or("")));
+        for failure in results.iter().filter(|r| matches!(r.action, Action::Failed | Action::Skipped)) {
+            output::note(&format!("{}: {}:{}: {}", failure.action.as_str(), failure.source, failure.tag, failure.error.as_deref().unwrap_or("")));
         }
         return;
     }
@@ -147,16 +149,17 @@ fn render(global: &Global, results: &[TagResult]) {
         .collect();
     let mut text = output::table(&["SOURCE", "TAG", "ACTION", "DIGEST", "MOVED"], &rows);
     text.push_str(&format!(
-        "\n{} copied, {} up to date, {} would copy, {} failed; {} moved\n",
+        "\n{} copied, {} up to date, {} would copy, {} failed{}; {} moved\n",
         summary.copied,
         summary.up_to_date,
         summary.would_copy,
         summary.failed,
+        if summary.skipped > 0 { format!(", {} invalid names skipped", summary.skipped) } else { String::new() },
         output::bytes(summary.bytes)
     ));
-    for failure in results.iter().filter(|r| r.action == Action::Failed) {
+    for failure in results.iter().filter(|r| matches!(r.action, Action::Failed | Action::Skipped)) {
         let tag = if failure.tag.is_empty() { String::new() } else { format!(":{}", failure.tag) };
-        text.push_str(&format!("failed: {}{tag}: {}\n", failure.source, failure.error.as_deref().unwrap_or("")));
+        text.push_str(&format!("{}: {}{tag}: {}\n", failure.action.as_str(), failure.source, failure.error.as_deref().unwrap_or("")));
     }
     output::data(&text);
 }

@@ -43,6 +43,10 @@ impl Scope {
     }
 }
 
+/// The most of a token answer that is read: tokens are a few KiB (GHCR's and ECR's the
+/// largest seen, under 16 KiB); an answer that never ends must not grow memory.
+const TOKEN_LIMIT: usize = 1024 * 1024;
+
 struct CachedToken {
     value: String,
     expires: Instant,
@@ -156,6 +160,40 @@ impl RegistryClient {
             let delay = self.retry.delay(attempt, failure.retry_after());
             tracing::debug!(registry = %self.registry, attempt, ?delay, error = %failure, "retrying");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Sends a replayable request and reads its body whole, up to `limit` bytes (64 KiB for an
+    /// error answer). A body cut or stalled half way is asked for again, like a refused
+    /// connection; a body over the limit is an error that says so (`what` names it), never a
+    /// retry and never more memory.
+    pub(crate) async fn fetch(&self, scope: &Scope, location: &str, make: MakeRequest<'_>, limit: usize, what: &str) -> Result<Fetched> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let response = self.send(scope, location, make).await?;
+            let (status, headers, url) = (response.status(), response.headers().clone(), response.url().clone());
+            let limit = if status.is_success() { limit } else { limit.min(ERROR_BODY_LIMIT) };
+            let method = make().build().map(|r| r.method().to_string()).unwrap_or_else(|_| "GET".into());
+            match read_limited(response, limit).await {
+                Ok(body) => return Ok(Fetched { status, headers, url, body }),
+                Err(BodyError::TooLarge) if status.is_success() => {
+                    return Err(Error::from(ErrorKind::Protocol {
+                        location: location_or(location, &self.registry).to_owned(),
+                        reason: format!("{what} is larger than {limit} bytes: refused"),
+                    }));
+                }
+                Err(BodyError::TooLarge) => return Ok(Fetched { status, headers, url, body: Vec::new() }),
+                Err(BodyError::Cut(source)) => {
+                    let failure = Error::from(ErrorKind::Transport { method, url: url.to_string(), source });
+                    if attempt >= self.retry.attempts {
+                        return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: failure }));
+                    }
+                    let delay = self.retry.delay(attempt, None);
+                    tracing::debug!(registry = %self.registry, attempt, ?delay, error = %failure, "{what} cut; asking again");
+                    tokio::time::sleep(delay).await;
+                }
+            }
         }
     }
 
@@ -286,7 +324,14 @@ impl RegistryClient {
         if !response.status().is_success() {
             return Err(http_error("GET", response).await);
         }
-        let answer: TokenResponse = response.json().await.map_err(|e| Error::from(ErrorKind::Protocol {
+        let body = match read_limited(response, TOKEN_LIMIT).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                return Err(Error::from(ErrorKind::Protocol { location: realm.to_owned(), reason: format!("the token answer is larger than {TOKEN_LIMIT} bytes: refused") }))
+            }
+            Err(BodyError::Cut(source)) => return Err(Error::from(ErrorKind::Transport { method: "GET".into(), url: realm.to_owned(), source })),
+        };
+        let answer: TokenResponse = serde_json::from_slice(&body).map_err(|e| Error::from(ErrorKind::Protocol {
             location: realm.to_owned(),
             reason: format!("the token service answered malformed JSON: {e}"),
         }))?;
@@ -361,7 +406,11 @@ pub(crate) async fn http_error(method: &str, response: Response) -> Error {
     let status = response.status().as_u16();
     let url = response.url().to_string();
     let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
-    let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+    let body = read_limited(response, ERROR_BODY_LIMIT).await.unwrap_or_default();
+    error_from_body(method, status, url, retry_after, &body)
+}
+
+fn error_from_body(method: &str, status: u16, url: String, retry_after: Option<Duration>, body: &[u8]) -> Error {
     #[derive(serde::Deserialize)]
     struct Body {
         errors: Vec<Entry>,
@@ -371,25 +420,57 @@ pub(crate) async fn http_error(method: &str, response: Response) -> Error {
         code: Option<String>,
         message: Option<String>,
     }
-    let (code, message) = match serde_json::from_slice::<Body>(&body) {
+    let (code, message) = match serde_json::from_slice::<Body>(body) {
         Ok(Body { errors }) if !errors.is_empty() => (errors[0].code.clone(), errors[0].message.clone()),
         _ => (None, None),
     };
     Error::from(ErrorKind::Http { method: method.to_owned(), url, status, code, message, retry_after })
 }
 
-/// Reads a body up to `limit` bytes; `None` when it is longer or the connection fails.
-pub(crate) async fn read_limited(mut response: Response, limit: usize) -> Option<Vec<u8>> {
-    if response.content_length().is_some_and(|len| len as usize > limit) {
-        return None;
+/// Why a body could not be read whole.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// It is (or says it is) longer than the limit: refused, not read further.
+    TooLarge,
+    /// The connection failed, was cut or stalled past the read timeout.
+    Cut(reqwest::Error),
+}
+
+/// Reads a body up to `limit` bytes: never more is held in memory, whatever the server sends.
+pub(crate) async fn read_limited(mut response: Response, limit: usize) -> std::result::Result<Vec<u8>, BodyError> {
+    if response.content_length().is_some_and(|len| len > limit as u64) {
+        return Err(BodyError::TooLarge);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.ok()? {
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Cut)? {
         if body.len() + chunk.len() > limit {
-            return None;
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    Some(body)
+    Ok(body)
 }
+
+/// A response read whole (bounded): what [`RegistryClient::fetch`] returns.
+pub(crate) struct Fetched {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub url: reqwest::Url,
+    pub body: Vec<u8>,
+}
+
+impl Fetched {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error for an unexpected status, as [`http_error`] makes it.
+    pub fn error(&self, method: &str) -> Error {
+        let retry_after = self.header(RETRY_AFTER.as_str()).and_then(parse_retry_after);
+        error_from_body(method, self.status.as_u16(), self.url.to_string(), retry_after, &self.body)
+    }
+}
+
+/// The most of an error answer's body that is read.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH, LINK, LOCATION, RANGE};
 use reqwest::{Response, StatusCode};
 
-use self::client::{http_error, read_limited, ClientSetup, RegistryClient, Scope};
+use self::client::{http_error, ClientSetup, RegistryClient, Scope};
 pub use self::credentials::{Credential, CredentialFiles};
 pub use self::retry::RetryPolicy;
 pub use self::secret::{redact_url, Secret};
@@ -36,6 +36,23 @@ use crate::{referrers_tag, BlobStream, Error, ErrorKind, MountSource, PutManifes
 const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 /// Blobs up to this size are uploaded with one `PUT`; larger ones are streamed with `PATCH`.
 const MONOLITHIC_LIMIT: u64 = 8 * 1024 * 1024;
+/// The most one page of a tag list may hold (1000 tags of 128 characters are 131 KiB).
+const TAG_PAGE_LIMIT: usize = 8 * 1024 * 1024;
+/// The most tags a repository may list (Docker Hub's largest repositories hold tens of
+/// thousands); a registry listing more is refused rather than let grow memory.
+const TAG_LIST_LIMIT: usize = 1_000_000;
+/// The most pages a tag list may span.
+const TAG_LIST_PAGES: usize = 10_000;
+
+/// A tag or digest about to become a URL path segment: anything else (`..`, `a/b`, `%2e`, a
+/// newline: names a hostile registry could list) is refused, so no name can change which
+/// resource a request (carrying this registry's credentials) reaches.
+fn checked_reference<'a>(reference: &'a str, location: &str) -> Result<&'a str> {
+    if airlock_oci::parse_digest(reference).is_ok() || airlock_oci::validate_tag(reference).is_ok() {
+        return Ok(reference);
+    }
+    Err(Error::from(ErrorKind::InvalidName { what: "tag".into(), name: reference.escape_debug().to_string(), location: location.to_owned() }))
+}
 
 /// How to reach registries.
 #[derive(Debug, Clone)]
@@ -56,7 +73,13 @@ pub struct RegistryOptions {
     pub registry_settings: HashMap<String, RegistrySettings>,
     /// What tags pointed at when last seen, for conditional `HEAD`s (none: every look is full).
     pub tag_cache: Option<Arc<TagCache>>,
+    /// How long an answer may send nothing before the read fails: a stalled blob download is
+    /// then resumed with `Range`, a stalled manifest or tag list asked for again.
+    pub read_timeout: std::time::Duration,
 }
+
+/// [`RegistryOptions::read_timeout`] unless told otherwise.
+pub const DEFAULT_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What one registry gets beyond the defaults.
 #[derive(Debug, Clone, Default)]
@@ -79,6 +102,7 @@ impl RegistryOptions {
             explicit_credentials: HashMap::new(),
             registry_settings: HashMap::new(),
             tag_cache: None,
+            read_timeout: DEFAULT_READ_TIMEOUT,
         }
     }
 }
@@ -122,6 +146,7 @@ impl Registries {
             // reqwest drops `Authorization` when a redirect leaves the host (blob storage).
             .redirect(reqwest::redirect::Policy::limited(10))
             .connect_timeout(std::time::Duration::from_secs(30))
+            .read_timeout(options.read_timeout)
             .pool_max_idle_per_host(32)
             .tcp_nodelay(true)
             .build()
@@ -331,7 +356,7 @@ impl RemoteStore {
     }
 
     async fn put_manifest_bytes(&self, manifest: &Manifest, reference: &str) -> Result<Response> {
-        let url = self.url(&format!("manifests/{reference}"));
+        let url = self.url(&format!("manifests/{}", checked_reference(reference, &self.location)?));
         let http = &self.client.http;
         let body = bytes::Bytes::copy_from_slice(manifest.bytes());
         let media_type = manifest.media_type().to_owned();
@@ -480,19 +505,15 @@ impl Store for RemoteStore {
     }
 
     async fn get_manifest(&self, reference: &str) -> Result<Manifest> {
-        let response = self.request_manifest(reqwest::Method::GET, reference, None).await?;
-        let content_type = header(&response, "content-type").map(str::to_owned);
-        let answered_digest = header(&response, "docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
-        let bytes = read_limited(response, MANIFEST_LIMIT).await.ok_or_else(|| Error::from(ErrorKind::Protocol {
-            location: self.location.clone(),
-            reason: format!("manifest `{reference}` is larger than {MANIFEST_LIMIT} bytes or its download failed"),
-        }))?;
+        let response = self.fetch_manifest(reference).await?;
+        let content_type = response.header("content-type").map(str::to_owned);
+        let answered_digest = response.header("docker-content-digest").and_then(|d| airlock_oci::parse_digest(d).ok());
         let bad = |source| Error::from(ErrorKind::Manifest { reference: reference.to_owned(), location: self.location.clone(), source });
         // By digest the digest asked for is the truth; by tag the registry's claim is checked.
         let expected = airlock_oci::parse_digest(reference).ok().or(answered_digest);
         let manifest = match expected {
-            Some(expected) => Manifest::parse_verified(bytes, content_type.as_deref(), &expected).map_err(bad)?,
-            None => Manifest::parse(bytes, content_type.as_deref()).map_err(bad)?,
+            Some(expected) => Manifest::parse_verified(response.body, content_type.as_deref(), &expected).map_err(bad)?,
+            None => Manifest::parse(response.body, content_type.as_deref()).map_err(bad)?,
         };
         self.remember(reference, Some(&manifest.descriptor()));
         Ok(manifest)
@@ -592,7 +613,7 @@ impl Store for RemoteStore {
     }
 
     async fn mount_blob(&self, descriptor: &Descriptor, from: &MountSource) -> Result<bool> {
-        if from.registry != self.client.registry || from.repository == self.repository {
+        if from.registry != self.client.registry || from.repository == self.repository || airlock_oci::validate_repository(&from.repository).is_err() {
             return Ok(false);
         }
         let query = format!("mount={}&from={}", descriptor.digest(), from.repository);
@@ -618,30 +639,36 @@ impl Store for RemoteStore {
         let mut url = self.url("tags/list?n=1000");
         let mut tags = Vec::new();
         let http = &self.client.http;
-        loop {
-            let response = self.send(&|| http.get(&url)).await?;
-            match response.status() {
+        for _ in 0..TAG_LIST_PAGES {
+            let response = self.client.fetch(&self.scope, &self.location, &|| http.get(&url), TAG_PAGE_LIMIT, "a page of the tag list").await?;
+            match response.status {
                 StatusCode::NOT_FOUND => return Err(self.not_found("repository".into())),
                 status if status.is_success() => {}
-                _ => return Err(self.unexpected("GET", response).await),
+                _ => return Err(response.error("GET")),
             }
-            let next = header(&response, LINK.as_str())
+            let next = response
+                .header(LINK.as_str())
                 .and_then(|link| link.split(',').find(|part| part.contains("rel=\"next\"") || part.contains("rel=next")))
                 .and_then(|part| part.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(target, _)| target.to_owned()))
-                .and_then(|target| response.url().join(&target).ok());
-            let page: Page = response.json().await.map_err(|e| Error::from(ErrorKind::Protocol {
+                .and_then(|target| response.url.join(&target).ok());
+            let page: Page = serde_json::from_slice(&response.body).map_err(|e| Error::from(ErrorKind::Protocol {
                 location: self.location.clone(),
                 reason: format!("malformed tag list: {e}"),
             }))?;
             tags.extend(page.tags.unwrap_or_default());
+            if tags.len() > TAG_LIST_LIMIT {
+                return Err(Error::from(ErrorKind::Protocol { location: self.location.clone(), reason: format!("the tag list goes on past {TAG_LIST_LIMIT} tags: refused") }));
+            }
             match next {
-                Some(next) => url = next.to_string(),
-                None => {
+                // A link back to the same page would never end.
+                Some(next) if next.as_str() != url => url = next.to_string(),
+                _ => {
                     let _ = self.listed_tags.set(tags.iter().cloned().collect());
                     return Ok(tags);
                 }
             }
         }
+        Err(Error::from(ErrorKind::Protocol { location: self.location.clone(), reason: format!("the tag list goes on past {TAG_LIST_PAGES} pages: refused") }))
     }
 
     fn tags_known(&self) -> bool {
@@ -656,19 +683,22 @@ impl Store for RemoteStore {
         let http = &self.client.http;
         let api = &self.client.referrers_api;
         let known_missing = api.load(std::sync::atomic::Ordering::Relaxed) == client::referrers_api::MISSING;
-        let response = if known_missing { None } else { Some(self.send(&|| http.get(&url).header(ACCEPT, media_type::OCI_INDEX)).await?) };
+        let response = if known_missing {
+            None
+        } else {
+            Some(self.client.fetch(&self.scope, &self.location, &|| http.get(&url).header(ACCEPT, media_type::OCI_INDEX), MANIFEST_LIMIT, "the referrers index").await?)
+        };
         let (manifests, filtered) = match response {
-            Some(response) if response.status().is_success() => {
-                let filtered = header(&response, "oci-filters-applied").is_some_and(|f| f.contains("artifactType"));
-                let bytes = read_limited(response, MANIFEST_LIMIT).await.unwrap_or_default();
-                let index = Manifest::parse(bytes, Some(media_type::OCI_INDEX)).map_err(|source| {
+            Some(response) if response.status.is_success() => {
+                let filtered = response.header("oci-filters-applied").is_some_and(|f| f.contains("artifactType"));
+                let index = Manifest::parse(response.body, Some(media_type::OCI_INDEX)).map_err(|source| {
                     Error::from(ErrorKind::Manifest { reference: format!("referrers of {subject}"), location: self.location.clone(), source })
                 })?;
                 let airlock_oci::ManifestKind::Index { manifests, .. } = index.kind().clone() else { unreachable!("parsed as an index") };
                 (manifests, filtered)
             }
-            Some(response) if !matches!(response.status(), StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) => {
-                return Err(self.unexpected("GET", response).await);
+            Some(response) if !matches!(response.status, StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED) => {
+                return Err(response.error("GET"));
             }
             // No referrers API: the tag schema.
             answer => {
@@ -716,7 +746,7 @@ impl RemoteStore {
     /// `HEAD` or `GET` of a manifest with the full `Accept` list; a success (or, asked with
     /// `if_none_match`, a `304`) or an error.
     async fn request_manifest(&self, method: reqwest::Method, reference: &str, if_none_match: Option<&Digest>) -> Result<Response> {
-        let url = self.url(&format!("manifests/{reference}"));
+        let url = self.url(&format!("manifests/{}", checked_reference(reference, &self.location)?));
         let http = &self.client.http;
         let accept = accept();
         let etag = if_none_match.map(|digest| format!("\"{digest}\""));
@@ -734,6 +764,21 @@ impl RemoteStore {
             StatusCode::NOT_MODIFIED if etag.is_some() => Ok(response),
             status if status.is_success() => Ok(response),
             _ => Err(self.unexpected(method.as_str(), response).await),
+        }
+    }
+
+    /// `GET` of a manifest, read whole (at most [`MANIFEST_LIMIT`] bytes; a cut download is
+    /// asked for again); a success or an error.
+    async fn fetch_manifest(&self, reference: &str) -> Result<client::Fetched> {
+        let url = self.url(&format!("manifests/{}", checked_reference(reference, &self.location)?));
+        let http = &self.client.http;
+        let accept = accept();
+        let what = format!("manifest `{reference}`");
+        let response = self.client.fetch(&self.scope, &self.location, &|| http.get(&url).header(ACCEPT, accept.as_str()), MANIFEST_LIMIT, &what).await?;
+        match response.status {
+            StatusCode::NOT_FOUND => Err(self.not_found(what)),
+            status if status.is_success() => Ok(response),
+            _ => Err(response.error("GET")),
         }
     }
 
@@ -769,5 +814,20 @@ impl RemoteStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_tags_and_digests_become_url_segments() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        for good in ["v1", "1.0-alpine", "_x", digest.as_str()] {
+            assert_eq!(super::checked_reference(good, "r/x").unwrap(), good);
+        }
+        for bad in ["..", ".", "../../x", "a/b", "%2e%2e", "with\nnewline", "x?y", "x#y", "", &"t".repeat(129)] {
+            let refused = super::checked_reference(bad, "r/x").unwrap_err().to_string();
+            assert!(refused.contains("not a valid tag name") && refused.contains("r/x") && !refused.contains('\n'), "{refused}");
+        }
     }
 }

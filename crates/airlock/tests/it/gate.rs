@@ -47,20 +47,29 @@ fn test_context(dir: &Path) -> std::path::PathBuf {
     context
 }
 
+/// A fresh folder with `airlock serve` on it, an airlock, and the upstream images to publish.
+fn scene() -> (tempfile::TempDir, Served, Airlock, Upstream) {
+    let dir = crate::harness::tempdir();
+    let served = Served::start(&dir.path().join("registry"));
+    let upstream = Upstream::new(dir.path());
+    (dir, served, Airlock::new(), upstream)
+}
+
+/// podman, started by a test gate, reads the same Docker config as airlock.
+fn podman_for_gates(airlock: &Airlock) -> Podman {
+    std::fs::create_dir_all(airlock.path(".docker")).unwrap();
+    std::fs::write(airlock.path(".docker/config.json"), "{\"auths\": {}}").unwrap();
+    Podman::new()
+}
+
 fn yaml_list(items: &[String]) -> String {
     format!("[{}]", items.iter().map(|i| format!("'{i}'")).collect::<Vec<_>>().join(", "))
 }
 
 #[test]
 fn seed_004_a_good_update_is_promoted_a_bad_one_rejected_and_rollback_restores() {
-    let dir = crate::harness::tempdir();
-    let served = Served::start(&dir.path().join("registry"));
-    let airlock = Airlock::new();
-    let upstream = Upstream::new(dir.path());
-    let podman = Podman::new();
-    // podman, started by the test gate, reads the same Docker config as airlock.
-    std::fs::create_dir_all(airlock.path(".docker")).unwrap();
-    std::fs::write(airlock.path(".docker/config.json"), "{\"auths\": {}}").unwrap();
+    let (dir, served, airlock, upstream) = scene();
+    let podman = podman_for_gates(&airlock);
     let context = test_context(dir.path());
     let sink = EventSink::start(0);
     let rebuilds = dir.path().join("rebuilds.log");
@@ -541,4 +550,78 @@ fn the_demo_promotes_the_good_image_and_rejects_the_red_one() {
     let text = airlock.run(&["demo"]).success().stdout;
     assert!(text.contains("RUN ID  TASK  PLATFORM     STATUS     TRIGGER       STARTED"), "{text}");
     assert!(text.contains("BACKGROUND_COLOR=RED is forbidden"), "{text}");
+}
+
+#[test]
+fn a_gate_that_cannot_run_is_an_error_and_the_digest_is_run_again_once_it_can() {
+    let (dir, served, airlock, upstream) = scene();
+    let podman = podman_for_gates(&airlock);
+    let context = test_context(dir.path());
+    let config = dir.path().join("airlock.yaml");
+    let write_config = |runtime: &str| {
+        let yaml = format!(
+            "runtime:\n  command: {runtime}\n  args: {args}\n  run_args: {run_args}\nimports:\n  - name: node\n    source: {source}\n    tags: [15-alpine]\n    staging: {staging}\n    target: {target}\n    gates:\n      - name: validate\n        test:\n          dockerfile: {context}/Dockerfile\n",
+            args = yaml_list(&podman.global_flags()),
+            run_args = yaml_list(&Podman::run_flags()),
+            source = served.at("upstream/node"),
+            staging = served.at("staging/node"),
+            target = served.at("base-artifacts/node"),
+            context = context.display(),
+        );
+        std::fs::write(&config, yaml).unwrap();
+    };
+    let file = config.to_str().unwrap();
+    let good = upstream.publish(&airlock, &served, "Orange");
+
+    // The runtime is not installed: the run is an error, not a refusal, and exits non-zero.
+    write_config(&dir.path().join("no-such-podman").display().to_string());
+    let broken = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
+    assert_eq!(broken["results"][0]["action"], "error", "{broken}");
+    assert!(broken["results"][0]["reason"].as_str().unwrap().contains("gate `validate` could not run"), "{broken}");
+    let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(runs["runs"][0]["status"], "Error", "{runs}");
+    let text = airlock.run(&["runs", "list", "-f", file]).success().stdout;
+    assert!(text.contains("Error"), "{text}");
+
+    // The runtime is back: a plain import (no --force) runs the same digest again and promotes it.
+    write_config("podman");
+    let fixed = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    assert_eq!(fixed["results"][0]["action"], "promoted", "{fixed}");
+    assert_eq!(fixed["results"][0]["upstream_digest"], good);
+    assert_eq!(airlock.run(&["digest", &served.at("base-artifacts/node:15-alpine")]).success().stdout.trim(), good);
+}
+
+#[test]
+fn command_gates_run_without_airlocks_secrets() {
+    let (dir, served, airlock, upstream) = scene();
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "registries:\n  {host}:\n    username: importer\n    password_env: IMPORTER_SECRET\nimports:\n  - name: node\n    source: {source}\n    tags: [15-alpine]\n    staging: {staging}\n    target: {target}\n    gates:\n      - name: printenv\n        env: [SCANNER_TOKEN]\n        command: [sh, -c, 'env; test -n \"$SCANNER_TOKEN\" && test -n \"$AIRLOCK_DIGEST\" && test -n \"$PATH\"']\n",
+            host = served.address,
+            source = served.at("upstream/node"),
+            staging = served.at("staging/node"),
+            target = served.at("base-artifacts/node"),
+        ),
+    )
+    .unwrap();
+    let file = config.to_str().unwrap();
+    upstream.publish(&airlock, &served, "Orange");
+    let secret = "s3cr3t-importer-password";
+    let result = airlock
+        .run_env(&["import", "-f", file, "-o", "json"], &[("IMPORTER_SECRET", secret), ("UNRELATED_SECRET", "leaky-value"), ("SCANNER_TOKEN", "passed-on-purpose")])
+        .success()
+        .json();
+    assert_eq!(result["results"][0]["action"], "promoted", "{result}");
+    let run_id = result["results"][0]["run_id"].as_str().unwrap().to_owned();
+    let log = airlock.run_env(&["runs", "logs", &run_id, "-f", file], &[("IMPORTER_SECRET", secret)]).success().stdout;
+    assert!(log.contains("AIRLOCK_DIGEST=") && log.contains("SCANNER_TOKEN=passed-on-purpose"), "{log}");
+    assert!(!log.contains(secret) && !log.contains("IMPORTER_SECRET") && !log.contains("leaky-value"), "{log}");
+    // The database with its write-ahead log.
+    for file in std::fs::read_dir(dir.path().join(".airlock")).unwrap() {
+        let bytes = std::fs::read(file.unwrap().path()).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(secret) && !text.contains("leaky-value"), "a secret reached the run database");
+    }
 }

@@ -9,6 +9,7 @@ mod discover;
 mod errors;
 mod faults;
 mod gate;
+mod hostile;
 mod layout;
 mod serve;
 mod sync;

@@ -143,6 +143,30 @@ impl Airlock {
         run_command(command, None)
     }
 
+    /// Runs airlock and returns its peak resident memory in KiB (the kernel's `ru_maxrss` of
+    /// the child, read by Python's `resource`, which needs no unsafe code here).
+    pub fn run_measured(&self, args: &[&str]) -> (Run, u64) {
+        let inner = self.command(args);
+        let python = require("python3", "python3");
+        let mut command = Command::new(python);
+        command.arg("-c").arg(
+            "import resource, subprocess, sys\n\
+             r = subprocess.run(sys.argv[1:])\n\
+             sys.stderr.write('\\nmaxrss_kib=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+             sys.exit(r.returncode)",
+        );
+        command.arg(inner.get_program()).args(inner.get_args());
+        for (name, value) in inner.get_envs() {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let run = run_command(command, None);
+        let kib = run.stderr.lines().rev().find_map(|l| l.strip_prefix("maxrss_kib=")).and_then(|v| v.trim().parse().ok()).expect("the peak RSS line");
+        (run, kib)
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_airlock"));
         command

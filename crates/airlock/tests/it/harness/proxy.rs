@@ -38,6 +38,18 @@ pub enum Fault {
     /// Tag lists are served in pages of at most this many tags with `Link` headers, as
     /// distribution 3, Docker Hub and GHCR do (Debian's distribution 2.8 does not paginate).
     LimitPageSize(usize),
+    /// A hostile upstream: tag lists carry these names besides the real tags.
+    ExtraTags(Vec<String>),
+    /// A hostile upstream: a tag list answer whose body never ends.
+    EndlessTagList,
+    /// A hostile upstream: every `/v2/` request without credentials gets a bearer challenge
+    /// whose token service (on this proxy) answers a body that never ends.
+    EndlessToken,
+    /// Every blob GET sends at most `after` bytes, then nothing more, never closing.
+    StallBlobs { after: usize },
+    /// The next `times` manifest and tag-list GETs send `after` bytes of their body (0: none),
+    /// then the connection breaks.
+    CutSmallBodies { times: usize, after: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -154,6 +166,9 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
         record_auth(state, "GET", &path, range, 307, authorization);
         return Response::builder().status(307).header("location", format!("http://{host}{path}")).body(Body::empty()).unwrap();
     }
+    if let Some(response) = hostile(state, &method, &path, authorization, arrived) {
+        return response;
+    }
     if referrers_api && method == "GET" && path.contains("/referrers/") {
         record_auth(state, "GET", &path, range, 200, authorization);
         return serve_referrers(state, &path, request.headers().get("authorization").cloned()).await;
@@ -202,6 +217,17 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
     };
     let status = answer.status();
     record_at(state, method.as_str(), &path, range.clone(), status.as_u16(), authorization, arrived);
+    let mut stall: Option<usize> = None;
+    let extra_tags = state.faults.lock().unwrap().iter().find_map(|f| match f {
+        Fault::ExtraTags(names) => Some(names.clone()),
+        _ => None,
+    });
+    if let (Some(names), true, true) = (extra_tags, path.contains("/tags/list"), status.is_success()) {
+        let mut listed: serde_json::Value = answer.json().await.unwrap_or_default();
+        let tags = listed["tags"].as_array_mut().expect("a tag list");
+        tags.extend(names.into_iter().map(serde_json::Value::from));
+        return axum::Json(listed).into_response();
+    }
     let mut response = Response::builder().status(status.as_u16());
     for (name, value) in answer.headers() {
         if name == "location" {
@@ -211,10 +237,22 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
             response = response.header(name, value);
         }
     }
+    let is_small_get = method == "GET" && (path.contains("/manifests/") || path.contains("/tags/list"));
     let (cut, flip) = {
         let mut faults = state.faults.lock().unwrap();
         let mut cut = None;
         let mut flip = false;
+        if is_small_get && status.is_success() {
+            if let Some(Fault::CutSmallBodies { times, after }) = faults.iter_mut().find(|f| matches!(f, Fault::CutSmallBodies { times, .. } if *times > 0)) {
+                *times -= 1;
+                cut = Some(*after);
+            }
+        }
+        if is_blob_get && status.is_success() {
+            if let Some(Fault::StallBlobs { after }) = faults.iter().find(|f| matches!(f, Fault::StallBlobs { .. })) {
+                stall = Some(*after);
+            }
+        }
         if is_blob_get && status.is_success() {
             let length = answer.content_length().unwrap_or(0) as usize;
             if range.is_none() {
@@ -243,6 +281,22 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
             chunk
         }
     });
+    // A stalled blob: once `after` bytes went out, the rest never comes (the connection stays
+    // open, silent).
+    let stream = futures::stream::unfold((Box::pin(stream), stall, false), |(mut inner, budget, stalled)| async move {
+        if stalled {
+            futures::future::pending::<()>().await;
+        }
+        let chunk = inner.next().await?;
+        Some(match (chunk, budget) {
+            (Ok(bytes), Some(left)) if bytes.len() >= left => (Ok(bytes.slice(..left)), (inner, Some(0), true)),
+            (Ok(bytes), Some(left)) => {
+                let left = left - bytes.len();
+                (Ok(bytes), (inner, Some(left), false))
+            }
+            (other, budget) => (other, (inner, budget, false)),
+        })
+    });
     let stream = stream.map(move |chunk| -> Result<Bytes, std::io::Error> {
         let mut chunk = chunk.map_err(std::io::Error::other)?;
         if !flipped && !chunk.is_empty() {
@@ -260,6 +314,36 @@ async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Req
         Ok(chunk)
     });
     response.body(Body::from_stream(stream)).unwrap_or_else(|e| (StatusCode::BAD_GATEWAY, e.to_string()).into_response())
+}
+
+/// The hostile faults that answer without asking upstream: endless tag lists and tokens.
+fn hostile(state: &ProxyState, method: &axum::http::Method, path: &str, authorization: bool, arrived: Instant) -> Option<Response> {
+    let faults = state.faults.lock().unwrap().clone();
+    let endless = || {
+        // Valid JSON that never closes: `{"tags":["aaaa…","aaaa…",…` forever.
+        let chunk = Bytes::from(format!("\"{}\",", "a".repeat(126)).repeat(512));
+        Body::from_stream(futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"name\":\"x\",\"tags\":[")) }).chain(
+            futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone())),
+        ))
+    };
+    if faults.iter().any(|f| matches!(f, Fault::EndlessToken)) {
+        if path.starts_with("/token") {
+            record_at(state, method.as_str(), path, None, 200, authorization, arrived);
+            let token_head = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"{\"token\":\"")) });
+            let body = token_head.chain(futures::stream::repeat_with(|| Ok::<_, std::io::Error>(Bytes::from(vec![b'a'; 64 * 1024]))));
+            return Some(Response::builder().status(200).header("content-type", "application/json").body(Body::from_stream(body)).unwrap());
+        }
+        if path.starts_with("/v2/") && !authorization {
+            record_at(state, method.as_str(), path, None, 401, authorization, arrived);
+            let challenge = format!("Bearer realm=\"http://{}/token\",service=\"hostile\"", state.me);
+            return Some(Response::builder().status(401).header("www-authenticate", challenge).body(Body::empty()).unwrap());
+        }
+    }
+    if faults.iter().any(|f| matches!(f, Fault::EndlessTagList)) && method == "GET" && path.contains("/tags/list") {
+        record_at(state, method.as_str(), path, None, 200, authorization, arrived);
+        return Some(Response::builder().status(200).header("content-type", "application/json").body(endless()).unwrap());
+    }
+    None
 }
 
 /// Serves `/v2/NAME/tags/list?n=&last=` in pages from the upstream's full list.
