@@ -52,6 +52,7 @@ pub async fn serve(
     let router = routes::router(registry);
     match tls {
         Some(config) => tls::serve_tls(listener, router, config, shutdown).await,
-        None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await,
+        // The client's address feeds the failed-login back-off.
+        None => axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).with_graceful_shutdown(shutdown).await,
     }
 }

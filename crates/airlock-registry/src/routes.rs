@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::auth::{Action, Caller};
+use crate::auth::{Action, BasicCheck, Caller};
 use crate::error::RegistryError;
 use crate::storage::Storage;
 use crate::Registry;
@@ -32,6 +32,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .fallback(dispatch)
         .with_state(registry)
         .layer(axum::middleware::map_response(api_version))
+        .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::observe))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], exposition.render()) }))
@@ -44,11 +45,40 @@ async fn api_version(mut response: Response) -> Response {
     response
 }
 
-async fn base(State(registry): State<Arc<Registry>>, headers: HeaderMap) -> Response {
+/// An error answer to a request whose body was not read (a refusal before the handler, or a
+/// handler that stopped early) closes the connection: an HTTP/1.1 client that reuses it would
+/// otherwise send its next request after the unread body, and Go clients (containerd, docker,
+/// oras-go, helm) then fail their retried `PUT` with EOF.
+async fn close_after_unread_body(request: Request, next: axum::middleware::Next) -> Response {
+    let has_body = request.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).is_some_and(|n| n > 0)
+        || request.headers().contains_key("transfer-encoding");
+    let mut response = next.run(request).await;
+    if has_body && (response.status().is_client_error() || response.status().is_server_error()) {
+        response.headers_mut().insert("connection", HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The client's address: from the listener (plain or TLS), absent in tests without a socket.
+fn client_of(request: &Request) -> Option<std::net::IpAddr> {
+    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
+}
+
+/// A `429` for a client that failed to log in too often.
+fn throttled(wait: std::time::Duration) -> Response {
+    let mut response = RegistryError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "too many failed logins: try again later").into_response();
+    response.headers_mut().insert("retry-after", HeaderValue::from_str(&wait.as_secs().max(1).to_string()).expect("digits"));
+    response
+}
+
+async fn base(State(registry): State<Arc<Registry>>, request: Request) -> Response {
     if let Some(auth) = &registry.auth {
-        let caller = auth.identify(authorization(&headers));
+        let caller = auth.identify(authorization(request.headers()), client_of(&request));
+        if let Caller::Throttled(wait) = caller {
+            return throttled(wait);
+        }
         if matches!(caller, Caller::Anonymous | Caller::Refused) {
-            return challenge(&registry, &headers, None, caller == Caller::Refused);
+            return challenge(&registry, request.headers(), &[], caller == Caller::Refused);
         }
     }
     ([("content-type", "application/json")], "{}").into_response()
@@ -58,8 +88,9 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
     headers.get("authorization").and_then(|v| v.to_str().ok())
 }
 
-/// A `401` that tells the client how to authenticate for `scope`.
-fn challenge(registry: &Registry, headers: &HeaderMap, scope: Option<(&str, Action)>, refused: bool) -> Response {
+/// A `401` that tells the client how to authenticate for `scopes` (all in one token: a mount
+/// needs push on the target and pull on the source).
+fn challenge(registry: &Registry, headers: &HeaderMap, scopes: &[(&str, Action)], refused: bool) -> Response {
     let uses_tokens = registry.auth.as_ref().is_some_and(|a| a.uses_tokens());
     let value = if uses_tokens {
         let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or("127.0.0.1");
@@ -69,13 +100,19 @@ fn challenge(registry: &Registry, headers: &HeaderMap, scope: Option<(&str, Acti
             _ => "http",
         };
         let mut value = format!("Bearer realm=\"{scheme}://{host}/token\",service=\"{}\"", crate::auth::SERVICE);
-        if let Some((name, action)) = scope {
-            let action = match action {
-                Action::Pull => "pull",
-                Action::Push => "pull,push",
-                Action::Delete => "delete",
-            };
-            value.push_str(&format!(",scope=\"repository:{name}:{action}\""));
+        if !scopes.is_empty() {
+            let scopes: Vec<String> = scopes
+                .iter()
+                .map(|(name, action)| {
+                    let action = match action {
+                        Action::Pull => "pull",
+                        Action::Push => "pull,push",
+                        Action::Delete => "delete",
+                    };
+                    format!("repository:{name}:{action}")
+                })
+                .collect();
+            value.push_str(&format!(",scope=\"{}\"", scopes.join(" ")));
         }
         value
     } else {
@@ -94,9 +131,10 @@ async fn token(State(registry): State<Arc<Registry>>, headers: HeaderMap, reques
         return RegistryError::not_found().into_response();
     };
     let user = match authorization(&headers).and_then(|v| v.strip_prefix("Basic ")) {
-        Some(encoded) => match auth.check_basic(encoded) {
-            Some(user) => Some(user),
-            None => return RegistryError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong user name or password").into_response(),
+        Some(encoded) => match auth.check_basic(encoded, client_of(&request)) {
+            BasicCheck::User(user) => Some(user),
+            BasicCheck::Wrong => return RegistryError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "wrong user name or password").into_response(),
+            BasicCheck::Throttled(wait) => return throttled(wait),
         },
         None => None,
     };
@@ -203,16 +241,34 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
             Method::DELETE if matches!(resource, Resource::Manifest(_) | Resource::Blob(_)) => Action::Delete,
             _ => Action::Push,
         };
-        let caller = auth.identify(authorization(request.headers()));
+        let caller = auth.identify(authorization(request.headers()), client_of(&request));
+        if let Caller::Throttled(wait) = caller {
+            return throttled(wait);
+        }
+        // A mount reads `from`: a token for it must carry pull there too, as distribution asks.
+        let mount_from = match (&resource, query.get("from"), query.contains_key("mount")) {
+            (Resource::Uploads, Some(from), true) if valid_name(from) => Some(from.as_str()),
+            _ => None,
+        };
+        let mut scopes = vec![(name.as_str(), action)];
+        scopes.extend(mount_from.map(|from| (from, Action::Pull)));
         if !auth.allows(&caller, &name, action) {
             let authenticated = matches!(caller, Caller::User(_) | Caller::Token(..));
             if authenticated && !auth.uses_tokens() {
                 return RegistryError::new(StatusCode::FORBIDDEN, "DENIED", format!("no {action:?} access to `{name}`").to_lowercase()).into_response();
             }
-            return challenge(&registry, request.headers(), Some((&name, action)), caller == Caller::Refused);
+            return challenge(&registry, request.headers(), &scopes, caller == Caller::Refused);
         }
-        if let (Resource::Uploads, Some(from), true) = (&resource, query.get("from"), query.contains_key("mount")) {
+        if let Some(from) = mount_from {
             if !auth.allows(&caller, from, Action::Pull) {
+                // A token without pull on `from`, whose holder the rules let pull there: ask for
+                // a token that has it, so the client mounts rather than uploads again.
+                if let Caller::Token(subject, _) = &caller {
+                    let holder = if subject.is_empty() { Caller::Anonymous } else { Caller::User(subject.clone()) };
+                    if auth.allows(&holder, from, Action::Pull) {
+                        return challenge(&registry, request.headers(), &scopes, false);
+                    }
+                }
                 // A mount reads the other repository: without pull there, it is an upload.
                 let id = match storage.start_upload(&name).await {
                     Ok(id) => id,
@@ -280,7 +336,7 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
 
 /// The authenticated user behind a request, for events.
 fn actor_of(registry: &Registry, headers: &HeaderMap) -> Option<String> {
-    match registry.auth.as_ref()?.identify(authorization(headers)) {
+    match registry.auth.as_ref()?.identify(authorization(headers), None) {
         Caller::User(user) | Caller::Token(user, _) => Some(user),
         _ => None,
     }

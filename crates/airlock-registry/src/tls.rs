@@ -47,7 +47,9 @@ pub async fn serve_tls(
             () = &mut shutdown => break,
         };
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone().layer(axum::middleware::map_request(mark_tls)));
+        let service = TowerToHyperService::new(
+            router.clone().layer(axum::middleware::map_request(mark_tls)).layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         connections.spawn(async move {
             let tls = match acceptor.accept(stream).await {
                 Ok(tls) => tls,

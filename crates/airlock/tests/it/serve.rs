@@ -463,3 +463,128 @@ fn root_references_read_and_write_a_serve_folder_without_a_server() {
     airlock.run(&["digest", &flipped]).code(1).stderr_has("not found");
     assert!(std::fs::read_dir(root.path().join("uploads")).map(|d| d.count()).unwrap_or(0) == 0, "no upload session left behind");
 }
+
+/// Sends `request` on a new connection and reads the answer to its end (the server closes the
+/// connection) or until 3 s of silence.
+fn raw_exchange(address: &str, request: &[u8]) -> (String, bool) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    // The server may answer before reading the body, and close: a failed write is no failure.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    let closed = loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&answer).into_owned(), closed)
+}
+
+#[test]
+fn a_refused_upload_closes_the_connection_it_did_not_read() {
+    let root = crate::harness::tempdir();
+    let served = guarded(root.path(), false, &[]);
+    let body = vec![b'x'; 100_000];
+    let mut request = format!(
+        "PUT /v2/bob/app/blobs/uploads/abc?digest=sha256:{} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        "0".repeat(64),
+        served.address,
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    // A second request on the same connection: a client that reused it would send this.
+    request.extend_from_slice(format!("GET /v2/ HTTP/1.1\r\nHost: {}\r\n\r\n", served.address).as_bytes());
+    let (answer, closed) = raw_exchange(&served.address, &request);
+    let head = answer.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 401"), "{answer}");
+    assert!(head.contains("connection: close"), "{answer}");
+    assert!(closed, "the connection stays open after an unread body: {answer}");
+    assert_eq!(head.matches("http/1.1 ").count(), 1, "the unread body was taken for a request: {answer}");
+}
+
+#[test]
+fn failed_logins_back_off_and_the_token_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = crate::harness::tempdir();
+    let served = guarded(root.path(), true, &[]);
+    let mode = std::fs::metadata(root.path().join("data/.token-key")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token_request = |password: &str| {
+        use base64::Engine as _;
+        let credentials = base64::engine::general_purpose::STANDARD.encode(format!("bob:{password}"));
+        let request = format!("GET /token?service=airlock&scope=repository:bob/app:pull HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {credentials}\r\nConnection: close\r\n\r\n", served.address);
+        raw_exchange(&served.address, request.as_bytes()).0
+    };
+    for n in 0..5 {
+        let answer = token_request(&format!("guess-{n}"));
+        assert!(answer.starts_with("HTTP/1.1 401"), "attempt {n}: {answer}");
+    }
+    let throttled = token_request("guess-6");
+    assert!(throttled.starts_with("HTTP/1.1 429") && throttled.to_ascii_lowercase().contains("retry-after:"), "{throttled}");
+    // While it waits, even the right password is not checked: a guesser learns nothing.
+    assert!(token_request("bob-Secret-2").starts_with("HTTP/1.1 429"));
+    // The server says why in its log, never the password (stderr is inherited: checked by eye).
+
+    // A readable key is refused at start.
+    drop(served);
+    std::fs::set_permissions(root.path().join("data/.token-key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = root.path().join("serve.yaml");
+    let run = Airlock::new().run(&["serve", "--root", root.path().join("data").to_str().unwrap(), "--listen", "127.0.0.1:0", "--config", config.to_str().unwrap()]).code(2);
+    assert!(run.stderr.contains("may be read by others") && run.stderr.contains("chmod 600"), "{}", run.stderr);
+}
+
+#[test]
+fn a_mount_through_token_auth_asks_for_pull_on_the_source_and_then_mounts() {
+    let root = crate::harness::tempdir();
+    let served = guarded(root.path(), true, &[]);
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    Airlock::new().run(&["copy", &example, &served.at("alice/a:1.0"), "--dest-creds", "alice:alice-Secret-1"]).success();
+    let base = format!("http://{}", served.address);
+    crate::harness::proxy::runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let token = |user: &'static str, password: &'static str, scopes: Vec<&'static str>| {
+            let client = client.clone();
+            let base = base.clone();
+            async move {
+                let mut query = vec![("service", "airlock")];
+                query.extend(scopes.into_iter().map(|s| ("scope", s)));
+                let answer: serde_json::Value = client.get(format!("{base}/token")).query(&query).basic_auth(user, Some(password)).send().await.unwrap().json().await.unwrap();
+                answer["token"].as_str().unwrap().to_owned()
+            }
+        };
+        let reader = token("alice", "alice-Secret-1", vec!["repository:alice/a:pull"]).await;
+        let manifest: serde_json::Value = client
+            .get(format!("{base}/v2/alice/a/manifests/1.0"))
+            .bearer_auth(&reader)
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+        let mount = format!("{base}/v2/alice/b/blobs/uploads/?mount={layer}&from=alice/a");
+
+        // A token for the target alone: the answer asks for one with pull on the source too.
+        let narrow = token("alice", "alice-Secret-1", vec!["repository:alice/b:pull,push"]).await;
+        let answer = client.post(&mount).bearer_auth(&narrow).send().await.unwrap();
+        assert_eq!(answer.status(), 401);
+        let challenge = answer.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.contains(r#"scope="repository:alice/b:pull,push repository:alice/a:pull""#), "{challenge}");
+        let wide = token("alice", "alice-Secret-1", vec!["repository:alice/b:pull,push", "repository:alice/a:pull"]).await;
+        let answer = client.post(&mount).bearer_auth(&wide).send().await.unwrap();
+        assert_eq!(answer.status(), 201, "{:?}", answer.headers());
+
+        // bob may not read alice/a: no endless challenge, an upload session instead.
+        let bob = token("bob", "bob-Secret-2", vec!["repository:bob/b:pull,push"]).await;
+        let answer = client.post(format!("{base}/v2/bob/b/blobs/uploads/?mount={layer}&from=alice/a")).bearer_auth(&bob).send().await.unwrap();
+        assert_eq!(answer.status(), 202);
+    });
+}
