@@ -116,9 +116,12 @@ fn single_layer(manifest: &Manifest, reference: &str) -> Result<Descriptor, Arti
 }
 
 /// The file name to write: the layer's title (its last path component only), else the digest.
+/// A title that could not be an ordinary file name here (`.`, `..`, control characters such as
+/// a newline, over 255 bytes, a leading `-` that tools would take for a flag) is not used.
 pub fn file_name(layer: &Descriptor) -> String {
     let title = layer.annotations().as_ref().and_then(|a| a.get(TITLE)).map(|t| t.rsplit('/').next().unwrap_or("").to_owned());
-    match title.filter(|t| !t.is_empty() && t != "." && t != "..") {
+    let usable = |t: &String| !t.is_empty() && t != "." && t != ".." && t.len() <= 255 && !t.starts_with('-') && !t.chars().any(char::is_control);
+    match title.filter(usable) {
         Some(title) => title,
         None => layer.digest().digest().to_owned(),
     }
@@ -336,5 +339,9 @@ mod tests {
         assert_eq!(file_name(&layer), layer.digest().digest());
         layer.set_annotations(Some([(TITLE.to_owned(), "../../etc/passwd".to_owned())].into()));
         assert_eq!(file_name(&layer), "passwd");
+        for hostile in ["a/..", "with\nnewline", "-rf", &"n".repeat(300), "x/"] {
+            layer.set_annotations(Some([(TITLE.to_owned(), hostile.to_owned())].into()));
+            assert_eq!(file_name(&layer), layer.digest().digest(), "{hostile:?}");
+        }
     }
 }

@@ -60,10 +60,15 @@ pub struct HelmPackage {
 pub fn load_config(path: &Path) -> Result<OnboardConfig, DiscoverError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| DiscoverError::Input(format!("cannot read `{name}`: {e}")))?;
+    parse_config(&text, &name, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Reads the JSONC text of a config named `name`; relative paths become relative to `base`.
+pub fn parse_config(text: &str, name: &str, base: &Path) -> Result<OnboardConfig, DiscoverError> {
     let options = jsonc_parser::ParseOptions { allow_comments: true, allow_loose_object_property_names: false, allow_trailing_commas: true };
-    let value = jsonc_parser::parse_to_serde_value(&text, &options)
+    let value = jsonc_parser::parse_to_serde_value(text, &options)
         .map_err(|e| {
-            let (line, column) = line_column(&text, e.range().start);
+            let (line, column) = line_column(text, e.range().start);
             DiscoverError::Input(format!("{name}:{line}:{column}: not valid JSONC: {}", e.kind()))
         })?
         .ok_or_else(|| DiscoverError::Input(format!("{name}: empty")))?;
@@ -74,7 +79,6 @@ pub fn load_config(path: &Path) -> Result<OnboardConfig, DiscoverError> {
     for source in &config.image_sources {
         parse_place(source).map_err(|e| DiscoverError::Input(format!("{name}: image_sources: {e}")))?;
     }
-    let base = path.parent().unwrap_or(Path::new("."));
     for package in &mut config.helm_packages {
         if package.repo.is_none() && crate::oci_chart(&package.path_to_chart).is_none() {
             package.path_to_chart = base.join(&package.path_to_chart);
@@ -89,7 +93,11 @@ pub fn load_config(path: &Path) -> Result<OnboardConfig, DiscoverError> {
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
     (line, column)

@@ -320,3 +320,32 @@ pub async fn run_program(args: &[String], env: &[(String, String)], timeout: Dur
         Err(_) => (false, format!("$ {}\ntimed out after {}s\n", args.join(" "), timeout.as_secs())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runtime_failing_itself_is_an_error_not_a_verdict() {
+        assert_eq!(runtime_verdict(Some(0)), Verdict::Passed);
+        assert_eq!(runtime_verdict(Some(1)), Verdict::Failed, "a failing RUN step or test command");
+        assert_eq!(runtime_verdict(Some(2)), Verdict::Failed);
+        for code in [125, 126, 127] {
+            assert_eq!(runtime_verdict(Some(code)), Verdict::Error, "{code}");
+        }
+        assert_eq!(runtime_verdict(None), Verdict::Error, "not started, or killed by a signal");
+    }
+
+    #[test]
+    fn gate_programs_see_only_what_they_need_and_what_they_name() {
+        let inherited: Vec<(String, String)> = vec![("AIRLOCK_DIGEST".into(), "sha256:x".into())];
+        let env = clean_environment(&["CARGO".into()], &inherited);
+        let names: Vec<&str> = env.iter().map(|(name, _)| name.as_str()).collect();
+        assert!(names.contains(&"PATH") && names.contains(&"AIRLOCK_DIGEST"), "{names:?}");
+        // cargo sets CARGO for tests: passed only because the gate named it.
+        assert!(names.contains(&"CARGO"), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("CARGO_PKG")), "{names:?}");
+        let without = clean_environment(&[], &inherited);
+        assert!(!without.iter().any(|(name, _)| name == "CARGO"));
+    }
+}

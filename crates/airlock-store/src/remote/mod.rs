@@ -5,6 +5,9 @@
 
 mod auth;
 mod client;
+
+/// The `WWW-Authenticate` parser, public for the fuzz targets (`crates/airlock-fuzz`).
+pub use auth::{parse_challenge, Challenge};
 pub mod credentials;
 mod pace;
 pub mod retry;

@@ -45,6 +45,14 @@ fn oras_round_trips(host: &str) {
     let by_digest = dir.path().join("by-digest");
     airlock.run(&["pull", &format!("oci://{host}/ironic/disks@{oras_digest}"), "--dir", by_digest.to_str().unwrap()]).success();
     assert!(by_digest.join("cirros.qcow2").is_file());
+    // As Ironic's documentation writes a pinned image: an empty tag before the digest.
+    let ironic_form = format!("oci://{host}/ironic/disks:@{oras_digest}");
+    let offered = airlock.run(&["artifacts", &ironic_form, "-o", "json"]).success().json();
+    assert!(offered.to_string().contains(oras_digest.as_str()), "{offered}");
+    let pinned = dir.path().join("pinned");
+    let pull = airlock.run(&["pull", &ironic_form, "--dir", pinned.to_str().unwrap(), "-o", "json"]).success().json();
+    assert_eq!(pull["manifest"], oras_digest);
+    assert_eq!(std::fs::read(pinned.join("cirros.qcow2")).unwrap(), std::fs::read(&disk).unwrap());
 }
 
 #[test]

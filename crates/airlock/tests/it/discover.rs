@@ -105,10 +105,11 @@ fn discover_reads_manifests_dockerfiles_and_compose_files() {
     airlock.run(&["discover", dir.path().join("nothing").to_str().unwrap()]).code(2).stderr_has("does not exist");
 }
 
-/// A JSONC config in the seed's format.
+/// A JSONC config in the seed's format; without values, `"default_values": ""` as AOSM's
+/// generated input files have it (none, not the config's folder).
 fn cnf_input(dir: &Path, sources: &[String], chart: &Path, values: Option<&Path>) -> std::path::PathBuf {
     let path = dir.join("cnf-input.jsonc");
-    let values = values.map(|v| format!(",\n      \"default_values\": \"{}\"", v.display())).unwrap_or_default();
+    let values = format!(",\n      \"default_values\": \"{}\"", values.map(|v| v.display().to_string()).unwrap_or_default());
     let sources: Vec<String> = sources.iter().map(|s| format!("\"{s}\"")).collect();
     write(
         &path,
