@@ -149,6 +149,11 @@ impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (tag, digest) = match self {
             Reference::Registry(r) => {
+                // A host Docker's rule would not see as one (`oci://myhost/app`) keeps its
+                // `oci://`: printed bare, it would read back as a Docker Hub repository.
+                if !looks_like_host(&r.registry) {
+                    f.write_str("oci://")?;
+                }
                 write!(f, "{}/{}", r.registry, r.repository)?;
                 (r.tag.as_deref(), r.digest.as_ref())
             }
@@ -401,7 +406,8 @@ mod tests {
     #[test]
     fn oci_urls_name_the_host_first() {
         check("oci://registry.example.com/ironic/deploy", "registry.example.com/ironic/deploy:latest");
-        check("oci://host/path:tag", "host/path:tag");
+        check("oci://host/path:tag", "oci://host/path:tag");
+        check("oci://registry.local/path:tag", "registry.local/path:tag");
         check(&format!("oci://host:8080/a/b@{D}"), &format!("host:8080/a/b@{D}"));
         check_err("oci://justhost", "needs a registry host and a repository");
         // Ironic's documented form: an empty tag before the digest.
