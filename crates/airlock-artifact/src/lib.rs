@@ -100,7 +100,7 @@ impl ArtifactError {
             ArtifactError::Store(store) => store.hint(),
             ArtifactError::ChartRepository { repo, source } => {
                 let last = match source.kind() {
-                    ErrorKind::Retried { source, .. } => source,
+                    ErrorKind::Retried { last, .. } => last,
                     _ => source,
                 };
                 match last.kind() {

@@ -312,6 +312,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path)
 }
 
+/// Where the run database of the file at `path` lives, reading nothing else: the run history
+/// needs no credentials, gate files or registries, so reading it never fails on them (an unset
+/// `password_env` variable, a test Dockerfile not checked out here).
+pub fn load_state(path: &Path) -> Result<PathBuf, ConfigError> {
+    #[derive(Deserialize)]
+    struct StateOnly {
+        state: Option<PathBuf>,
+    }
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError { path: name.clone(), location: None, reason: format!("cannot read: {e}") })?;
+    let file: StateOnly = parse_yaml(&text, &name)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(file.state.map(|s| base.join(s)).unwrap_or_else(|| base.join(".airlock")))
+}
+
 /// [`load`] for text already read; `path` names the file and anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();

@@ -73,10 +73,11 @@ impl Outcome {
         Outcome { import: import.to_owned(), tag: tag.to_owned(), action, run_id: None, upstream_digest: None, promoted_digest: None, reason: None }
     }
 
-    /// Whether the outcome counts as a failure for the exit code: a failed or broken run, or
-    /// one that could not start because another process holds the import.
+    /// Whether the outcome counts as a failure for the exit code: a failed or broken run, an
+    /// upstream digest a gate refused earlier (the target is still not what upstream has), or
+    /// a run that could not start because another process holds the import.
     pub fn failed(&self) -> bool {
-        matches!(self.action, "failed" | "error" | "busy")
+        matches!(self.action, "failed" | "error" | "rejected before" | "busy")
     }
 }
 

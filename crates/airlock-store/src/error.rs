@@ -102,7 +102,7 @@ pub enum ErrorKind {
         retry_after: Option<std::time::Duration>,
     },
     /// The connection failed, timed out or was cut.
-    #[error("{method} {url}: {}", transport_cause(.source))]
+    #[error("{method} {url}: {}", transport_cause(.url, .source))]
     Transport {
         /// HTTP method.
         method: String,
@@ -160,25 +160,69 @@ pub enum ErrorKind {
         /// What was wrong.
         reason: String,
     },
-    /// An operation retried until the limit; the last error is the source.
-    #[error("gave up after {attempts} attempt{}", if *.attempts == 1 { "" } else { "s" })]
+    /// An operation retried until the limit. The message is the last failure's, so that every
+    /// place that prints only the top of an error (a run's reason, a watch log line) still
+    /// says what went wrong, not only that airlock gave up.
+    #[error("{last} (gave up after {attempts} attempt{})", if *.attempts == 1 { "" } else { "s" })]
     Retried {
         /// Attempts made.
         attempts: u32,
         /// The last failure.
-        #[source]
-        source: Error,
+        last: Error,
     },
 }
 
-fn transport_cause(source: &reqwest::Error) -> &'static str {
-    if source.is_timeout() {
-        "timed out: the registry sent nothing for longer than the read timeout (--read-timeout)"
-    } else if source.is_body() || source.is_decode() {
-        "the connection broke while reading the answer"
-    } else {
-        "connection failed"
+/// Why a connection failed, in words: the cases a user can act on are told apart.
+fn transport_cause(url: &str, source: &reqwest::Error) -> String {
+    let host = host_of(url);
+    match connection_failure(source) {
+        Some(ConnectionFailure::Refused) => format!("nothing listens on {host} (connection refused)"),
+        Some(ConnectionFailure::NoSuchHost) => format!("cannot resolve the host name of {host}"),
+        Some(ConnectionFailure::PlainHttp) => format!("{host} speaks plain HTTP, not HTTPS"),
+        None if source.is_timeout() => "timed out: the registry sent nothing for longer than the read timeout (--read-timeout)".into(),
+        None if source.is_body() || source.is_decode() => "the connection broke while reading the answer".into(),
+        None => "connection failed".into(),
     }
+}
+
+/// `host[:port]` of a URL, for messages.
+fn host_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| match u.port_or_known_default() {
+            Some(port) => format!("{h}:{port}"),
+            None => h.to_owned(),
+        }))
+        .unwrap_or_else(|| url.to_owned())
+}
+
+/// A connection that no retry will make work: fail at once, with the cause in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnectionFailure {
+    /// Nothing listens on the port.
+    Refused,
+    /// The host name does not resolve.
+    NoSuchHost,
+    /// A TLS handshake answered in plain HTTP.
+    PlainHttp,
+}
+
+fn connection_failure(source: &reqwest::Error) -> Option<ConnectionFailure> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(error) = cause {
+        if error.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return Some(ConnectionFailure::Refused);
+        }
+        let text = error.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return Some(ConnectionFailure::NoSuchHost);
+        }
+        if text.contains("InvalidContentType") || text.contains("corrupt message") {
+            return Some(ConnectionFailure::PlainHttp);
+        }
+        cause = error.source();
+    }
+    None
 }
 
 fn describe_body(code: &Option<String>, message: &Option<String>) -> String {
@@ -200,7 +244,11 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self.kind() {
             // A certificate the TLS stack refused stays refused.
-            ErrorKind::Transport { source, .. } => !source.is_builder() && !source.is_redirect() && !chain_mentions(source, "certificate"),
+            // A port nobody listens on, a name that does not resolve, plain HTTP where TLS was
+            // spoken: asking again changes nothing (fail fast, not after five attempts).
+            ErrorKind::Transport { source, .. } => {
+                !source.is_builder() && !source.is_redirect() && !chain_mentions(source, "certificate") && connection_failure(source).is_none()
+            }
             ErrorKind::Http { status, .. } => matches!(status, 408 | 429 | 500..=599),
             _ => false,
         }
@@ -219,17 +267,37 @@ impl Error {
         matches!(self.kind(), ErrorKind::NotFound { .. })
     }
 
+    /// Why a connection could not be made, in words, when no retry would help (nothing listens,
+    /// no such host, plain HTTP where TLS was spoken): what a command's first line should say.
+    pub fn connection_problem(&self) -> Option<String> {
+        match self.kind() {
+            ErrorKind::Transport { url, source, .. } if connection_failure(source).is_some() => Some(transport_cause(url, source)),
+            ErrorKind::Retried { last, .. } => last.connection_problem(),
+            _ => None,
+        }
+    }
+
     /// A fix to show the user, when one is known.
     pub fn hint(&self) -> Option<String> {
         match self.kind() {
             ErrorKind::Denied { hint, .. } => Some(hint.clone()),
-            ErrorKind::Retried { source, .. } => source.hint(),
+            ErrorKind::Retried { last, .. } => last.hint(),
             ErrorKind::Http { status: 429, .. } => Some("the registry is rate limiting; lower the concurrency or try later".into()),
             ErrorKind::Http { status: 405, method, .. } if method == "DELETE" => Some(
                 "the registry does not allow deletes; docker-registry needs `storage: {delete: {enabled: true}}` \
                  (or REGISTRY_STORAGE_DELETE_ENABLED=true), `airlock serve` allows them unless serve.yaml says `delete: false`"
                     .into(),
             ),
+            ErrorKind::Transport { source, url, .. } if connection_failure(source) == Some(ConnectionFailure::PlainHttp) => {
+                let host = host_of(url);
+                Some(format!("speak plain HTTP to it with `--plain-http {host}` (or `plain_http: true` in the config file)"))
+            }
+            ErrorKind::Transport { source, .. } if connection_failure(source) == Some(ConnectionFailure::Refused) => {
+                Some("is the registry running? check the host and the port".into())
+            }
+            ErrorKind::Transport { source, .. } if connection_failure(source) == Some(ConnectionFailure::NoSuchHost) => {
+                Some("check the registry's host name (and the machine's DNS)".into())
+            }
             ErrorKind::Transport { source, .. } if chain_mentions(source, "certificate") => {
                 Some("the registry's certificate is not trusted; pass its CA with `--ca-cert FILE`".into())
             }

@@ -349,7 +349,7 @@ pub struct RunsArgs {
 pub enum RunsCommand {
     /// The run table, newest first: RUN ID, TASK, PLATFORM, STATUS, TRIGGER, STARTED, DURATION.
     List(RunsListArgs),
-    /// One run's log and each gate's output.
+    /// One run's log and each gate's output (the latest run when no id is given).
     Logs(RunsLogsArgs),
 }
 
@@ -369,8 +369,8 @@ pub struct RunsListArgs {
 pub struct RunsLogsArgs {
     #[command(flatten)]
     pub gate_file: GateFileArgs,
-    /// The run id (first column of `runs list`).
-    pub run_id: String,
+    /// The run id (first column of `runs list`); the latest run when omitted.
+    pub run_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

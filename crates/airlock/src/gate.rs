@@ -115,21 +115,27 @@ pub(crate) fn runs_table(runs: &[Run]) -> String {
     output::table(&["RUN ID", "TASK", "PLATFORM", "STATUS", "TRIGGER", "STARTED", "DURATION"], &rows)
 }
 
+/// `runs list` and `runs logs` read only the file's `state`: reading history needs no secrets.
 pub async fn runs(global: &Global, args: &RunsArgs) -> Result<()> {
     match &args.command {
         RunsCommand::List(list) => {
-            let config = airlock_gate::config::load(&list.gate_file.file).map_err(config_failure)?;
-            let runs = Runs::open(&config.state)?.list(list.import.as_deref(), list.limit)?;
+            let state = airlock_gate::config::load_state(&list.gate_file.file).map_err(config_failure)?;
+            let runs = Runs::open(&state)?.list(list.import.as_deref(), list.limit)?;
             match global.output {
                 Output::Json => output::json(&serde_json::json!({ "runs": runs })),
                 Output::Text => output::data(&runs_table(&runs)),
             }
         }
         RunsCommand::Logs(logs) => {
-            let config = airlock_gate::config::load(&logs.gate_file.file).map_err(config_failure)?;
-            let db = Runs::open(&config.state)?;
-            let run = db.get(&logs.run_id)?.ok_or_else(|| usage(format!("no run `{}` in `{}`", logs.run_id, config.state.join("runs.db").display())))?;
-            let (log, gates) = db.logs(&logs.run_id)?;
+            let state = airlock_gate::config::load_state(&logs.gate_file.file).map_err(config_failure)?;
+            let db = Runs::open(&state)?;
+            let database = state.join("runs.db");
+            // Without an id, the latest run (as `az acr task logs` shows it).
+            let run = match &logs.run_id {
+                Some(id) => db.get(id)?.ok_or_else(|| usage(format!("no run `{id}` in `{}`", database.display())))?,
+                None => db.list(None, 1)?.into_iter().next().ok_or_else(|| usage(format!("no runs yet in `{}`", database.display())))?,
+            };
+            let (log, gates) = db.logs(&run.run_id)?;
             match global.output {
                 Output::Json => output::json(&serde_json::json!({ "run": run, "log": log, "gates": gates })),
                 Output::Text => output::data(&render_logs(&run, &log, &gates)),

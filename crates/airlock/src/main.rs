@@ -19,6 +19,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     init_logging(cli.global.verbose);
+    let json = cli.global.output == args::Output::Json;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -40,6 +41,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(failure) => {
             output::error(&failure.error, failure.hint.as_deref());
+            // With `-o json` a failure is a JSON document on stdout too: scripts never parse stderr.
+            if json {
+                output::json_error(&failure.error, failure.hint.as_deref(), failure.exit_code);
+            }
             ExitCode::from(failure.exit_code)
         }
     }

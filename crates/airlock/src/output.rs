@@ -39,7 +39,7 @@ fn exit_on_broken_pipe(result: std::io::Result<()>) {
 
 /// `error: …`, one `caused by:` line per source, then the hint after a blank line.
 pub fn error(error: &anyhow::Error, hint: Option<&str>) {
-    let mut text = format!("error: {error}\n");
+    let mut text = format!("error: {}\n", headline(error));
     for cause in error.chain().skip(1) {
         text.push_str(&format!("  caused by: {cause}\n"));
     }
@@ -47,6 +47,23 @@ pub fn error(error: &anyhow::Error, hint: Option<&str>) {
         text.push_str(&format!("\nhint: {hint}\n"));
     }
     eprint!("{text}");
+}
+
+/// The first line of an error: its top message, and when a connection could not be made, why
+/// in words (the cause would otherwise sit a few `caused by` lines down).
+fn headline(error: &anyhow::Error) -> String {
+    let problem = error.chain().find_map(|cause| cause.downcast_ref::<airlock_store::Error>()).and_then(airlock_store::Error::connection_problem);
+    match problem {
+        Some(problem) if !error.to_string().contains(&problem) => format!("{error}: {problem}"),
+        _ => error.to_string(),
+    }
+}
+
+/// A failure as `-o json` prints it on stdout: `{"error": {"message", "causes", "hint",
+/// "exit_code"}}`.
+pub fn json_error(error: &anyhow::Error, hint: Option<&str>, exit_code: u8) {
+    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    json(&serde_json::json!({"error": {"message": headline(error), "causes": causes, "hint": hint, "exit_code": exit_code}}));
 }
 
 /// A line for people on stderr (notes that are not data).

@@ -155,7 +155,7 @@ impl RegistryClient {
                 return Err(failure);
             }
             if attempt >= self.retry.attempts {
-                return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: failure }));
+                return Err(Error::from(ErrorKind::Retried { attempts: attempt, last: failure }));
             }
             let delay = self.retry.delay(attempt, failure.retry_after());
             tracing::debug!(registry = %self.registry, attempt, ?delay, error = %failure, "retrying");
@@ -187,7 +187,7 @@ impl RegistryClient {
                 Err(BodyError::Cut(source)) => {
                     let failure = Error::from(ErrorKind::Transport { method, url: url.to_string(), source });
                     if attempt >= self.retry.attempts {
-                        return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: failure }));
+                        return Err(Error::from(ErrorKind::Retried { attempts: attempt, last: failure }));
                     }
                     let delay = self.retry.delay(attempt, None);
                     tracing::debug!(registry = %self.registry, attempt, ?delay, error = %failure, "{what} cut; asking again");
@@ -313,7 +313,7 @@ impl RegistryClient {
                 Err(error) => error,
             };
             if attempt >= self.retry.attempts {
-                return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: failure }));
+                return Err(Error::from(ErrorKind::Retried { attempts: attempt, last: failure }));
             }
             tokio::time::sleep(self.retry.delay(attempt, failure.retry_after())).await;
         };

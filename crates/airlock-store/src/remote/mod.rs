@@ -202,7 +202,7 @@ impl Registries {
                 return Err(error);
             }
             if attempt >= self.options.retry.attempts {
-                return Err(Error::from(ErrorKind::Retried { attempts: attempt, source: error }));
+                return Err(Error::from(ErrorKind::Retried { attempts: attempt, last: error }));
             }
             tracing::debug!(url = %shown, attempt, error = %error, "retrying");
             tokio::time::sleep(self.options.retry.delay(attempt, error.retry_after())).await;

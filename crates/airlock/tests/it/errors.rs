@@ -30,8 +30,22 @@ fn missing_tags_and_repositories_are_named() {
 #[test]
 fn unreachable_registry_is_a_clear_failure() {
     let port = crate::harness::registry::free_port();
-    let run = Airlock::new().run(&["digest", &format!("127.0.0.1:{port}/app:v1"), "--retries", "2"]).code(1);
-    assert!(run.stderr.contains("connection failed") && run.stderr.contains(&port.to_string()), "{}", run.stderr);
+    let started = std::time::Instant::now();
+    let run = Airlock::new().run(&["digest", &format!("127.0.0.1:{port}/app:v1"), "--retries", "5"]).code(1);
+    // Nobody listens: said in words on the first line, at once (no five attempts with backoff).
+    let first = run.stderr.lines().next().unwrap_or("");
+    assert!(first.contains(&format!("nothing listens on 127.0.0.1:{port}")), "{}", run.stderr);
+    assert!(!run.stderr.contains("gave up"), "a refused connection is not retried: {}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(run.stderr.contains("hint: is the registry running?"), "{}", run.stderr);
+    // With -o json the failure is a JSON document on stdout.
+    let run = Airlock::new().run(&["digest", &format!("127.0.0.1:{port}/app:v1"), "-o", "json"]).code(1);
+    let error = &run.json()["error"];
+    assert!(error["message"].as_str().unwrap().contains("nothing listens"), "{error}");
+    assert_eq!(error["exit_code"], 1);
+    assert!(error["hint"].as_str().unwrap().contains("registry running"), "{error}");
+    let usage = Airlock::new().run(&["copy", "Alpine:3", "localhost:5000/x", "-o", "json"]).code(2);
+    assert!(usage.json()["error"]["message"].as_str().unwrap().contains("Alpine:3"), "{}", usage.stdout);
 }
 
 #[test]

@@ -176,7 +176,7 @@ imports:
     assert_eq!(crate::harness::read(&rebuilds).lines().count(), 1, "a failure triggers no dependent");
     assert_eq!(airlock.run(&["digest", &team_image]).success().stdout, team_digest, "the team's image was not rebuilt");
     // The rejected digest is not retried on every run.
-    let retried = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    let retried = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
     assert_eq!(retried["results"][0]["action"], "rejected before");
 
     // A green background: promoted; the dependent hears old and new.
@@ -306,7 +306,7 @@ fn a_run_broken_by_a_registry_error_is_tried_again_but_a_rejection_is_not() {
     // A gate's refusal, in contrast, stands until upstream changes.
     upstream.publish(&airlock, &served, "RED");
     airlock.run(&["import", "-f", file]).code(1);
-    let again = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
+    let again = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
     assert_eq!(again["results"][0]["action"], "rejected before");
 }
 
@@ -534,7 +534,9 @@ fn a_malformed_airlock_yaml_gets_a_precise_error() {
     let file = config.to_str().unwrap();
     airlock.run(&["import", "-f", file]).code(2).stderr_has(&format!("{file}:9:9: unknown field `polcy`"));
     std::fs::write(&config, "imports:\n  - name: node\n    source: upstream/node\n    tags: [1]\n    staging: Staging/Node\n    target: base/node\n").unwrap();
-    airlock.run(&["runs", "list", "-f", file]).code(2).stderr_has(&format!("{file}:5:14: imports[0].staging: invalid reference"));
+    airlock.run(&["import", "-f", file]).code(2).stderr_has(&format!("{file}:5:14: imports[0].staging: invalid reference"));
+    // Reading the history needs only `state`: a file whose imports are wrong still shows it.
+    airlock.run(&["runs", "list", "-f", file]).success();
     airlock.run(&["import", "-f", &dir.path().join("missing.yaml").display().to_string()]).code(2).stderr_has("cannot read");
 }
 
@@ -615,7 +617,10 @@ fn command_gates_run_without_airlocks_secrets() {
         .json();
     assert_eq!(result["results"][0]["action"], "promoted", "{result}");
     let run_id = result["results"][0]["run_id"].as_str().unwrap().to_owned();
-    let log = airlock.run_env(&["runs", "logs", &run_id, "-f", file], &[("IMPORTER_SECRET", secret)]).success().stdout;
+    // Reading history needs no secret: IMPORTER_SECRET is not set here.
+    let log = airlock.run(&["runs", "logs", &run_id, "-f", file]).success().stdout;
+    assert_eq!(airlock.run(&["runs", "logs", "-f", file]).success().stdout, log, "without an id: the latest run");
+    assert!(airlock.run(&["runs", "list", "-f", file]).success().stdout.contains(&run_id));
     assert!(log.contains("AIRLOCK_DIGEST=") && log.contains("SCANNER_TOKEN=passed-on-purpose"), "{log}");
     assert!(!log.contains(secret) && !log.contains("IMPORTER_SECRET") && !log.contains("leaky-value"), "{log}");
     // The database with its write-ahead log.
