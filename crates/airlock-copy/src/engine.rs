@@ -178,6 +178,7 @@ impl Copier {
     ) -> Result<CopyReport> {
         let run = Run { copier: self, options, source, target, counters: Counters::default() };
         let source_digest = original.digest().clone();
+        check_image_platform(source, &original, &options.platforms, &format!("{source}:{reference}")).await?;
         let manifest = select_platforms(original, &options.platforms, &format!("{source}:{reference}"))?;
         let filtered = manifest.digest() != &source_digest;
 
@@ -227,6 +228,30 @@ impl Copier {
         })
     }
 
+}
+
+/// A single-platform image asked for with `--platform` must be one of them: copying the other
+/// platform silently would hand a user the wrong architecture. Its config says which it is;
+/// an artifact (no image config) has no platform and passes.
+async fn check_image_platform(source: &dyn Store, manifest: &Manifest, platforms: &[PlatformSpec], source_ref: &str) -> Result<()> {
+    let ManifestKind::Image { config, artifact_type: None, .. } = manifest.kind() else { return Ok(()) };
+    if platforms.is_empty() {
+        return Ok(());
+    }
+    let bytes = airlock_store::verify::read_small(source, config, 8 * 1024 * 1024).await?;
+    let Ok(platform) = serde_json::from_slice::<airlock_oci::Platform>(&bytes) else { return Ok(()) };
+    if platforms.iter().any(|spec| spec.matches(&platform)) {
+        return Ok(());
+    }
+    let mut available = format!("{}/{}", platform.os(), platform.architecture());
+    if let Some(variant) = platform.variant() {
+        available = format!("{available}/{variant}");
+    }
+    Err(CopyError::NoPlatform(Box::new(PlatformMiss {
+        source_ref: source_ref.to_owned(),
+        wanted: platforms.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+        available: format!("{available} (a single-platform image)"),
+    })))
 }
 
 /// The manifest a copy with `platforms` writes: `manifest` itself, or for an index a new index

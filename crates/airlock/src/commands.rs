@@ -57,6 +57,39 @@ pub(crate) fn usage(message: String) -> Failure {
 
 pub(crate) type Result<T, E = Failure> = std::result::Result<T, E>;
 
+/// Turns a failure to read `reference` from `store` into one a person can act on: when the
+/// manifest is missing, the hint lists the tags that exist (or says the repository does not),
+/// and says when `latest` was assumed because no tag was given.
+async fn explain_missing(error: anyhow::Error, store: &dyn Store, reference: &Reference) -> Failure {
+    let missing = error.chain().any(|cause| {
+        cause.downcast_ref::<airlock_store::Error>().is_some_and(airlock_store::Error::is_not_found)
+            || cause.downcast_ref::<airlock_copy::CopyError>().is_some_and(|e| matches!(e, airlock_copy::CopyError::Store(s) if s.is_not_found()))
+    });
+    let mut failure = Failure::from(error);
+    if !missing || reference.digest().is_some() {
+        return failure;
+    }
+    let tag = reference.tag().unwrap_or(airlock_oci::DEFAULT_TAG);
+    // Only when the tag itself is what is missing (not a blob or a child manifest).
+    if !matches!(store.resolve(tag).await, Err(e) if e.is_not_found()) {
+        return failure;
+    }
+    let assumed = if reference.tag().is_none() { format!("no tag was given, so `{tag}` was assumed; ") } else { String::new() };
+    let listed = match store.list_tags().await {
+        Ok(tags) if tags.is_empty() => "the repository has no tags".to_owned(),
+        Ok(mut tags) => {
+            tags.sort();
+            let more = tags.len().saturating_sub(20);
+            tags.truncate(20);
+            format!("the tags that exist: {}{}", tags.join(", "), if more > 0 { format!(" (and {more} more: `airlock tags`)") } else { String::new() })
+        }
+        Err(e) if e.is_not_found() => format!("the repository {store} does not exist"),
+        Err(_) => "`airlock tags` lists the tags that exist".to_owned(),
+    };
+    failure.hint = Some(format!("{assumed}{listed}"));
+    failure
+}
+
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let global = &cli.global;
     match &cli.command {
@@ -219,10 +252,13 @@ async fn copy(global: &Global, args: &CopyArgs) -> Result<()> {
     let show_bars = !global.quiet && global.verbose == 0 && global.output == Output::Text;
     let progress = crate::progress::Bars::for_terminal(show_bars);
     let copier = Copier::new(options, progress);
-    let report = copier
-        .copy(source_store.as_ref(), &source.tag_or_digest(), target_store.as_ref(), &tags)
-        .await
-        .with_context(|| format!("cannot copy `{source}` to `{}`", target_store))?;
+    let report = match copier.copy(source_store.as_ref(), &source.tag_or_digest(), target_store.as_ref(), &tags).await {
+        Ok(report) => report,
+        Err(error) => {
+            let error = anyhow::Error::new(error).context(format!("cannot copy `{source}` to `{target_store}`"));
+            return Err(explain_missing(error, source_store.as_ref(), &source).await);
+        }
+    };
     drop(copier);
 
     let destination_name = target_store.to_string();
@@ -312,10 +348,10 @@ async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
     let store = open(&registries, &reference, Access::Pull).await;
-    let manifest = store
-        .get_manifest(&reference.tag_or_digest())
-        .await
-        .with_context(|| format!("cannot inspect `{reference}`"))?;
+    let manifest = match store.get_manifest(&reference.tag_or_digest()).await {
+        Ok(manifest) => manifest,
+        Err(error) => return Err(explain_missing(anyhow::Error::new(error).context(format!("cannot inspect `{reference}`")), store.as_ref(), &reference).await),
+    };
     if args.raw {
         output::raw(manifest.bytes());
         return Ok(());
@@ -394,7 +430,10 @@ async fn digest(global: &Global, args: &DigestArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
     let store = open(&registries, &reference, Access::Pull).await;
-    let descriptor = store.resolve(&reference.tag_or_digest()).await.with_context(|| format!("cannot resolve `{reference}`"))?;
+    let descriptor = match store.resolve(&reference.tag_or_digest()).await {
+        Ok(descriptor) => descriptor,
+        Err(error) => return Err(explain_missing(anyhow::Error::new(error).context(format!("cannot resolve `{reference}`")), store.as_ref(), &reference).await),
+    };
     match global.output {
         Output::Json => output::json(&serde_json::json!({
             "reference": reference.to_string(),

@@ -23,8 +23,14 @@ fn missing_tags_and_repositories_are_named() {
     let airlock = Airlock::new();
     let run = airlock.run(&["copy", &registry.at("app:nope"), &registry.at("other:nope")]).code(1);
     assert!(run.stderr.contains(&format!("manifest `nope` not found in {}", registry.at("app"))), "{}", run.stderr);
+    assert!(run.stderr.contains("hint: the tags that exist: v1"), "{}", run.stderr);
     airlock.run(&["digest", &registry.at("ghost:v1")]).code(1).stderr_has("not found");
     airlock.run(&["tags", &registry.at("ghost")]).code(1).stderr_has("not found");
+    // No tag given: `latest` was assumed, and the user is told so.
+    let run = airlock.run(&["inspect", &format!("{}/app", registry.host())]).code(1);
+    assert!(run.stderr.contains("no tag was given, so `latest` was assumed; the tags that exist: v1"), "{}", run.stderr);
+    let run = airlock.run(&["digest", &registry.at("ghost:v1"), "-o", "json"]).code(1);
+    assert!(run.json()["error"]["hint"].as_str().unwrap().contains("does not exist"), "{}", run.stdout);
 }
 
 #[test]
@@ -94,4 +100,18 @@ fn forbidden_is_a_clear_failure_with_a_hint() {
     let run = Airlock::new().run(&["digest", &proxy.at("app:v1")]).code(1);
     assert!(run.stderr.contains("403") && run.stderr.contains(&proxy.at("app")) && run.stderr.contains("hint: check the credentials"), "{}", run.stderr);
     assert_eq!(proxy.log().len(), 1, "a 403 is not retried");
+}
+
+#[test]
+fn a_platform_that_matches_nothing_is_an_error_even_on_a_single_platform_image() {
+    let registry = Registry::start(Auth::None);
+    let img = image("arm64", &[layer(83, 100)]);
+    push(&registry.host(), "app", &img, Some("v1"), None);
+    let airlock = Airlock::new();
+    let run = airlock.run(&["copy", &registry.at("app:v1"), &registry.at("copy:v1"), "--platform", "linux/amd64"]).code(1);
+    assert!(run.stderr.contains("no manifest for platform linux/amd64") && run.stderr.contains("linux/arm64"), "{}", run.stderr);
+    airlock.run(&["digest", &registry.at("copy:v1")]).code(1);
+    // The platform it has is copied as it is.
+    let report = airlock.run(&["copy", &registry.at("app:v1"), &registry.at("copy:v1"), "--platform", "linux/arm64", "-o", "json"]).success().json();
+    assert_eq!(report["digest"], img.digest);
 }

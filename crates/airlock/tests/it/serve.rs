@@ -588,3 +588,25 @@ fn a_mount_through_token_auth_asks_for_pull_on_the_source_and_then_mounts() {
         assert_eq!(answer.status(), 202);
     });
 }
+
+#[test]
+fn a_self_signed_certificate_that_is_its_own_ca_is_trusted_when_named() {
+    // The usual `openssl req -x509` certificate: CA:TRUE, used by the server itself.
+    let dir = crate::harness::tempdir();
+    let openssl = crate::harness::require("openssl", "openssl");
+    let out = std::process::Command::new(openssl)
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout", "key.pem", "-out", "cert.pem"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let served = Served::start_with(&dir.path().join("data"), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    airlock.run(&["copy", &example, &served.at("app:1.0"), "--retries", "1"]).code(1).stderr_has("--ca-cert");
+    let report = airlock.run(&["copy", &example, &served.at("app:1.0"), "--ca-cert", cert.to_str().unwrap(), "-o", "json"]).success().json();
+    let digest = airlock.run(&["digest", &served.at("app:1.0"), "--ca-cert", cert.to_str().unwrap()]).success().stdout.trim().to_owned();
+    assert_eq!(report["digest"], digest);
+}
