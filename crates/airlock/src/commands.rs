@@ -91,6 +91,35 @@ async fn explain_missing(error: anyhow::Error, store: &dyn Store, reference: &Re
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    dispatch(&cli).await.map_err(|failure| failure.with_flags_of(&cli.command))
+}
+
+impl Failure {
+    /// The hint in the words of `command`: a credential hint names the flags that command
+    /// takes (`--src-creds`/`--dest-creds` for copy and sync, the config file for imports),
+    /// and a failed login is not told to log in.
+    fn with_flags_of(mut self, command: &Command) -> Failure {
+        const GENERIC: &str = "`--creds USER:PASSWORD`";
+        let Some(hint) = self.hint.take() else { return self };
+        let hint = if !hint.contains(GENERIC) {
+            hint
+        } else {
+            match command {
+                Command::Copy(_) | Command::Sync(_) => hint.replace(GENERIC, "`--src-creds USER:PASSWORD` / `--dest-creds USER:PASSWORD`"),
+                Command::Login(_) => "check the user name and password (`-u USER`, `--password-stdin`)".to_owned(),
+                Command::Inspect(_) | Command::Tags(_) | Command::Digest(_) | Command::Delete(_) | Command::Push(_) | Command::Pull(_) | Command::Artifacts(_) => hint,
+                Command::Import(_) | Command::Watch(_) | Command::Rollback(_) => {
+                    hint.replace(GENERIC, "the `registries:` section of airlock.yaml (`username`, `password_env`)")
+                }
+                _ => hint.replace(&format!(", {GENERIC},"), ","),
+            }
+        };
+        self.hint = Some(hint);
+        self
+    }
+}
+
+async fn dispatch(cli: &Cli) -> Result<ExitCode> {
     let global = &cli.global;
     match &cli.command {
         Command::Copy(args) => copy(global, args).await,

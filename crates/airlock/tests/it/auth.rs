@@ -23,6 +23,8 @@ fn htpasswd_registry_with_right_wrong_and_no_credentials() {
     let anonymous = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v1")]).code(1);
     assert!(anonymous.stderr.contains("401") && anonymous.stderr.contains(&target.at("app")), "{}", anonymous.stderr);
     assert!(anonymous.stderr.contains("hint: check the credentials"), "{}", anonymous.stderr);
+    // The hint names the flags `copy` has.
+    assert!(anonymous.stderr.contains("--dest-creds") && !anonymous.stderr.contains("`--creds"), "{}", anonymous.stderr);
 
     let wrong = airlock.run(&["copy", &source.at("app:v1"), &target.at("app:v1"), "--dest-creds", "alice:not-the-password"]).code(1);
     assert!(wrong.stderr.contains("credentials were refused"), "{}", wrong.stderr);
@@ -45,7 +47,8 @@ fn login_stores_credentials_that_later_commands_use_and_logout_removes_them() {
     let authfile = airlock.authfile();
     let authfile = authfile.to_str().unwrap();
 
-    airlock.run_with_stdin(&["login", &registry.host(), "-u", "alice", "--password-stdin", "--authfile", authfile], Some("wrong\n")).code(1);
+    let refused = airlock.run_with_stdin(&["login", &registry.host(), "-u", "alice", "--password-stdin", "--authfile", authfile], Some("wrong\n")).code(1);
+    assert!(refused.stderr.contains("hint: check the user name and password") && !refused.stderr.contains("airlock login"), "{}", refused.stderr);
     assert!(!airlock.authfile().exists(), "a refused login must not write credentials");
     let login = airlock.run_with_stdin(&["login", &registry.host(), "-u", "alice", "--password-stdin", "--authfile", authfile], Some(&format!("{SECRET}\n"))).success();
     assert!(login.stdout.contains("Login Succeeded"));
