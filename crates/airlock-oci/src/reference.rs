@@ -310,9 +310,9 @@ fn validate_host(host: &str) -> Result<(), String> {
             return Err(format!("registry `{host}` has an invalid port `{port}`"));
         }
     }
-    let ok = !name.is_empty()
-        && (name.starts_with('[') && name.ends_with(']')
-            || name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-')));
+    // Labels of letters, digits and `-` joined by single dots (`.` or `..` alone is a path).
+    let label_ok = |label: &str| !label.is_empty() && !label.starts_with('-') && !label.ends_with('-') && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    let ok = !name.is_empty() && (name.starts_with('[') && name.ends_with(']') || name.split('.').all(label_ok));
     if !ok {
         return Err(format!("registry `{host}` is not a valid host name"));
     }
@@ -447,5 +447,7 @@ mod tests {
         check_err("a..b", "invalid separator");
         check_err("", "empty");
         check_err("ocidir://", "folder path is empty");
+        check_err("./mirror", "not a valid host name");
+        check_err("../x/y", "not a valid host name");
     }
 }

@@ -147,11 +147,33 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode> {
 }
 
 pub(crate) fn parse_reference(text: &str) -> Result<Reference> {
-    text.parse::<Reference>().map_err(|e| Failure {
-        hint: Some("a reference is `[registry/]repository[:tag][@digest]`, `oci://host/repo[:tag]`, `ocidir://PATH[:tag]` or `root://PATH//repo[:tag]`".into()),
+    // A path where a reference belongs: almost always a folder meant as an OCI layout.
+    let looks_like_path = text.starts_with('/') || text.starts_with("./") || text.starts_with("../") || text.starts_with('~') || text == ".";
+    let parsed = text.parse::<Reference>().map_err(|e| Failure {
+        hint: Some(if looks_like_path {
+            format!("for an OCI image-layout folder write `ocidir://{text}`")
+        } else {
+            "a reference is `[registry/]repository[:tag][@digest]`, `oci://host/repo[:tag]`, `ocidir://PATH[:tag]` or `root://PATH//repo[:tag]`".into()
+        }),
         error: e.into(),
         exit_code: 2,
-    })
+    })?;
+    Ok(parsed)
+}
+
+/// Refuses an OCI layout source whose folder does not exist, naming it.
+pub(crate) fn require_source_folder(reference: &Reference) -> Result<()> {
+    if let Reference::Layout(layout) = reference {
+        let path = std::path::Path::new(&layout.path);
+        if !path.is_dir() {
+            return Err(Failure {
+                error: anyhow::anyhow!("the folder `{}` of `{reference}` does not exist", path.display()),
+                hint: Some("an `ocidir://` source is an OCI image-layout folder (with `index.json`); check the path".into()),
+                exit_code: 1,
+            });
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn parse_creds(text: Option<&str>) -> Result<Option<Credential>> {
@@ -259,6 +281,7 @@ async fn copy(global: &Global, args: &CopyArgs) -> Result<()> {
         global,
         &[(&source, parse_creds(args.creds.src_creds.as_deref())?), (&destination, parse_creds(args.creds.dest_creds.as_deref())?)],
     )?;
+    require_source_folder(&source)?;
     let source_store = open(&registries, &source, Access::Pull).await;
     let target_store = open(&registries, &destination, Access::Push).await;
 
@@ -375,6 +398,7 @@ fn entry(descriptor: &airlock_oci::Descriptor) -> InspectEntry {
 
 async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
+    require_source_folder(&reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
     let store = open(&registries, &reference, Access::Pull).await;
     let manifest = match store.get_manifest(&reference.tag_or_digest()).await {
@@ -441,6 +465,7 @@ async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
 
 async fn tags(global: &Global, args: &TagsArgs) -> Result<()> {
     let reference = parse_reference(&args.repository)?;
+    require_source_folder(&reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
     let store = open(&registries, &reference, Access::Pull).await;
     let tags = store.list_tags().await.with_context(|| format!("cannot list the tags of `{store}`"))?;
@@ -457,6 +482,7 @@ async fn tags(global: &Global, args: &TagsArgs) -> Result<()> {
 
 async fn digest(global: &Global, args: &DigestArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
+    require_source_folder(&reference)?;
     let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
     let store = open(&registries, &reference, Access::Pull).await;
     let descriptor = match store.resolve(&reference.tag_or_digest()).await {

@@ -12,6 +12,14 @@ fn malformed_references_are_usage_errors_naming_the_problem() {
     airlock.run(&["copy", "a", "b", "--platform", "linux"]).code(2).stderr_has("os/arch");
     airlock.run(&["copy", "a", "b@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b"]).code(2).stderr_has("names a digest");
     airlock.run(&["copy", "only-one-argument"]).code(2);
+    // A path where a reference belongs: the hint says how to name a folder.
+    for path in ["./mirror", "/tmp/mirror"] {
+        let run = airlock.run(&["copy", "ocidir://examples/hello:1.0", path]).code(2);
+        assert!(run.stderr.contains(&format!("hint: for an OCI image-layout folder write `ocidir://{path}`")), "{}", run.stderr);
+    }
+    // A source folder that is not there is named as such.
+    let run = airlock.run(&["copy", "ocidir:///nonexistent/layout:1.0", "ocidir:///tmp/out"]).code(1);
+    assert!(run.stderr.contains("the folder `/nonexistent/layout` of `ocidir:///nonexistent/layout:1.0` does not exist"), "{}", run.stderr);
     airlock.run(&["frobnicate"]).code(2);
 }
 
