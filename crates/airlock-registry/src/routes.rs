@@ -29,6 +29,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v2/", get(base).head(base))
         .route("/v2", get(base).head(base))
         .route("/token", get(token))
+        .route("/v2/_catalog", get(catalog))
         .fallback(dispatch)
         .with_state(registry)
         .layer(axum::middleware::map_response(api_version))
@@ -147,6 +148,61 @@ async fn token(State(registry): State<Arc<Registry>>, headers: HeaderMap, reques
     let token = auth.issue_token(user.as_deref(), &scopes).expect("tokens are on");
     let body = serde_json::json!({"token": token, "access_token": token, "expires_in": crate::auth::TOKEN_LIFETIME.as_secs()});
     ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+/// `/v2/_catalog?n=&last=`: the repositories the caller may pull, sorted, paged with `Link` as
+/// tag lists are. A token caller is judged by the rules for the token's subject (a token names
+/// repositories, and a catalog request names none).
+async fn catalog(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    let caller = match &registry.auth {
+        Some(auth) => match auth.identify(authorization(request.headers()), client_of(&request)) {
+            Caller::Throttled(wait) => return throttled(wait),
+            Caller::Refused => return challenge(&registry, request.headers(), &[], true),
+            // As distribution: a catalog needs a token (or credentials) for `registry:catalog:*`;
+            // an anonymous token then shows what anyone may pull.
+            Caller::Anonymous => {
+                let mut response = challenge(&registry, request.headers(), &[], false);
+                if auth.uses_tokens() {
+                    if let Some(value) = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()) {
+                        let value = format!("{value},scope=\"registry:catalog:*\"");
+                        response.headers_mut().insert("www-authenticate", HeaderValue::from_str(&value).expect("a valid header"));
+                    }
+                }
+                return response;
+            }
+            Caller::Token(subject, _) if subject.is_empty() => Some(Caller::Anonymous),
+            Caller::Token(subject, _) => Some(Caller::User(subject)),
+            caller => Some(caller),
+        },
+        None => None,
+    };
+    let query: HashMap<String, String> = axum::extract::Query::<HashMap<String, String>>::try_from_uri(request.uri()).map(|q| q.0).unwrap_or_default();
+    let n = match query.get("n").map(|n| n.parse::<usize>()) {
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return RegistryError::new(StatusCode::BAD_REQUEST, "PAGINATION_NUMBER_INVALID", "invalid n").into_response(),
+        None => None,
+    };
+    let names = match registry.storage.repositories().await {
+        Ok(names) => names,
+        Err(e) => return RegistryError::from(e).into_response(),
+    };
+    let visible: Vec<String> = names
+        .into_iter()
+        .filter(|name| match (&registry.auth, &caller) {
+            (Some(auth), Some(caller)) => auth.allows(caller, name, Action::Pull),
+            _ => true,
+        })
+        .filter(|name| query.get("last").is_none_or(|last| name > last))
+        .collect();
+    let page: Vec<String> = visible.iter().take(n.unwrap_or(usize::MAX)).cloned().collect();
+    let mut response = (StatusCode::OK, [("content-type", "application/json")], serde_json::json!({"repositories": page}).to_string()).into_response();
+    if let (Some(n), Some(last)) = (n, page.last()) {
+        if visible.len() > page.len() {
+            let link = format!("</v2/_catalog?n={n}&last={last}>; rel=\"next\"");
+            response.headers_mut().insert("link", HeaderValue::from_str(&link).expect("a valid header"));
+        }
+    }
+    response
 }
 
 enum Resource {

@@ -535,6 +535,19 @@ impl Storage {
         Ok(report)
     }
 
+    /// Every repository's name, sorted.
+    pub async fn repositories(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        self.find_repositories("repositories".to_owned(), &mut keys).await?;
+        let mut names: Vec<String> = keys
+            .into_iter()
+            .filter_map(|key| key.strip_prefix("repositories/").map(str::to_owned))
+            .filter(|name| airlock_oci::validate_repository(name).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
     /// Keys of the repositories under `prefix` (those holding a `_`-prefixed entry).
     fn find_repositories<'a>(&'a self, prefix: String, found: &'a mut Vec<String>) -> futures::future::BoxFuture<'a, Result<()>> {
         Box::pin(async move {

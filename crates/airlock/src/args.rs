@@ -97,6 +97,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// List the tags of a repository.
     Tags(TagsArgs),
+    /// List the repositories of a registry (`/v2/_catalog`), as far as it lets the caller see.
+    Catalog(CatalogArgs),
     /// Print the digest a reference resolves to.
     Digest(DigestArgs),
     /// Delete a manifest (an image, index or artifact) from a registry, a folder or a serve root.
@@ -543,6 +545,15 @@ pub struct InspectArgs {
 pub struct TagsArgs {
     /// The repository (a tag or digest in it is ignored).
     pub repository: String,
+    /// Credentials, `USER:PASSWORD`.
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CatalogArgs {
+    /// The registry, `HOST[:PORT]` (an `oci://` prefix is allowed).
+    pub registry: String,
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,

@@ -10,7 +10,7 @@ use airlock_store::Store;
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::args::{Cli, Command, CopyArgs, DeleteArgs, DigestArgs, Global, InspectArgs, LoginArgs, LogoutArgs, Output, TagsArgs};
+use crate::args::{CatalogArgs, Cli, Command, CopyArgs, DeleteArgs, DigestArgs, Global, InspectArgs, LoginArgs, LogoutArgs, Output, TagsArgs};
 use crate::output;
 
 /// A failed command: the error chain, an optional fix, and the exit code.
@@ -107,7 +107,7 @@ impl Failure {
             match command {
                 Command::Copy(_) | Command::Sync(_) => hint.replace(GENERIC, "`--src-creds USER:PASSWORD` / `--dest-creds USER:PASSWORD`"),
                 Command::Login(_) => "check the user name and password (`-u USER`, `--password-stdin`)".to_owned(),
-                Command::Inspect(_) | Command::Tags(_) | Command::Digest(_) | Command::Delete(_) | Command::Push(_) | Command::Pull(_) | Command::Artifacts(_) => hint,
+                Command::Inspect(_) | Command::Tags(_) | Command::Catalog(_) | Command::Digest(_) | Command::Delete(_) | Command::Push(_) | Command::Pull(_) | Command::Artifacts(_) => hint,
                 Command::Import(_) | Command::Watch(_) | Command::Rollback(_) => {
                     hint.replace(GENERIC, "the `registries:` section of airlock.yaml (`username`, `password_env`)")
                 }
@@ -128,6 +128,7 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Gc(args) => gc(global, args).await,
         Command::Inspect(args) => inspect(global, args).await,
         Command::Tags(args) => tags(global, args).await,
+        Command::Catalog(args) => catalog(global, args).await,
         Command::Digest(args) => digest(global, args).await,
         Command::Delete(args) => delete(global, args).await,
         Command::Login(args) => login(global, args).await,
@@ -474,6 +475,26 @@ async fn tags(global: &Global, args: &TagsArgs) -> Result<()> {
         Output::Text => {
             if !tags.is_empty() {
                 output::data(&tags.join("\n"));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn catalog(global: &Global, args: &CatalogArgs) -> Result<()> {
+    let host = args.registry.trim_start_matches("oci://").trim_start_matches("docker://").trim_end_matches('/');
+    // Checked as references check a registry: `HOST[:PORT]`, nothing more.
+    let Ok(Reference::Registry(probe)) = format!("oci://{host}/x").parse::<Reference>() else {
+        return Err(usage(format!("`{}` is not a registry host (`HOST[:PORT]`)", args.registry)));
+    };
+    let reference = Reference::Registry(probe.clone());
+    let registries = registries(global, &[(&reference, parse_creds(args.creds.as_deref())?)])?;
+    let repositories = registries.catalog(&probe.registry).await.with_context(|| format!("cannot list the repositories of `{}`", probe.registry))?;
+    match global.output {
+        Output::Json => output::json(&serde_json::json!({ "registry": probe.registry, "repositories": repositories })),
+        Output::Text => {
+            if !repositories.is_empty() {
+                output::data(&repositories.join("\n"));
             }
         }
     }

@@ -464,6 +464,15 @@ impl Fetched {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The next page a `Link: <…>; rel="next"` header names (tag lists, the catalog), resolved
+    /// against this answer's URL.
+    pub fn next_page(&self) -> Option<reqwest::Url> {
+        self.header(reqwest::header::LINK.as_str())
+            .and_then(|link| link.split(',').find(|part| part.contains("rel=\"next\"") || part.contains("rel=next")))
+            .and_then(|part| part.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(target, _)| target.to_owned()))
+            .and_then(|target| self.url.join(&target).ok())
+    }
+
     /// The error for an unexpected status, as [`http_error`] makes it.
     pub fn error(&self, method: &str) -> Error {
         let retry_after = self.header(RETRY_AFTER.as_str()).and_then(parse_retry_after);

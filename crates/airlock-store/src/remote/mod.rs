@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use airlock_oci::{media_type, Descriptor, Digest, Manifest, RegistryRef};
 use async_trait::async_trait;
 use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH, LINK, LOCATION, RANGE};
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, IF_NONE_MATCH, LOCATION, RANGE};
 use reqwest::{Response, StatusCode};
 
 use self::client::{http_error, ClientSetup, RegistryClient, Scope};
@@ -262,6 +262,41 @@ impl Registries {
             listed_tags: std::sync::OnceLock::new(),
             tag_cache: self.options.tag_cache.clone(),
         }
+    }
+
+    /// The repositories a registry lists at `/v2/_catalog` (token scope `registry:catalog:*`),
+    /// following `Link` pages, bounded as tag lists are. Registries list what the caller may
+    /// see; Docker Hub and some others do not offer the API at all (an error).
+    pub async fn catalog(&self, registry: &str) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            repositories: Option<Vec<String>>,
+        }
+        let reference = RegistryRef { registry: registry.to_owned(), repository: "x".into(), tag: None, digest: None };
+        let client = self.client(&reference).await;
+        let scope = Scope("registry:catalog:*".into());
+        let mut url = format!("{}/v2/_catalog?n=1000", client.base);
+        let mut names = Vec::new();
+        for _ in 0..TAG_LIST_PAGES {
+            let http = &client.http;
+            let response = client.fetch(&scope, registry, &|| http.get(&url), TAG_PAGE_LIMIT, "a page of the catalog").await?;
+            if !response.status.is_success() {
+                return Err(response.error("GET"));
+            }
+            let page: Page = serde_json::from_slice(&response.body)
+                .map_err(|e| Error::from(ErrorKind::Protocol { location: registry.to_owned(), reason: format!("malformed catalog: {e}") }))?;
+            // Names are untrusted like tags: only valid repository names are passed on.
+            names.extend(page.repositories.unwrap_or_default().into_iter().filter(|name| airlock_oci::validate_repository(name).is_ok()));
+            if names.len() > TAG_LIST_LIMIT {
+                return Err(Error::from(ErrorKind::Protocol { location: registry.to_owned(), reason: format!("the catalog goes on past {TAG_LIST_LIMIT} repositories: refused") }));
+            }
+            let next = response.next_page();
+            match next {
+                Some(next) if next.as_str() != url => url = next.to_string(),
+                _ => return Ok(names),
+            }
+        }
+        Err(Error::from(ErrorKind::Protocol { location: registry.to_owned(), reason: format!("the catalog goes on past {TAG_LIST_PAGES} pages: refused") }))
     }
 
     /// Checks credentials against a registry (`airlock login`).
@@ -649,11 +684,7 @@ impl Store for RemoteStore {
                 status if status.is_success() => {}
                 _ => return Err(response.error("GET")),
             }
-            let next = response
-                .header(LINK.as_str())
-                .and_then(|link| link.split(',').find(|part| part.contains("rel=\"next\"") || part.contains("rel=next")))
-                .and_then(|part| part.split_once('<').and_then(|(_, rest)| rest.split_once('>')).map(|(target, _)| target.to_owned()))
-                .and_then(|target| response.url.join(&target).ok());
+            let next = response.next_page();
             let page: Page = serde_json::from_slice(&response.body).map_err(|e| Error::from(ErrorKind::Protocol {
                 location: self.location.clone(),
                 reason: format!("malformed tag list: {e}"),

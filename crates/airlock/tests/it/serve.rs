@@ -610,3 +610,45 @@ fn a_self_signed_certificate_that_is_its_own_ca_is_trusted_when_named() {
     let digest = airlock.run(&["digest", &served.at("app:1.0"), "--ca-cert", cert.to_str().unwrap()]).success().stdout.trim().to_owned();
     assert_eq!(report["digest"], digest);
 }
+
+#[test]
+fn the_catalog_lists_what_the_caller_may_pull_in_pages() {
+    let root = crate::harness::tempdir();
+    let served = guarded(root.path(), true, &[]);
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    let airlock = Airlock::new();
+    for (repository, creds) in [("public/a", "alice:alice-Secret-1"), ("public/b", "alice:alice-Secret-1"), ("alice/c", "alice:alice-Secret-1"), ("bob/d", "bob:bob-Secret-2")] {
+        airlock.run(&["copy", &example, &served.at(&format!("{repository}:1.0")), "--dest-creds", creds]).success();
+    }
+    let list = |creds: Option<&str>| {
+        let mut args = vec!["catalog", served.address.as_str(), "-o", "json"];
+        if let Some(creds) = creds {
+            args.extend(["--creds", creds]);
+        }
+        let json = airlock.run(&args).success().json();
+        json["repositories"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(list(None), ["public/a", "public/b"], "anonymous callers see what anyone may pull");
+    assert_eq!(list(Some("alice:alice-Secret-1")), ["alice/c", "public/a", "public/b"]);
+    assert_eq!(list(Some("bob:bob-Secret-2")), ["bob/d", "public/a", "public/b"]);
+    // Paged with n and last, a Link to the next page (an anonymous token, as clients get one).
+    let (answer, _) = raw_exchange(&served.address, format!("GET /token?service=airlock&scope=registry:catalog:* HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", served.address).as_bytes());
+    let token: serde_json::Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let page = |path: &str| {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", served.address, token["token"].as_str().unwrap());
+        let (answer, _) = raw_exchange(&served.address, request.as_bytes());
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        (head.to_ascii_lowercase(), serde_json::from_str::<serde_json::Value>(body).unwrap())
+    };
+    let (head, first) = page("/v2/_catalog?n=1");
+    assert_eq!(first["repositories"], serde_json::json!(["public/a"]));
+    assert!(head.contains("link: </v2/_catalog?n=1&last=public/a>; rel=\"next\""), "{head}");
+    let (head, second) = page("/v2/_catalog?n=1&last=public/a");
+    assert_eq!(second["repositories"], serde_json::json!(["public/b"]));
+    assert!(!head.contains("link:"), "{head}");
+    // And against docker-registry, which has the API too.
+    let registry = Registry::start(Auth::None);
+    airlock.run(&["copy", &example, &registry.at("x/y:1.0")]).success();
+    let json = airlock.run(&["catalog", &registry.host(), "-o", "json"]).success().json();
+    assert_eq!(json["repositories"], serde_json::json!(["x/y"]));
+}
