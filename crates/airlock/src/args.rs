@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// `--version`: the crate's version and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AIRLOCK_COMMIT"), ")");
+
 /// airlock: bring public OCI images and artifacts in safely: copy, mirror, gate and serve them.
 ///
 /// References: `[registry/]repository[:tag][@digest]` (Docker Hub when no registry is named:
@@ -15,7 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// `$XDG_CACHE_HOME/airlock/tags`, `$AIRLOCK_CACHE_DIR/tags`), so the next look is a conditional
 /// `HEAD`; it is only a guess the registry confirms, and deleting it is always safe.
 #[derive(Debug, Parser)]
-#[command(name = "airlock", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "airlock", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -112,6 +115,10 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove stored credentials for a registry.
     Logout(LogoutArgs),
+    /// Print a shell completion script: `airlock completions bash > /etc/bash_completion.d/airlock`.
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff): `airlock man > airlock.1; man ./airlock.1`.
+    Man,
     /// Import upstream images through their gates, as airlock.yaml describes (a manual trigger).
     ///
     /// For each selected tag: resolve the upstream digest (nothing to do when it was promoted or
@@ -548,6 +555,13 @@ pub struct TagsArgs {
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -133,6 +133,19 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode> {
         Command::Delete(args) => delete(global, args).await,
         Command::Login(args) => login(global, args).await,
         Command::Logout(args) => logout(global, args).await,
+        Command::Completions(args) => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut command, "airlock", &mut script);
+            output::raw(&script);
+            Ok(())
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut page).context("cannot render the manual page")?;
+            output::raw(&page);
+            Ok(())
+        }
         Command::Import(args) => return crate::gate::import(global, args).await,
         Command::Runs(args) => crate::gate::runs(global, args).await,
         Command::Rollback(args) => crate::gate::rollback(global, args).await,

@@ -123,3 +123,24 @@ fn a_platform_that_matches_nothing_is_an_error_even_on_a_single_platform_image()
     let report = airlock.run(&["copy", &registry.at("app:v1"), &registry.at("copy:v1"), "--platform", "linux/arm64", "-o", "json"]).success().json();
     assert_eq!(report["digest"], img.digest);
 }
+
+#[test]
+fn completions_a_manual_page_and_the_version_with_its_commit() {
+    let airlock = Airlock::new();
+    let bash = airlock.run(&["completions", "bash"]).success().stdout;
+    assert!(bash.contains("_airlock()") && bash.contains("catalog") && bash.contains("--read-timeout"), "{bash}");
+    // The script is valid bash.
+    let dir = crate::harness::tempdir();
+    std::fs::write(dir.path().join("airlock.bash"), &bash).unwrap();
+    let check = std::process::Command::new("bash").arg("-n").arg(dir.path().join("airlock.bash")).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    for shell in ["zsh", "fish"] {
+        assert!(airlock.run(&["completions", shell]).success().stdout.contains("airlock"), "{shell}");
+    }
+    airlock.run(&["completions", "tcsh"]).code(2);
+    let man = airlock.run(&["man"]).success().stdout;
+    assert!(man.contains(".TH airlock 1") && man.contains("catalog"), "{man}");
+    let version = airlock.run(&["--version"]).success().stdout;
+    let commit = version.trim().trim_end_matches(')').rsplit('(').next().unwrap().to_owned();
+    assert!(version.starts_with("airlock 0.") && (commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
+}
