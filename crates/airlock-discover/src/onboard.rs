@@ -251,7 +251,7 @@ impl LockFile {
 /// Only changed keys are returned, nested as in `values`.
 pub fn values_overrides(values: &serde_json::Value, onboarded: &[Onboarded], target: &str) -> serde_json::Value {
     let mut replacements: BTreeMap<String, String> = BTreeMap::new();
-    for o in onboarded.iter().filter(|o| o.status == "onboarded" || o.status == "would onboard") {
+    for o in onboarded.iter().filter(|o| o.status == "onboarded" || o.status == "would_onboard") {
         let (Ok(written), Some(path), Some(to)) = (split(&o.image), o.path.as_deref(), o.target.as_deref()) else { continue };
         replacements.insert(o.image.clone(), to.to_owned());
         let written_repository = match &written.host {
@@ -439,7 +439,7 @@ pub async fn onboard(images: &[crate::Image], sources: &[String], target: &str, 
         result.digest = Some(digest.to_string());
         result.path = Some(path);
         if dry_run {
-            result.status = "would onboard";
+            result.status = "would_onboard";
             results.push(result);
             continue;
         }

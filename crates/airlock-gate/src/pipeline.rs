@@ -56,7 +56,8 @@ pub struct Outcome {
     /// The upstream tag.
     pub tag: String,
     /// `promoted`, `failed` (a gate refused the digest), `error` (the run could not finish: a
-    /// registry, the container runtime), `up to date`, `rejected before`, `busy`, `rolled back`.
+    /// registry, the container runtime), `up_to_date`, `rejected_before`, `busy`, `rolled_back`
+    /// (snake_case, as every enum value in airlock's JSON; tables show them with spaces).
     pub action: &'static str,
     /// The run recorded, if any.
     pub run_id: Option<String>,
@@ -77,7 +78,7 @@ impl Outcome {
     /// upstream digest a gate refused earlier (the target is still not what upstream has), or
     /// a run that could not start because another process holds the import.
     pub fn failed(&self) -> bool {
-        matches!(self.action, "failed" | "error" | "rejected before" | "busy")
+        matches!(self.action, "failed" | "error" | "rejected_before" | "busy")
     }
 }
 
@@ -166,14 +167,14 @@ impl Pipeline {
                     // Settled: promoted, or refused by a gate that ran (a `Failed` run of an
                     // older database may have failed for another reason: asked again).
                     let settled = match status_of(&last) {
-                        Status::Succeeded => Some("up to date"),
-                        Status::Failed if self.db(|runs| runs.rejected_by_gate(&last.run_id)).unwrap_or(false) => Some("rejected before"),
+                        Status::Succeeded => Some("up_to_date"),
+                        Status::Failed if self.db(|runs| runs.rejected_by_gate(&last.run_id)).unwrap_or(false) => Some("rejected_before"),
                         _ => None,
                     };
                     if let Some(action) = settled {
                         outcome.action = action;
                         outcome.run_id = Some(last.run_id.clone());
-                        outcome.reason = (action == "rejected before").then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
+                        outcome.reason = (action == "rejected_before").then(|| format!("run {} rejected this digest: {}", last.run_id, last.reason.unwrap_or_default()));
                         return outcome;
                     }
                 }
@@ -419,7 +420,7 @@ impl Pipeline {
         let started = Instant::now();
         let _ = self.db(|runs| runs.log(&run_id, &format!("rolling {}:{tag} back from {} to {wanted}", import.target.repository_key(), current.as_deref().unwrap_or("nothing"))));
         let result = target.put_manifest(&manifest, Some(tag)).await;
-        let mut outcome = Outcome::new(&import.name, tag, "rolled back");
+        let mut outcome = Outcome::new(&import.name, tag, "rolled_back");
         outcome.run_id = Some(run_id.clone());
         match result {
             Ok(_) => {

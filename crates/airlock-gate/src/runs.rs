@@ -92,11 +92,15 @@ pub struct Run {
     pub tag: String,
     /// The platforms of the candidate (`linux/amd64`, or several joined by `,`).
     pub platform: String,
-    /// `Running`, `Succeeded`, `Failed` (a gate refused) or `Error` (could not finish).
+    /// `Running`, `Succeeded`, `Failed` (a gate refused) or `Error` (could not finish), as the
+    /// run table shows it; `running`, `succeeded`… in JSON.
+    #[serde(serialize_with = "snake_case")]
     pub status: String,
-    /// Why it ran.
+    /// Why it ran (`Image Update` in the table, `image_update` in JSON).
+    #[serde(serialize_with = "snake_case")]
     pub trigger: String,
-    /// Seconds since the epoch.
+    /// Seconds since the epoch (RFC 3339 in JSON).
+    #[serde(serialize_with = "rfc3339")]
     pub started: u64,
     /// Milliseconds, when finished.
     pub duration_ms: Option<u64>,
@@ -110,6 +114,16 @@ pub struct Run {
     pub unique_tag: Option<String>,
     /// Why it failed.
     pub reason: Option<String>,
+}
+
+/// An enum value as airlock's JSON writes every one: `Image Update` → `image_update`.
+fn snake_case<S: serde::Serializer>(value: &str, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_str(&value.trim().to_ascii_lowercase().replace([' ', '-'], "_"))
+}
+
+/// A time as airlock's JSON writes every one: RFC 3339, UTC.
+fn rfc3339<S: serde::Serializer>(secs: &u64, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_str(&airlock_oci::time::rfc3339(*secs))
 }
 
 /// One gate's result within a run.

@@ -21,15 +21,17 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AIRLOCK
 #[command(name = "airlock", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
-    pub global: Global,
+    pub common: Common,
     #[command(subcommand)]
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Options every command takes, before or after its name.
 #[derive(Debug, Args)]
-pub struct Global {
-    /// Output format: `text` for people, `json` for scripts (one JSON document on stdout).
+#[command(next_help_heading = "Global options")]
+pub struct Common {
+    /// Output format: `text` for people, `json` for scripts (one JSON document on stdout, errors
+    /// included).
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Log more: `-v` info, `-vv` debug, `-vvv` trace (to stderr; `AIRLOCK_LOG` takes a filter).
@@ -38,30 +40,125 @@ pub struct Global {
     /// No progress bars and no summary lines.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+/// Where credentials are read and written.
+#[derive(Debug, Args)]
+pub struct AuthFileFlag {
     /// Credentials file to read and write instead of `REGISTRY_AUTH_FILE`, podman's `auth.json` and
     /// Docker's `config.json`.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     pub authfile: Option<PathBuf>,
+}
+
+/// How registries are reached.
+#[derive(Debug, Args)]
+pub struct ConnectionFlags {
     /// Extra PEM CA certificate(s) to trust besides the system roots; repeatable.
-    #[arg(long = "ca-cert", global = true, value_name = "FILE")]
+    #[arg(long = "ca-cert", value_name = "FILE")]
     pub ca_certs: Vec<PathBuf>,
     /// Speak plain HTTP to this registry (HOST[:PORT]); loopback registries that do not answer
     /// TLS always are; repeatable.
-    #[arg(long = "plain-http", global = true, value_name = "HOST")]
+    #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
-    /// Blob transfers in flight at once (a sync works on twice as many tags at once).
-    #[arg(long, global = true, default_value_t = 8, value_name = "N")]
-    pub jobs: usize,
-    /// HTTP requests in flight at once per registry.
-    #[arg(long, global = true, default_value_t = 16, value_name = "N")]
-    pub max_requests: usize,
-    /// Attempts per request on connection errors, 408, 429 and 5xx (with backoff and `Retry-After`).
-    #[arg(long, global = true, default_value_t = 5, value_name = "N")]
+    /// Attempts per request on connection resets, 408, 429 and 5xx (with backoff and `Retry-After`).
+    #[arg(long, default_value_t = DEFAULT_RETRIES, value_name = "N")]
     pub retries: u32,
     /// Seconds a registry may send nothing before a read gives up on the connection: a stalled
     /// download is then resumed (`Range`) or asked for again, up to `--retries` times.
-    #[arg(long, global = true, default_value_t = 60, value_name = "SECONDS", env = "AIRLOCK_READ_TIMEOUT")]
+    #[arg(long, default_value_t = DEFAULT_READ_TIMEOUT, value_name = "SECONDS", env = "AIRLOCK_READ_TIMEOUT")]
     pub read_timeout: u64,
+}
+
+/// How much moves at once.
+#[derive(Debug, Args)]
+pub struct TransferFlags {
+    /// Blob transfers in flight at once (a sync works on twice as many tags at once).
+    #[arg(long, default_value_t = DEFAULT_JOBS, value_name = "N")]
+    pub jobs: usize,
+    /// HTTP requests in flight at once per registry.
+    #[arg(long, default_value_t = DEFAULT_MAX_REQUESTS, value_name = "N")]
+    pub max_requests: usize,
+}
+
+/// The flags of every command that talks to registries, under their own heading in `--help`.
+#[derive(Debug, Args)]
+pub struct RegistryFlags {
+    #[command(flatten)]
+    pub auth: AuthFileFlag,
+    #[command(flatten)]
+    pub connection: ConnectionFlags,
+    #[command(flatten)]
+    pub transfer: TransferFlags,
+}
+
+const DEFAULT_JOBS: usize = 8;
+const DEFAULT_MAX_REQUESTS: usize = 16;
+const DEFAULT_RETRIES: u32 = 5;
+const DEFAULT_READ_TIMEOUT: u64 = 60;
+
+/// What a command runs with: the global options and its registry flags (defaults for a command
+/// that has none), in one place for the code below.
+#[derive(Debug)]
+pub struct Global {
+    pub output: Output,
+    pub verbose: u8,
+    pub quiet: bool,
+    pub authfile: Option<PathBuf>,
+    pub ca_certs: Vec<PathBuf>,
+    pub plain_http: Vec<String>,
+    pub jobs: usize,
+    pub max_requests: usize,
+    pub retries: u32,
+    pub read_timeout: u64,
+}
+
+impl Cli {
+    /// The options the command runs with.
+    pub fn global(&self) -> Global {
+        let (auth, connection, transfer) = self.command.flags();
+        Global {
+            output: self.common.output,
+            verbose: self.common.verbose,
+            quiet: self.common.quiet,
+            authfile: auth.and_then(|a| a.authfile.clone()),
+            ca_certs: connection.map(|c| c.ca_certs.clone()).unwrap_or_default(),
+            plain_http: connection.map(|c| c.plain_http.clone()).unwrap_or_default(),
+            jobs: transfer.map_or(DEFAULT_JOBS, |t| t.jobs),
+            max_requests: transfer.map_or(DEFAULT_MAX_REQUESTS, |t| t.max_requests),
+            retries: connection.map_or(DEFAULT_RETRIES, |c| c.retries),
+            read_timeout: connection.map_or(DEFAULT_READ_TIMEOUT, |c| c.read_timeout),
+        }
+    }
+}
+
+impl Command {
+    /// The registry flags this command takes.
+    fn flags(&self) -> (Option<&AuthFileFlag>, Option<&ConnectionFlags>, Option<&TransferFlags>) {
+        fn all(r: &RegistryFlags) -> (Option<&AuthFileFlag>, Option<&ConnectionFlags>, Option<&TransferFlags>) {
+            (Some(&r.auth), Some(&r.connection), Some(&r.transfer))
+        }
+        match self {
+            Command::Copy(a) => all(&a.flags),
+            Command::Sync(a) => all(&a.flags),
+            Command::Inspect(a) => all(&a.flags),
+            Command::Tags(a) => all(&a.flags),
+            Command::Catalog(a) => all(&a.flags),
+            Command::Digest(a) => all(&a.flags),
+            Command::Delete(a) => all(&a.flags),
+            Command::Import(a) => all(&a.flags),
+            Command::Watch(a) => all(&a.flags),
+            Command::Rollback(a) => all(&a.flags),
+            Command::Discover(a) => all(&a.flags),
+            Command::Onboard(a) => all(&a.flags),
+            Command::Push(a) => all(&a.flags),
+            Command::Pull(a) => all(&a.flags),
+            Command::Artifacts(a) => all(&a.flags),
+            Command::Login(a) => (Some(&a.auth), Some(&a.connection), None),
+            Command::Logout(a) => (Some(&a.auth), None, None),
+            Command::Serve(_) | Command::Gc(_) | Command::Runs(_) | Command::Demo(_) | Command::Completions(_) | Command::Man => (None, None, None),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -247,6 +344,8 @@ pub struct PushArgs {
     pub platform: Option<String>,
     #[command(flatten)]
     pub auth: ArtifactAuthArgs,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +362,8 @@ pub struct PullArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub auth: ArtifactAuthArgs,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +374,8 @@ pub struct ArtifactsArgs {
     pub select: SelectArgs,
     #[command(flatten)]
     pub auth: ArtifactAuthArgs,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +405,8 @@ pub struct DiscoverArgs {
     /// (exactly that one) or a range (`^1.2`, `~1.2.3`, `>=1.0, <2`) [default: the newest release].
     #[arg(long, value_name = "VERSION")]
     pub version: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +432,8 @@ pub struct OnboardArgs {
     /// The Helm binary that renders charts.
     #[arg(long, default_value = "helm", value_name = "PATH")]
     pub helm: String,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -346,6 +453,8 @@ pub struct ImportArgs {
     /// again).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -394,6 +503,8 @@ pub struct RollbackArgs {
     /// A run id or a digest that was promoted before [default: the promotion before the current].
     #[arg(long, value_name = "RUN_ID|DIGEST")]
     pub to: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -407,6 +518,8 @@ pub struct WatchArgs {
     /// Poll upstream this often unless an import says otherwise; overrides `watch.interval`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub interval: Option<std::time::Duration>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -440,6 +553,8 @@ pub struct CopyArgs {
     pub no_referrers: bool,
     #[command(flatten)]
     pub creds: CredsArgs,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -479,12 +594,15 @@ pub struct SyncArgs {
     pub dry_run: bool,
     #[command(flatten)]
     pub creds: CredsArgs,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// A serve.yaml: `root`, `listen` and `auth` (htpasswd, token, per-repository rules).
-    #[arg(short = 'c', long, value_name = "FILE")]
+    /// (`-f/--file` as every command names its file; `-c/--config` is kept as an alias.)
+    #[arg(short = 'f', long = "file", visible_short_alias = 'c', visible_alias = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// The folder that holds the registry's content (created if missing) [default: airlock-data].
     #[arg(long, value_name = "DIR")]
@@ -546,6 +664,8 @@ pub struct InspectArgs {
     /// Credentials, `USER:PASSWORD` (overrides stored ones).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -555,6 +675,8 @@ pub struct TagsArgs {
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -571,6 +693,8 @@ pub struct CatalogArgs {
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -580,6 +704,8 @@ pub struct DigestArgs {
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -589,6 +715,8 @@ pub struct DeleteArgs {
     /// Credentials, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub flags: RegistryFlags,
 }
 
 #[derive(Debug, Args)]
@@ -604,10 +732,16 @@ pub struct LoginArgs {
     /// Read the password from standard input.
     #[arg(long)]
     pub password_stdin: bool,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub auth: AuthFileFlag,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub connection: ConnectionFlags,
 }
 
 #[derive(Debug, Args)]
 pub struct LogoutArgs {
     /// The registry, HOST[:PORT].
     pub registry: String,
+    #[command(flatten, next_help_heading = "Registry options")]
+    pub auth: AuthFileFlag,
 }

@@ -57,6 +57,10 @@ pub async fn push(global: &Global, args: &PushArgs) -> Result<()> {
         upload::push_index(store.as_ref(), &tag, &entries).await.map_err(failure)?
     } else {
         let files: Vec<upload::FileSpec> = args.items.iter().map(|i| upload::parse_file(i)).collect();
+        // A file named on the command line that is not there is the user's input (exit 2).
+        if let Some(absent) = files.iter().find(|f| !f.path.is_file()) {
+            return Err(usage(format!("`{}` is not a file to push", absent.path.display())));
+        }
         let options = upload::PushOptions { artifact_type: args.artifact_type.clone(), annotations: key_values(&args.annotations, "--annotation")?, platform: args.platform.clone() };
         upload::push_files(store.as_ref(), &tag, &files, &options).await.map_err(failure)?
     };

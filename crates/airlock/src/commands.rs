@@ -120,7 +120,7 @@ impl Failure {
 }
 
 async fn dispatch(cli: &Cli) -> Result<ExitCode> {
-    let global = &cli.global;
+    let global = &cli.global();
     match &cli.command {
         Command::Copy(args) => copy(global, args).await,
         Command::Sync(args) => return crate::sync::sync(global, args).await,
@@ -261,7 +261,8 @@ pub(crate) async fn open(registries: &Registries, reference: &Reference, access:
 #[derive(Serialize)]
 struct CopyOutput {
     source: String,
-    destination: String,
+    /// `target`, as sync, import and onboard name the place written to.
+    target: String,
     digest: String,
     source_digest: String,
     media_type: String,
@@ -331,7 +332,7 @@ async fn copy(global: &Global, args: &CopyArgs) -> Result<()> {
     match global.output {
         Output::Json => output::json(&CopyOutput {
             source: source.to_string(),
-            destination: destination_name,
+            target: destination_name,
             digest: report.digest.to_string(),
             source_digest: report.source_digest.to_string(),
             media_type: report.media_type,

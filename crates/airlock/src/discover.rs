@@ -207,7 +207,7 @@ fn render(global: &Global, args: &OnboardArgs, results: &[Onboarded], lock: &std
         .map(|r| {
             vec![
                 r.image.clone(),
-                r.status.to_owned(),
+                r.status.replace('_', " "),
                 r.source.clone().unwrap_or_else(|| "-".into()),
                 r.target.clone().unwrap_or_else(|| "-".into()),
                 output::short_digest(r.digest.as_deref()),

@@ -78,7 +78,7 @@ pub(crate) fn render_outcomes(global: &Global, outcomes: &[Outcome]) {
             vec![
                 o.import.clone(),
                 o.tag.clone(),
-                o.action.to_owned(),
+                o.action.replace('_', " "),
                 o.run_id.clone().unwrap_or_else(|| "-".into()),
                 output::short_digest(o.promoted_digest.as_deref().or(o.upstream_digest.as_deref())),
             ]
@@ -195,7 +195,7 @@ pub async fn watch(global: &Global, args: &WatchArgs) -> Result<()> {
     output::data(&format!("watching {} imports every {}s", pipeline.config.imports.len(), pipeline.config.interval.as_secs()));
     let json = global.output == Output::Json;
     let report = move |outcome: &Outcome| {
-        if outcome.action == "up to date" || outcome.action == "rejected before" {
+        if outcome.action == "up_to_date" || outcome.action == "rejected_before" {
             tracing::debug!(import = %outcome.import, tag = %outcome.tag, "{}", outcome.action);
             return;
         }
@@ -207,7 +207,7 @@ pub async fn watch(global: &Global, args: &WatchArgs) -> Result<()> {
                 timestamp(airlock_gate::time::now()),
                 outcome.import,
                 outcome.tag,
-                outcome.action,
+                outcome.action.replace('_', " "),
                 outcome.run_id.as_deref().unwrap_or("-"),
                 outcome.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
             ));

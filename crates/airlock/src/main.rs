@@ -18,8 +18,8 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    init_logging(cli.global.verbose);
-    let json = cli.global.output == args::Output::Json;
+    init_logging(cli.common.verbose);
+    let json = cli.common.output == args::Output::Json;
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -157,7 +157,7 @@ fn onboard_the_seed_worked_example_with_a_namespace_source() {
 
     // The plan first: nothing copied, no lock.
     let plan = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target_place, "--dry-run", "-o", "json"], &[("PATH", &path)]).success().json();
-    assert!(plan["results"].as_array().unwrap().iter().all(|r| r["status"] == "would onboard"), "{plan}");
+    assert!(plan["results"].as_array().unwrap().iter().all(|r| r["status"] == "would_onboard"), "{plan}");
     assert!(!dir.path().join("airlock-onboard.lock.json").exists());
     assert!(!target.has_manifest("nf/release/contoso-a", "1.0.0", None));
 

@@ -144,3 +144,60 @@ fn completions_a_manual_page_and_the_version_with_its_commit() {
     let commit = version.trim().trim_end_matches(')').rsplit('(').next().unwrap().to_owned();
     assert!(version.starts_with("airlock 0.") && (commit == "unknown" || commit.chars().all(|c| c.is_ascii_hexdigit())), "{version}");
 }
+
+#[test]
+fn every_command_fails_in_json_with_the_exit_code_rule() {
+    let airlock = Airlock::new();
+    let dir = crate::harness::tempdir();
+    let missing = dir.path().join("missing.yaml");
+    let missing = missing.to_str().unwrap();
+    let port = crate::harness::registry::free_port();
+    let nowhere = format!("127.0.0.1:{port}/app:v1");
+    let nowhere_oci = format!("oci://{nowhere}");
+    // (arguments, exit code): 1 the operation failed, 2 the input is wrong.
+    let cases: Vec<(Vec<&str>, i32)> = vec![
+        (vec!["copy", &nowhere, "ocidir:///tmp/x"], 1),
+        (vec!["sync", "-f", missing], 2),
+        (vec!["inspect", &nowhere], 1),
+        (vec!["tags", &nowhere], 1),
+        (vec!["catalog", "127.0.0.1:1"], 1),
+        (vec!["digest", "Bad:Ref"], 2),
+        (vec!["delete", &nowhere], 1),
+        (vec!["import", "-f", missing], 2),
+        (vec!["runs", "list", "-f", missing], 2),
+        (vec!["rollback", "node", "-f", missing], 2),
+        (vec!["watch", "-f", missing], 2),
+        (vec!["discover", "/nonexistent/chart"], 2),
+        (vec!["onboard", missing, "--target", "127.0.0.1:1/x"], 2),
+        (vec!["push", &nowhere_oci, "/nonexistent/file"], 2),
+        (vec!["pull", &nowhere_oci, "--dir", "/tmp"], 1),
+        (vec!["artifacts", &nowhere_oci], 1),
+        (vec!["gc", "--root", "/nonexistent/root"], 2),
+    ];
+    for (args, code) in cases {
+        let mut args = args.clone();
+        args.extend(["-o", "json"]);
+        let run = airlock.run(&args).code(code);
+        let error = &run.json()["error"];
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()) && error["exit_code"] == code, "{args:?}: {}", run.stdout);
+        assert!(!run.stdout.contains('\u{1b}'), "no terminal colour codes in JSON: {args:?}");
+    }
+}
+
+#[test]
+fn help_lists_the_commands_own_flags_first_and_only_flags_that_do_something() {
+    let airlock = Airlock::new();
+    for command in [&["runs", "list"][..], &["logout"], &["gc"], &["serve"], &["demo"]] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = airlock.run(&args).success().stdout;
+        assert!(!help.contains("--jobs") && !help.contains("--max-requests"), "{command:?} offers flags it ignores:\n{help}");
+        assert!(help.contains("Global options:"), "{help}");
+    }
+    let copy = airlock.run(&["copy", "--help"]).success().stdout;
+    let (own, rest) = (copy.find("--dest-creds").unwrap(), copy.find("Registry options:").unwrap());
+    assert!(own < rest && rest < copy.find("Global options:").unwrap(), "{copy}");
+    // One name for a command's file: -f/--file everywhere, `serve -c/--config` kept as an alias.
+    let serve = airlock.run(&["serve", "--help"]).success().stdout;
+    assert!(serve.contains("-f, --file <FILE>") && serve.contains("--config"), "{serve}");
+}

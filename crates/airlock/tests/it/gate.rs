@@ -160,7 +160,7 @@ imports:
 
     // Nothing changed upstream: nothing runs.
     let again = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
-    assert_eq!(again["results"][0]["action"], "up to date");
+    assert_eq!(again["results"][0]["action"], "up_to_date");
 
     // A red background: the test gate fails, the target keeps the validated digest.
     let red = upstream.publish(&airlock, &served, "RED");
@@ -177,7 +177,7 @@ imports:
     assert_eq!(airlock.run(&["digest", &team_image]).success().stdout, team_digest, "the team's image was not rebuilt");
     // The rejected digest is not retried on every run.
     let retried = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
-    assert_eq!(retried["results"][0]["action"], "rejected before");
+    assert_eq!(retried["results"][0]["action"], "rejected_before");
 
     // A green background: promoted; the dependent hears old and new.
     let green = upstream.publish(&airlock, &served, "Green");
@@ -196,7 +196,7 @@ imports:
     assert!(table.starts_with("RUN ID  TASK  PLATFORM     STATUS     TRIGGER  STARTED"), "{table}");
     let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
     let statuses: Vec<&str> = runs["runs"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["Succeeded", "Failed", "Succeeded"]);
+    assert_eq!(statuses, ["succeeded", "failed", "succeeded"]);
     assert_eq!(runs["runs"][0]["platform"], "linux/amd64");
     assert_eq!(runs["runs"][1]["upstream_digest"], red);
 
@@ -205,9 +205,9 @@ imports:
     assert_eq!(back["results"][0]["promoted_digest"], orange);
     assert_eq!(skopeo_digest(&format!("docker://{stable}")), orange);
     let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
-    assert_eq!(runs["runs"][0]["trigger"], "Rollback");
+    assert_eq!(runs["runs"][0]["trigger"], "rollback");
     // Upstream did not change: the watcher's next look does not undo the rollback.
-    assert_eq!(airlock.run(&["import", "-f", file, "-o", "json"]).success().json()["results"][0]["action"], "up to date");
+    assert_eq!(airlock.run(&["import", "-f", file, "-o", "json"]).success().json()["results"][0]["action"], "up_to_date");
     airlock.run(&["rollback", "node", "-f", file, "--to", &run3]).success();
     assert_eq!(skopeo_digest(&format!("docker://{stable}")), green);
     airlock.run(&["rollback", "node", "-f", file, "--to", &red]).code(1).stderr_has("never promoted");
@@ -268,10 +268,10 @@ fn watch_polls_upstream_and_two_watchers_never_double_promote() {
     let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
     let runs = runs["runs"].as_array().unwrap();
     for digest in [&first, &second] {
-        let promotions = runs.iter().filter(|r| r["upstream_digest"] == **digest && r["status"] == "Succeeded").count();
+        let promotions = runs.iter().filter(|r| r["upstream_digest"] == **digest && r["status"] == "succeeded").count();
         assert_eq!(promotions, 1, "two watchers, one promotion of {digest}: {runs:?}");
     }
-    assert!(runs.iter().all(|r| r["trigger"] == "Image Update"));
+    assert!(runs.iter().all(|r| r["trigger"] == "image_update"));
 }
 
 #[test]
@@ -307,7 +307,7 @@ fn a_run_broken_by_a_registry_error_is_tried_again_but_a_rejection_is_not() {
     upstream.publish(&airlock, &served, "RED");
     airlock.run(&["import", "-f", file]).code(1);
     let again = airlock.run(&["import", "-f", file, "-o", "json"]).code(1).json();
-    assert_eq!(again["results"][0]["action"], "rejected before");
+    assert_eq!(again["results"][0]["action"], "rejected_before");
 }
 
 #[test]
@@ -386,7 +386,7 @@ fn distribution_notifications_trigger_imports_and_timers_rerun_the_gates() {
     let _watcher = Killed(airlock.spawn(&["watch", "-f", file]));
     let timer_runs = || {
         let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
-        runs["runs"].as_array().unwrap().iter().filter(|r| r["trigger"] == "Timer" && r["status"] == "Succeeded").count()
+        runs["runs"].as_array().unwrap().iter().filter(|r| r["trigger"] == "timer" && r["status"] == "succeeded").count()
     };
     assert!(eventually(20, || timer_runs() >= 2), "timer runs happen on their period");
 }
@@ -438,8 +438,8 @@ fn a_kill_during_promotion_leaves_the_stable_tag_on_complete_content() {
     assert_eq!(skopeo_digest(&format!("docker://{stable}")), image.digest);
     let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
     let runs = runs["runs"].as_array().unwrap();
-    assert_eq!(runs[0]["status"], "Succeeded");
-    assert!(runs.iter().all(|r| r["status"] != "Running"), "killed runs are not left `Running`: {runs:?}");
+    assert_eq!(runs[0]["status"], "succeeded");
+    assert!(runs.iter().all(|r| r["status"] != "running"), "killed runs are not left `Running`: {runs:?}");
 }
 
 #[test]
@@ -548,7 +548,7 @@ fn the_demo_promotes_the_good_image_and_rejects_the_red_one() {
     assert_ne!(demo["good_digest"], demo["bad_digest"]);
     assert_eq!(demo["rebuilds"].as_array().unwrap().len(), 1);
     let statuses: Vec<&str> = demo["runs"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["Failed", "Succeeded"]);
+    assert_eq!(statuses, ["failed", "succeeded"]);
     let text = airlock.run(&["demo"]).success().stdout;
     assert!(text.contains("RUN ID  TASK  PLATFORM     STATUS     TRIGGER       STARTED"), "{text}");
     assert!(text.contains("BACKGROUND_COLOR=RED is forbidden"), "{text}");
@@ -581,7 +581,7 @@ fn a_gate_that_cannot_run_is_an_error_and_the_digest_is_run_again_once_it_can() 
     assert_eq!(broken["results"][0]["action"], "error", "{broken}");
     assert!(broken["results"][0]["reason"].as_str().unwrap().contains("gate `validate` could not run"), "{broken}");
     let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
-    assert_eq!(runs["runs"][0]["status"], "Error", "{runs}");
+    assert_eq!(runs["runs"][0]["status"], "error", "{runs}");
     let text = airlock.run(&["runs", "list", "-f", file]).success().stdout;
     assert!(text.contains("Error"), "{text}");
 
