@@ -661,6 +661,10 @@ pub struct InspectArgs {
     /// Print the image's config blob.
     #[arg(long)]
     pub config: bool,
+    /// Of an index, inspect the manifest for this platform (`os/arch[/variant]`), as
+    /// `docker manifest inspect` or `crane manifest --platform` do.
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
     /// Credentials, `USER:PASSWORD` (overrides stored ones).
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,

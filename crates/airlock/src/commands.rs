@@ -420,6 +420,22 @@ async fn inspect(global: &Global, args: &InspectArgs) -> Result<()> {
         Ok(manifest) => manifest,
         Err(error) => return Err(explain_missing(anyhow::Error::new(error).context(format!("cannot inspect `{reference}`")), store.as_ref(), &reference).await),
     };
+    let manifest = match &args.platform {
+        Some(platform) => {
+            let spec: PlatformSpec = platform.parse().map_err(|e: airlock_oci::PlatformError| usage(e.to_string()))?;
+            match manifest.kind() {
+                ManifestKind::Index { manifests, .. } => {
+                    let Some(entry) = manifests.iter().find(|d| d.platform().as_ref().is_some_and(|p| spec.matches(p))) else {
+                        let offered: Vec<String> = manifests.iter().filter_map(|d| d.platform().as_ref()).map(|p| format!("{}/{}", p.os(), p.architecture())).collect();
+                        return Err(Failure::from(anyhow::anyhow!("`{reference}` has no manifest for {platform} (it has: {})", offered.join(", "))));
+                    };
+                    store.get_manifest(entry.digest().as_ref()).await.with_context(|| format!("cannot inspect the {platform} manifest of `{reference}`"))?
+                }
+                ManifestKind::Image { .. } => manifest,
+            }
+        }
+        None => manifest,
+    };
     if args.raw {
         output::raw(manifest.bytes());
         return Ok(());
@@ -639,6 +655,12 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
+    if !address.ip().is_loopback() && registry.auth.is_none() {
+        output::note(&format!(
+            "warning: serving {address} beyond this machine without authentication: anyone who reaches it may push and delete; \
+             add `auth:` to serve.yaml or `--htpasswd FILE`"
+        ));
+    }
     output::data(&format!("listening on {scheme}://{address}"));
     airlock_registry::serve(listener, registry, tls, shutdown_signal()).await.context("the registry stopped")?;
     Ok(())

@@ -201,3 +201,19 @@ fn help_lists_the_commands_own_flags_first_and_only_flags_that_do_something() {
     let serve = airlock.run(&["serve", "--help"]).success().stdout;
     assert!(serve.contains("-f, --file <FILE>") && serve.contains("--config"), "{serve}");
 }
+
+#[test]
+fn inspect_takes_a_platform_of_an_index() {
+    let registry = Registry::start(Auth::None);
+    let amd = image("amd64", &[layer(84, 100)]);
+    let arm = image("arm64", &[layer(85, 100)]);
+    let list = crate::harness::fixtures::index(&[(&amd, "amd64", None), (&arm, "arm64", Some("v8"))]);
+    push(&registry.host(), "multi", &list, Some("v1"), None);
+    let airlock = Airlock::new();
+    let json = airlock.run(&["inspect", &registry.at("multi:v1"), "--platform", "linux/arm64", "-o", "json"]).success().json();
+    assert_eq!(json["digest"], arm.digest);
+    let config = airlock.run(&["inspect", &registry.at("multi:v1"), "--platform", "linux/amd64", "--config"]).success();
+    assert_eq!(config.stdout_bytes, amd.blobs[0].bytes);
+    let none = airlock.run(&["inspect", &registry.at("multi:v1"), "--platform", "linux/s390x"]).code(1);
+    assert!(none.stderr.contains("no manifest for linux/s390x") && none.stderr.contains("linux/arm64"), "{}", none.stderr);
+}

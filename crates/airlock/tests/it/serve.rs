@@ -652,3 +652,33 @@ fn the_catalog_lists_what_the_caller_may_pull_in_pages() {
     let json = airlock.run(&["catalog", &registry.host(), "-o", "json"]).success().json();
     assert_eq!(json["repositories"], serde_json::json!(["x/y"]));
 }
+
+#[test]
+fn serving_beyond_loopback_without_auth_is_warned_about() {
+    use std::io::BufRead;
+    let root = crate::harness::tempdir();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["serve", "--root", root.path().to_str().unwrap(), "--listen", "0.0.0.0:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("warning: serving 0.0.0.0:") && line.contains("without authentication") && line.contains("--htpasswd"), "{line}");
+    // `localhost` is a name `--listen` takes, and loopback draws no warning.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["serve", "--root", root.path().join("other").to_str().unwrap(), "--listen", "localhost:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(line.starts_with("listening on http://127.0.0.1:") || line.starts_with("listening on http://[::1]:"), "{line}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"), "{}", String::from_utf8_lossy(&output.stderr));
+}
