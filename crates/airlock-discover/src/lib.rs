@@ -11,7 +11,7 @@ pub mod dockerfile;
 pub mod kube;
 pub mod onboard;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -202,6 +202,67 @@ pub fn find(path: &Path, kind: Kind, options: &Options) -> Result<Vec<Found>, Di
     }
 }
 
+/// `KEY=VALUE` lines of a compose `.env` file (comments and blank lines skipped, quotes removed).
+fn read_dotenv(path: &Path) -> HashMap<String, String> {
+    let Ok(text) = std::fs::read_to_string(path) else { return HashMap::new() };
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').trim_matches('\'').to_owned()))
+        .collect()
+}
+
+/// Compose's variable interpolation: `$VAR`, `${VAR}`, `${VAR:-default}` (unset or empty),
+/// `${VAR-default}` (unset), `${VAR:?message}`/`${VAR?message}` (an error), `$$` for `$`.
+/// An unset variable without a default is empty, as compose makes it (with a warning there).
+pub fn interpolate(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(braced) = after.strip_prefix('{') {
+            let end = braced.find('}').ok_or_else(|| format!("`${{` without a closing `}}` in `{text}`"))?;
+            let (expression, tail) = (&braced[..end], &braced[end + 1..]);
+            let name_end = expression.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(expression.len());
+            let (name, operator) = expression.split_at(name_end);
+            if name.is_empty() {
+                return Err(format!("`${{{expression}}}` names no variable"));
+            }
+            let value = lookup(name);
+            let chosen = if let Some(default) = operator.strip_prefix(":-") {
+                value.filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+            } else if let Some(default) = operator.strip_prefix('-') {
+                value.unwrap_or_else(|| default.to_owned())
+            } else if let Some(message) = operator.strip_prefix(":?") {
+                value.filter(|v| !v.is_empty()).ok_or_else(|| format!("`{name}` is required: {message}"))?
+            } else if let Some(message) = operator.strip_prefix('?') {
+                value.ok_or_else(|| format!("`{name}` is required: {message}"))?
+            } else if operator.is_empty() {
+                value.unwrap_or_default()
+            } else {
+                return Err(format!("`${{{expression}}}` is not a substitution compose knows"));
+            };
+            out.push_str(&chosen);
+            rest = tail;
+        } else {
+            let name_end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            if name_end == 0 {
+                out.push('$');
+            } else {
+                out.push_str(&lookup(&after[..name_end]).unwrap_or_default());
+            }
+            rest = &after[name_end..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// A compose file's images: each service's `image`, or for a service that is built, the images
 /// its Dockerfile starts `FROM`.
 fn compose(path: &Path, options: &Options) -> Result<Vec<Found>, DiscoverError> {
@@ -212,10 +273,18 @@ fn compose(path: &Path, options: &Options) -> Result<Vec<Found>, DiscoverError> 
         return Err(DiscoverError::Input(format!("{name}: no `services` mapping")));
     };
     let base = path.parent().unwrap_or(Path::new("."));
+    // Values are interpolated as compose does: the environment first, then `.env` beside the file.
+    let dotenv = read_dotenv(&base.join(".env"));
+    let lookup = |name: &str| std::env::var(name).ok().or_else(|| dotenv.get(name).cloned());
+    let expand = |text: &str, what: &str| interpolate(text, &lookup).map_err(|e| DiscoverError::Input(format!("{name}: {what}: {e}")));
     for (service, spec) in services {
-        match (spec.get("image").and_then(|i| i.as_str()), spec.get("build")) {
+        let image = match spec.get("image").and_then(|i| i.as_str()) {
+            Some(image) => Some(expand(image, &format!("service `{service}` image"))?),
+            None => None,
+        };
+        match (image.as_deref(), spec.get("build")) {
             (_, Some(build)) => {
-                let (context, dockerfile, args) = match build {
+                let (context, dockerfile, args): (String, String, Vec<(String, String)>) = match build {
                     serde_json::Value::String(context) => (context.clone(), "Dockerfile".to_owned(), Vec::new()),
                     other => (
                         other.get("context").and_then(|c| c.as_str()).unwrap_or(".").to_owned(),
@@ -227,6 +296,9 @@ fn compose(path: &Path, options: &Options) -> Result<Vec<Found>, DiscoverError> 
                             .unwrap_or_default(),
                     ),
                 };
+                let context = expand(&context, &format!("service `{service}` build context"))?;
+                let dockerfile = expand(&dockerfile, &format!("service `{service}` dockerfile"))?;
+                let args = args.into_iter().map(|(k, v)| Ok((k, expand(&v, &format!("service `{service}` build arg"))?))).collect::<Result<Vec<_>, DiscoverError>>()?;
                 let dockerfile = base.join(&context).join(&dockerfile);
                 if let Ok(text) = std::fs::read_to_string(&dockerfile) {
                     let mut build_args = args;
@@ -314,6 +386,41 @@ mod tests {
         let images = discover(&[file], &Options::default()).unwrap();
         let names: Vec<&str> = images.iter().map(|i| i.image.as_str()).collect();
         assert_eq!(names, ["postgres:16", "python:3.13-slim"], "in file order");
+    }
+
+    #[test]
+    fn compose_interpolation_as_compose_does_it() {
+        let vars = |name: &str| match name {
+            "TAG" => Some("1.25".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let cases = [
+            ("nginx:${TAG}", "nginx:1.25"),
+            ("nginx:$TAG", "nginx:1.25"),
+            ("nginx:${MISSING:-1.24}", "nginx:1.24"),
+            ("nginx:${EMPTY:-1.24}", "nginx:1.24"),
+            ("nginx:${EMPTY-1.24}", "nginx:"),
+            ("nginx:${MISSING-1.23}", "nginx:1.23"),
+            ("registry.example/${MISSING:-team}/app:${TAG:-x}", "registry.example/team/app:1.25"),
+            ("cost: $$5", "cost: $5"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(interpolate(text, &vars).unwrap(), expected, "{text}");
+        }
+        assert!(interpolate("${MISSING:?set it}", &vars).unwrap_err().contains("set it"));
+        assert!(interpolate("${TAG", &vars).is_err());
+    }
+
+    #[test]
+    fn compose_files_are_interpolated_with_the_environment_and_dotenv() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".env"), "# defaults\nREDIS_TAG=7.2\n").unwrap();
+        let file = dir.path().join("compose.yaml");
+        std::fs::write(&file, "services:\n  cache:\n    image: redis:${REDIS_TAG}\n  web:\n    image: ${AIRLOCK_TEST_UNSET_REGISTRY:-docker.io}/library/nginx:${AIRLOCK_TEST_UNSET_TAG-1.25}\n").unwrap();
+        let images = discover(&[file], &Options::default()).unwrap();
+        let names: Vec<&str> = images.iter().map(|i| i.image.as_str()).collect();
+        assert_eq!(names, ["redis:7.2", "docker.io/library/nginx:1.25"]);
     }
 
     #[test]

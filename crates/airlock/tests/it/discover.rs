@@ -96,7 +96,8 @@ fn discover_reads_manifests_dockerfiles_and_compose_files() {
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  template:\n    spec:\n      containers: [{name: agent, image: \"nginx:1.25\"}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: debug}\nspec:\n  containers: [{name: app, image: \"docker.io/library/nginx:1.25\"}]\n  ephemeralContainers: [{name: shell, image: \"busybox:1.36\"}]\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {image: \"not-a-container:1\"}\n",
     );
     write(&root.join("build/Dockerfile"), "ARG BASE=golang:1.22\nFROM ${BASE} AS build\nFROM gcr.io/distroless/static:nonroot\nCOPY --from=build /app /app\n");
-    write(&root.join("compose.yaml"), "services:\n  cache:\n    image: redis:7\n  web:\n    image: nginx:1.25\n");
+    // Interpolated as compose does: `${VAR:-default}` and `${VAR-default}` with VAR unset.
+    write(&root.join("compose.yaml"), "services:\n  cache:\n    image: redis:${REDIS_TAG:-7}\n  web:\n    image: nginx:${NGINX_TAG-1.25}\n");
     let airlock = Airlock::new();
     let found = airlock.run(&["discover", root.to_str().unwrap(), "--build-arg", "BASE=golang:1.23", "-o", "json"]).success().json();
     assert_eq!(image_names(&found), ["golang:1.23", "gcr.io/distroless/static:nonroot", "redis:7", "nginx:1.25", "busybox:1.36"]);
