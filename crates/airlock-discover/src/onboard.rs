@@ -72,6 +72,15 @@ pub fn parse_config(text: &str, name: &str, base: &Path) -> Result<OnboardConfig
             DiscoverError::Input(format!("{name}:{line}:{column}: not valid JSONC: {}", e.kind()))
         })?
         .ok_or_else(|| DiscoverError::Input(format!("{name}: empty")))?;
+    // Each chart entry is read on its own, so an error names the entry it is in.
+    if let Some(entries) = value.get("helm_packages").and_then(|p| p.as_array()) {
+        for (index, entry) in entries.iter().enumerate() {
+            if let Err(e) = serde_json::from_value::<HelmPackage>(entry.clone()) {
+                let label = entry.get("name").and_then(|n| n.as_str()).map(|n| format!(" (`{n}`)")).unwrap_or_default();
+                return Err(DiscoverError::Input(format!("{name}: helm_packages[{index}]{label}: {e}")));
+            }
+        }
+    }
     let mut config: OnboardConfig = serde_json::from_value(value).map_err(|e| DiscoverError::Input(format!("{name}: {e}")))?;
     if config.image_sources.is_empty() {
         return Err(DiscoverError::Input(format!("{name}: `image_sources` lists no registry to search")));
@@ -520,6 +529,13 @@ mod tests {
         std::fs::write(&path, "{\n  \"image_sources\": [\"a.io\"\n  \"helm_packages\": []\n}\n").unwrap();
         let error = load_config(&path).unwrap_err().to_string();
         assert!(error.contains("cnf-input.jsonc:3:18: not valid JSONC: Unexpected colon"), "{error}");
+    }
+
+    #[test]
+    fn an_error_in_a_chart_entry_names_the_entry() {
+        let text = r#"{"image_sources": ["a.io"], "helm_packages": [{"name": "ok", "path_to_chart": "c"}, {"name": "web", "path_to_chart": "w", "valeus": "x"}]}"#;
+        let error = parse_config(text, "cnf-input.jsonc", Path::new("/")).unwrap_err().to_string();
+        assert!(error.contains("cnf-input.jsonc: helm_packages[1] (`web`): unknown field `valeus`"), "{error}");
     }
 
     #[test]

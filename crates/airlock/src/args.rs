@@ -432,6 +432,12 @@ pub struct OnboardArgs {
     /// The Helm binary that renders charts.
     #[arg(long, default_value = "helm", value_name = "PATH")]
     pub helm: String,
+    /// Values files for every chart, after its `default_values` (as `discover -f`); repeatable.
+    #[arg(short = 'f', long = "values", value_name = "FILE")]
+    pub values: Vec<PathBuf>,
+    /// Values for every chart (`key=value`, as `helm --set` and `discover --set`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
     #[command(flatten, next_help_heading = "Registry options")]
     pub flags: RegistryFlags,
 }

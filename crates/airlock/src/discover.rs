@@ -151,7 +151,9 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     }
     let mut found = Vec::new();
     for package in &packages {
-        let options = Options { helm: args.helm.clone(), values: package.default_values.iter().cloned().collect(), ..Options::default() };
+        // What was discovered with `-f` and `--set` is onboarded the same way.
+        let values = package.default_values.iter().chain(&args.values).cloned().collect();
+        let options = Options { helm: args.helm.clone(), values, set: args.set.clone(), ..Options::default() };
         found.extend(airlock_discover::find(&package.path_to_chart, airlock_discover::Kind::HelmChart, &options).map_err(input_failure)?);
     }
     let images = airlock_discover::dedupe(found);

@@ -237,6 +237,11 @@ fn onboard_errors_a_missing_image_a_missing_helm_and_bad_jsonc() {
     assert_eq!(allowed["results"].as_array().unwrap().iter().filter(|r| r["status"] == "missing").count(), 1);
     let lock: serde_json::Value = serde_json::from_str(&crate::harness::read(&dir.path().join("airlock-onboard.lock.json"))).unwrap();
     assert_eq!(lock["images"].as_object().unwrap().len(), 3, "the missing image is not locked");
+    // `--set` (and `-f`) reach the chart as they do for `discover`: the subchart's image now
+    // names one the source has, so nothing is missing.
+    let set = ["onboard", config_arg, "--target", &target.host(), "--set", "contoso-test.image=repository/release/contoso-c:1.0.0", "-o", "json"];
+    let report = airlock.run_env(&set, &[("PATH", &path)]).success().json();
+    assert!(report["results"].as_array().unwrap().iter().all(|r| r["status"] == "onboarded"), "{report}");
 
     // No helm: a clear error with the fix.
     let no_helm = airlock.run(&["onboard", config_arg, "--target", &target.host(), "--helm", "/nonexistent/helm"]).code(1);
