@@ -52,6 +52,9 @@ pub async fn push(global: &Global, args: &PushArgs) -> Result<()> {
     }
     let tag = reference.tag().unwrap_or(airlock_oci::DEFAULT_TAG).to_owned();
     let store = store(global, &args.auth, &reference, Access::Push).await?;
+    let show = !global.quiet && global.verbose == 0 && global.output == Output::Text;
+    let progress = crate::progress::for_transfer(show, "push");
+    let store = crate::progress::Reporting::wrap(store, progress.clone());
     let manifest = if args.index {
         let entries = args.items.iter().map(|i| upload::parse_entry(i)).collect::<Result<Vec<_>, _>>().map_err(failure)?;
         upload::push_index(store.as_ref(), &tag, &entries).await.map_err(failure)?
@@ -64,6 +67,8 @@ pub async fn push(global: &Global, args: &PushArgs) -> Result<()> {
         let options = upload::PushOptions { artifact_type: args.artifact_type.clone(), annotations: key_values(&args.annotations, "--annotation")?, platform: args.platform.clone() };
         upload::push_files(store.as_ref(), &tag, &files, &options).await.map_err(failure)?
     };
+    drop(store);
+    drop(progress);
     match global.output {
         Output::Json => output::json(&serde_json::json!({"reference": reference.with_tag(&tag).to_string(), "digest": manifest.digest().to_string(), "media_type": manifest.media_type()})),
         Output::Text if !global.quiet => output::data(&format!("Pushed {}\nDigest: {}", reference.with_tag(&tag), manifest.digest())),
@@ -85,7 +90,12 @@ pub async fn pull(global: &Global, args: &PullArgs) -> Result<()> {
     let store = store(global, &args.auth, &reference, Access::Pull).await?;
     let (wanted, mode) = wanted(&args.select);
     let resolution = download::resolve(store.as_ref(), &reference, &wanted, mode).await.map_err(failure)?;
-    let pulled = download::download(store.as_ref(), &resolution.layer, &args.dir, args.decompress).await.map_err(failure)?;
+    let show = !global.quiet && global.verbose == 0 && global.output == Output::Text;
+    let progress = crate::progress::for_transfer(show, "pull");
+    let reporting = crate::progress::Reporting::wrap(store.clone(), progress.clone());
+    let pulled = download::download(reporting.as_ref(), &resolution.layer, &args.dir, args.decompress).await.map_err(failure)?;
+    drop(reporting);
+    drop(progress);
     let chosen = &resolution.offers[resolution.chosen];
     match global.output {
         Output::Json => output::json(&serde_json::json!({

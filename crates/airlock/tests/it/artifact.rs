@@ -244,3 +244,44 @@ fn bearer_tokens_and_pull_secrets_authenticate_pulls() {
     let help = airlock.run(&["pull", "--help"]).success().stdout;
     assert!(!help.contains(&token));
 }
+
+#[test]
+fn push_and_pull_show_progress_on_a_terminal_and_lines_in_a_log() {
+    let registry = Registry::start(Auth::None);
+    let airlock = Airlock::new();
+    let dir = crate::harness::tempdir();
+    let disk = dir.path().join("disk.raw");
+    // 200 MiB, written in pieces of noise so no layer of the path compresses it away.
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&disk).unwrap();
+        let piece = crate::harness::fixtures::noise(7, 1024 * 1024);
+        for _ in 0..200 {
+            file.write_all(&piece).unwrap();
+        }
+    }
+    let reference = format!("oci://{}/disks/big:1", registry.host());
+    // Under a pseudo-terminal (util-linux `script`): the bar is drawn, with a rate.
+    let script = crate::harness::require("script", "bsdutils");
+    let shell_command = format!(
+        "env HOME={home} DOCKER_CONFIG={home}/.docker {airlock} push {reference} {disk}",
+        home = airlock.home.path().display(),
+        airlock = env!("CARGO_BIN_EXE_airlock"),
+        disk = disk.display()
+    );
+    let mut command = std::process::Command::new(&script);
+    command.args(["-qfec", &shell_command, "/dev/null"]).env("TERM", "xterm");
+    let terminal = crate::harness::run_command(command, None).success();
+    // Several frames of the one bar: bytes of the total, a rate, the count of files.
+    let frames = terminal.stdout.matches("MiB/200.00 MiB").count();
+    assert!(frames >= 2 && terminal.stdout.contains("MiB/s") && terminal.stdout.contains("0/1 blobs"), "no bar on a terminal: {:?}", terminal.stdout);
+    // In a log (no terminal): a line per finished file and periodic lines while bytes move.
+    let out = dir.path().join("out");
+    let logged = airlock.run_env(&["pull", &reference, "--dir", out.to_str().unwrap()], &[("AIRLOCK_PROGRESS_INTERVAL", "0.02")]).success();
+    assert!(logged.stderr.contains("pull: 1/1 done: sha256:") && logged.stderr.contains("200.0 MiB"), "{}", logged.stderr);
+    assert!(logged.stderr.lines().any(|l| l.starts_with("pull: ") && l.contains(" of 200.0 MiB (")), "no periodic line: {}", logged.stderr);
+    assert_eq!(std::fs::metadata(out.join("disk.raw")).unwrap().len(), 200 * 1024 * 1024);
+    // Quiet and JSON stay quiet on stderr.
+    let quiet = airlock.run(&["pull", &reference, "--dir", dir.path().join("q").to_str().unwrap(), "-o", "json"]).success();
+    assert!(!quiet.stderr.contains("pull: "), "{}", quiet.stderr);
+}
