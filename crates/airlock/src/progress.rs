@@ -146,7 +146,7 @@ impl LogLines {
                     "{verb}: {} of {} ({}%), {}/s, {}/{} files",
                     crate::output::bytes(bytes),
                     crate::output::bytes(total),
-                    if total > 0 { bytes * 100 / total } else { 0 },
+                    (bytes * 100).checked_div(total).unwrap_or(0),
                     crate::output::bytes(rate as u64),
                     watched.files_done.load(Ordering::Relaxed),
                     watched.files.load(Ordering::Relaxed),
