@@ -61,6 +61,10 @@ pub struct ConnectionFlags {
     /// TLS always are; repeatable.
     #[arg(long = "plain-http", value_name = "HOST")]
     pub plain_http: Vec<String>,
+    /// `--tls-verify=false` takes any certificate the registries present, for people who must
+    /// (prefer `--ca-cert`): the connection is encrypted, but to whoever answers.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
     /// Attempts per request on connection resets, 408, 429 and 5xx (with backoff and `Retry-After`).
     #[arg(long, default_value_t = DEFAULT_RETRIES, value_name = "N")]
     pub retries: u32,
@@ -107,6 +111,7 @@ pub struct Global {
     pub authfile: Option<PathBuf>,
     pub ca_certs: Vec<PathBuf>,
     pub plain_http: Vec<String>,
+    pub tls_verify: bool,
     pub jobs: usize,
     pub max_requests: usize,
     pub retries: u32,
@@ -124,6 +129,7 @@ impl Cli {
             authfile: auth.and_then(|a| a.authfile.clone()),
             ca_certs: connection.map(|c| c.ca_certs.clone()).unwrap_or_default(),
             plain_http: connection.map(|c| c.plain_http.clone()).unwrap_or_default(),
+            tls_verify: connection.is_none_or(|c| c.tls_verify),
             jobs: transfer.map_or(DEFAULT_JOBS, |t| t.jobs),
             max_requests: transfer.map_or(DEFAULT_MAX_REQUESTS, |t| t.max_requests),
             retries: connection.map_or(DEFAULT_RETRIES, |c| c.retries),
@@ -655,6 +661,12 @@ pub struct CredsArgs {
     /// Credentials for the destination registry, `USER:PASSWORD`.
     #[arg(long, value_name = "USER:PASSWORD", hide_default_value = true)]
     pub dest_creds: Option<String>,
+    /// `--src-tls-verify=false` takes any certificate the source registry presents.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub src_tls_verify: bool,
+    /// `--dest-tls-verify=false` takes any certificate the destination registry presents.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub dest_tls_verify: bool,
 }
 
 #[derive(Debug, Args)]

@@ -200,7 +200,18 @@ pub(crate) fn parse_creds(text: Option<&str>) -> Result<Option<Credential>> {
 
 /// The registries of this command, with credentials given on the command line attached.
 fn registries(global: &Global, explicit: &[(&Reference, Option<Credential>)]) -> Result<Registries> {
+    registries_unverified(global, explicit, &[])
+}
+
+/// [`registries`], taking any certificate from the registries of `unverified` (the
+/// `--src-tls-verify=false` / `--dest-tls-verify=false` sides).
+pub(crate) fn registries_unverified(global: &Global, explicit: &[(&Reference, Option<Credential>)], unverified: &[&Reference]) -> Result<Registries> {
     let mut options = registry_options(global);
+    for reference in unverified {
+        if let Reference::Registry(registry) = reference {
+            options.tls_unverified.push(registry.registry.clone());
+        }
+    }
     for (reference, credential) in explicit {
         if let (Reference::Registry(registry), Some(credential)) = (reference, credential) {
             options.explicit_credentials.insert(registry.registry.clone(), credential.clone());
@@ -217,6 +228,9 @@ pub(crate) fn registry_options(global: &Global) -> RegistryOptions {
     options.max_requests_per_registry = global.max_requests.max(1);
     options.retry = RetryPolicy { attempts: global.retries.max(1), ..RetryPolicy::default() };
     options.read_timeout = std::time::Duration::from_secs(global.read_timeout.max(1));
+    if !global.tls_verify {
+        options.tls_unverified.push("*".into());
+    }
     options.tag_cache = Some(tag_cache());
     options
 }
@@ -292,9 +306,15 @@ async fn copy(global: &Global, args: &CopyArgs) -> Result<()> {
     for tag in &args.tags {
         parse_reference(&format!("x:{tag}"))?;
     }
-    let registries = registries(
+    let unverified: Vec<&Reference> = [(&source, args.creds.src_tls_verify), (&destination, args.creds.dest_tls_verify)]
+        .into_iter()
+        .filter(|(_, verify)| !verify)
+        .map(|(reference, _)| reference)
+        .collect();
+    let registries = registries_unverified(
         global,
         &[(&source, parse_creds(args.creds.src_creds.as_deref())?), (&destination, parse_creds(args.creds.dest_creds.as_deref())?)],
+        &unverified,
     )?;
     require_source_folder(&source)?;
     let source_store = open(&registries, &source, Access::Pull).await;
@@ -593,6 +613,9 @@ async fn login(global: &Global, args: &LoginArgs) -> Result<()> {
     options.plain_http = global.plain_http.clone();
     options.ca_certs = global.ca_certs.clone();
     options.read_timeout = std::time::Duration::from_secs(global.read_timeout.max(1));
+    if !global.tls_verify {
+        options.tls_unverified.push(registry.clone());
+    }
     options.explicit_credentials.insert(registry.clone(), credential.clone());
     let registries = Registries::new(options)?;
     registries.check_login(&registry).await.with_context(|| format!("cannot log in to `{registry}`"))?;

@@ -36,6 +36,14 @@ pub async fn sync(global: &Global, args: &SyncArgs) -> Result<ExitCode> {
             }
         }
     }
+    // Each side's `--*-tls-verify=false` applies to every job's registry on that side.
+    for job in &jobs {
+        for (reference, verify) in [(&job.source, args.creds.src_tls_verify), (&job.target, args.creds.dest_tls_verify)] {
+            if let (Reference::Registry(registry), false) = (reference, verify) {
+                options.tls_unverified.push(registry.registry.clone());
+            }
+        }
+    }
     let registries = Registries::new(options)?;
     let open_store = |reference: &Reference, write: bool| {
         let access = if write { Access::Push } else { Access::Pull };

@@ -76,6 +76,8 @@ pub struct RegistryOptions {
     pub registry_settings: HashMap<String, RegistrySettings>,
     /// What tags pointed at when last seen, for conditional `HEAD`s (none: every look is full).
     pub tag_cache: Option<Arc<TagCache>>,
+    /// Registries (`host[:port]`) whose TLS certificate is not verified (`--tls-verify=false`).
+    pub tls_unverified: Vec<String>,
     /// How long an answer may send nothing before the read fails: a stalled blob download is
     /// then resumed with `Range`, a stalled manifest or tag list asked for again.
     pub read_timeout: std::time::Duration,
@@ -106,6 +108,7 @@ impl RegistryOptions {
             registry_settings: HashMap::new(),
             tag_cache: None,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            tls_unverified: Vec::new(),
         }
     }
 }
@@ -144,7 +147,7 @@ impl Registries {
             }))?);
         }
         let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls::client_config(extra))
+            .use_preconfigured_tls(tls::client_config_with(extra, options.tls_unverified.iter().map(|r| host_without_port(r)).collect()))
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             // reqwest drops `Authorization` when a redirect leaves the host (blob storage).
             .redirect(reqwest::redirect::Policy::limited(10))
@@ -485,6 +488,15 @@ impl RemoteStore {
             }
         }))
     }
+}
+
+/// The host of `host[:port]` (an IPv6 address keeps no brackets).
+fn host_without_port(registry: &str) -> String {
+    let host = match registry.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) && !host.ends_with(':') => host,
+        _ => registry,
+    };
+    host.trim_start_matches('[').trim_end_matches(']').to_owned()
 }
 
 /// `localhost`, `*.localhost` and loopback addresses, with or without a port.

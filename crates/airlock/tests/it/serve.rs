@@ -682,3 +682,22 @@ fn serving_beyond_loopback_without_auth_is_warned_about() {
     assert!(line.starts_with("listening on http://127.0.0.1:") || line.starts_with("listening on http://[::1]:"), "{line}");
     assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn tls_verify_false_per_side_for_people_who_must() {
+    let dir = crate::harness::tempdir();
+    let (cert, key) = crate::harness::registry::tls_files(dir.path());
+    let served = Served::start_with(&dir.path().join("data"), &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let airlock = Airlock::new();
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    // Unknown CA: refused, unless the side says not to verify.
+    airlock.run(&["copy", &example, &served.at("app:1.0"), "--retries", "1"]).code(1).stderr_has("--ca-cert");
+    airlock.run(&["copy", &example, &served.at("app:1.0"), "--src-tls-verify=false"]).code(1);
+    let pushed = airlock.run(&["copy", &example, &served.at("app:1.0"), "--dest-tls-verify=false", "-o", "json"]).success().json();
+    let out = dir.path().join("out");
+    let pulled = airlock.run(&["copy", &served.at("app:1.0"), &format!("ocidir://{}:1.0", out.display()), "--src-tls-verify=false", "-o", "json"]).success().json();
+    assert_eq!(pushed["digest"], pulled["digest"]);
+    let digest = airlock.run(&["digest", &served.at("app:1.0"), "--tls-verify=false"]).success().stdout;
+    assert_eq!(digest.trim(), pushed["digest"].as_str().unwrap());
+    airlock.run(&["digest", &served.at("app:1.0")]).code(1);
+}
