@@ -24,7 +24,7 @@ pub fn client_config(extra: Vec<CertificateDer<'static>>) -> rustls::ClientConfi
 /// checked, so the connection is encrypted, but to whoever answers).
 pub fn client_config_with(extra: Vec<CertificateDer<'static>>, unverified: Vec<String>) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(LazyRoots { extra, unverified, provider: provider.clone(), verifier: OnceLock::new() });
+    let verifier = Arc::new(LazyRoots { extra, unverified, provider: provider.clone(), verifier: OnceLock::new(), per_host: Default::default() });
     rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
@@ -55,9 +55,62 @@ struct LazyRoots {
     unverified: Vec<String>,
     provider: Arc<CryptoProvider>,
     verifier: OnceLock<Option<Arc<WebPkiServerVerifier>>>,
+    /// Per host, a verifier over the CAs of its `certs.d` folders (`None`: it has none).
+    per_host: std::sync::Mutex<std::collections::HashMap<String, Option<Arc<WebPkiServerVerifier>>>>,
+}
+
+/// The `certs.d` folders of Docker and of containers (podman, skopeo, buildah): in each, a
+/// folder per registry (`HOST` or `HOST:PORT`) holds that registry's CA certificates (`*.crt`).
+fn certs_d_folders() -> Vec<std::path::PathBuf> {
+    let mut folders = vec![std::path::PathBuf::from("/etc/containers/certs.d"), std::path::PathBuf::from("/etc/docker/certs.d")];
+    if let Some(home) = std::env::var_os("HOME") {
+        folders.insert(0, std::path::Path::new(&home).join(".config/containers/certs.d"));
+    }
+    folders
+}
+
+/// The CA certificates the `certs.d` folders hold for `host` (any port).
+fn certs_d_for(host: &str, folders: &[std::path::PathBuf]) -> Vec<CertificateDer<'static>> {
+    let mut certificates = Vec::new();
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(folder) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let matches = name == host || name.strip_prefix(host).is_some_and(|rest| rest.starts_with(':'));
+            if !matches {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(entry.path()) else { continue };
+            for file in files.flatten() {
+                if file.path().extension().is_some_and(|e| e == "crt") {
+                    if let Ok(pem) = std::fs::read(file.path()) {
+                        certificates.extend(parse_pem_bundle(&pem).unwrap_or_default());
+                    }
+                }
+            }
+        }
+    }
+    certificates
 }
 
 impl LazyRoots {
+    /// A verifier over the CAs `certs.d` holds for `host`, made once per host.
+    fn certs_d_verifier(&self, host: &str) -> Option<Arc<WebPkiServerVerifier>> {
+        let mut cache = self.per_host.lock().expect("per-host verifier lock");
+        cache
+            .entry(host.to_owned())
+            .or_insert_with(|| {
+                let certificates = certs_d_for(host, &certs_d_folders());
+                if certificates.is_empty() {
+                    return None;
+                }
+                let mut roots = RootCertStore::empty();
+                roots.add_parsable_certificates(certificates);
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone()).build().ok()
+            })
+            .clone()
+    }
+
     /// `None` when no root at all could be found: every certificate is then unknown.
     fn verifier(&self) -> Option<&Arc<WebPkiServerVerifier>> {
         self.verifier
@@ -84,12 +137,12 @@ impl ServerCertVerifier for LazyRoots {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if !self.unverified.is_empty() {
-            let name = match server_name {
-                ServerName::DnsName(name) => name.as_ref().to_owned(),
-                ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
-                _ => String::new(),
-            };
+        let name = match server_name {
+            ServerName::DnsName(name) => name.as_ref().to_owned(),
+            ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
+            _ => String::new(),
+        };
+        {
             if self.unverified.iter().any(|host| host == "*" || host.trim_start_matches('[').trim_end_matches(']') == name) {
                 tracing::debug!(host = %name, "certificate not verified (--tls-verify=false)");
                 return Ok(ServerCertVerified::assertion());
@@ -109,7 +162,12 @@ impl ServerCertVerifier for LazyRoots {
                 rustls::client::verify_server_name(&parsed, server_name)?;
                 Ok(ServerCertVerified::assertion())
             }
-            other => other,
+            // A registry's own CA, as Docker and podman find it: `certs.d/HOST[:PORT]/*.crt`.
+            Err(error) => match self.certs_d_verifier(&name) {
+                Some(verifier) => verifier.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now).map_err(|_| error),
+                None => Err(error),
+            },
+            ok => ok,
         }
     }
 

@@ -700,4 +700,9 @@ fn tls_verify_false_per_side_for_people_who_must() {
     let digest = airlock.run(&["digest", &served.at("app:1.0"), "--tls-verify=false"]).success().stdout;
     assert_eq!(digest.trim(), pushed["digest"].as_str().unwrap());
     airlock.run(&["digest", &served.at("app:1.0")]).code(1);
+    // The registry's CA where podman and skopeo look for it: certs.d/HOST:PORT/*.crt.
+    let certs_d = airlock.path(".config/containers/certs.d").join(&served.address);
+    std::fs::create_dir_all(&certs_d).unwrap();
+    std::fs::copy(dir.path().join("certs/ca.crt"), certs_d.join("ca.crt")).unwrap();
+    assert_eq!(airlock.run(&["digest", &served.at("app:1.0")]).success().stdout, digest);
 }
