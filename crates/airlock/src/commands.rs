@@ -596,6 +596,22 @@ fn registry_host(text: &str) -> Result<String> {
     Ok(reference.registry)
 }
 
+/// Asks for a password on the terminal, without echoing it (as `docker login` and `podman
+/// login` do); `stty` switches the echo off and back on.
+fn prompt_password(username: &str, registry: &str) -> Result<String> {
+    let stty = |setting: &str| std::process::Command::new("stty").arg(setting).stdin(std::process::Stdio::inherit()).status().is_ok_and(|s| s.success());
+    output::prompt(&format!("Password for {username} at {registry}: "));
+    let hidden = stty("-echo");
+    let mut line = String::new();
+    let read = std::io::stdin().read_line(&mut line);
+    if hidden {
+        stty("echo");
+    }
+    output::note("");
+    read.context("cannot read the password from the terminal")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
 async fn login(global: &Global, args: &LoginArgs) -> Result<()> {
     let registry = registry_host(&args.registry)?;
     let password = match (&args.password, args.password_stdin) {
@@ -605,6 +621,7 @@ async fn login(global: &Global, args: &LoginArgs) -> Result<()> {
             std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
             line.trim_end_matches(['\r', '\n']).to_owned()
         }
+        (None, false) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => prompt_password(&args.username, &registry)?,
         _ => return Err(usage("give the password with `--password-stdin` (or `-p`)".into())),
     };
     let credential = Credential::Basic { username: args.username.clone(), password: Secret::new(password) };

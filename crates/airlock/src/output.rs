@@ -66,6 +66,13 @@ pub fn json_error(error: &anyhow::Error, hint: Option<&str>, exit_code: u8) {
     json(&serde_json::json!({"error": {"message": headline(error), "causes": causes, "hint": hint, "exit_code": exit_code}}));
 }
 
+/// A question on stderr, the answer to be typed on the same line.
+pub fn prompt(text: &str) {
+    use std::io::Write as _;
+    eprint!("{text}");
+    let _ = std::io::stderr().flush();
+}
+
 /// A line for people on stderr (notes that are not data).
 pub fn note(text: &str) {
     eprintln!("{text}");

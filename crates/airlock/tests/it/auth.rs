@@ -60,6 +60,24 @@ fn login_stores_credentials_that_later_commands_use_and_logout_removes_them() {
     let digest = airlock.run(&["digest", &registry.at("app:v1"), "--authfile", authfile]).success();
     assert_eq!(digest.stdout.trim(), img.digest);
 
+    // On a terminal, `login -u USER` asks for the password and does not echo it.
+    let script = crate::harness::require("script", "bsdutils");
+    let prompted = airlock.path("prompted.json");
+    let shell_command = format!(
+        "env HOME={home} {airlock} login {host} -u alice --authfile {file}",
+        home = airlock.home.path().display(),
+        airlock = env!("CARGO_BIN_EXE_airlock"),
+        host = registry.host(),
+        file = prompted.display()
+    );
+    // Typed after the prompt shows (a second later), as a person would.
+    let mut command = std::process::Command::new("bash");
+    command.arg("-c").arg(format!("(sleep 1; printf '%s\\n' '{SECRET}') | {} -qec '{shell_command}' /dev/null", script.display()));
+    let terminal = crate::harness::run_command(command, None).success();
+    assert!(terminal.stdout.contains("Password for alice at") && terminal.stdout.contains("Login Succeeded"), "{:?}", terminal.stdout);
+    assert!(!terminal.stdout.contains(SECRET), "the password was echoed: {:?}", terminal.stdout);
+    assert!(prompted.is_file());
+
     airlock.run(&["logout", &registry.host(), "--authfile", authfile]).success();
     airlock.run(&["digest", &registry.at("app:v1"), "--authfile", authfile]).code(1);
     airlock.run(&["logout", &registry.host(), "--authfile", authfile]).code(1).stderr_has("not logged in");
