@@ -20,20 +20,22 @@ use crate::args::{DemoArgs, Global, Output};
 use crate::commands::{registry_options, Result};
 use crate::output;
 
-const AIRLOCK_YAML: &str = r#"# Written by `airlock demo`: one import of seed 004's workflow.
+const AIRLOCK_YAML: &str = r#"# airlock.yaml, written by `airlock demo`. Your own looks like this: every upstream
+# image your teams build FROM is an import; airlock brings each upstream change in through
+# the gates and moves the stable tag only when all of them pass.
 imports:
-  - name: node
-    source: {registry}/upstream/node
-    tags: [15-alpine]
-    staging: {registry}/staging/node
-    target: {registry}/base-artifacts/node
-    unique_tag: "{{tag}}-{{run_id}}"
-    gates:
+  - name: node                                   # what `airlock import node`, `runs` and `rollback` call it
+    source: {registry}/upstream/node             # upstream: in real life docker.io/library/node
+    tags: [15-alpine]                            # the upstream tags to follow
+    staging: {registry}/staging/node             # quarantine: candidates wait here, teams never pull it
+    target: {registry}/base-artifacts/node       # what teams build FROM: 15-alpine moves only after the gates
+    unique_tag: "{{tag}}-{{run_id}}"             # every promotion also gets a tag that never moves (rollback points)
+    gates:                                       # run in order against the staged candidate
       - name: validate-base-image
-        policy:
+        policy:                                  # checks the image's configuration; `test:` would run a container
           forbid_env: {BACKGROUND_COLOR: [red]}
           require_env: {NODE_VERSION: 15-alpine}
-    dependents:
+    dependents:                                  # told after a promotion, so they rebuild on the new base
       - name: dev-team-a/hello-world
         command: [sh, -c, 'echo "rebuild dev-team-a/hello-world FROM $AIRLOCK_TARGET@$AIRLOCK_NEW_DIGEST (run $AIRLOCK_RUN_ID)" >> "{dir}/rebuilds.log"']
 "#;
@@ -70,6 +72,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     let config_path = dir.join("airlock.yaml");
     let yaml = AIRLOCK_YAML.replace("{registry}", &address).replace("{dir}", &dir.display().to_string());
     std::fs::write(&config_path, yaml).with_context(|| format!("cannot write `{}`", config_path.display()))?;
+    say(format!("the import is described in {} (read it: it is what you would write)\n", config_path.display()));
     let config = airlock_gate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let pipeline = crate::gate::pipeline(global, config, false)?;
     let import = pipeline.config.imports[0].clone();
@@ -82,7 +85,13 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     say(format!("1. published upstream/node:15-alpine with BACKGROUND_COLOR=Orange: {good}"));
     let first = pipeline.import(&import, Trigger::Manual, false).await;
     for outcome in &first {
-        say(format!("   airlock import node -> {} (run {})", outcome.action, outcome.run_id.as_deref().unwrap_or("-")));
+        say(format!("   airlock import node -> {} (run {})", outcome.action.replace('_', " "), outcome.run_id.as_deref().unwrap_or("-")));
+    }
+    // The promotion told the dependent: its line belongs here, under the promotion.
+    let rebuilt_first = std::fs::read_to_string(dir.join("rebuilds.log")).unwrap_or_default();
+    say(format!("   the dependent was told to rebuild ({}):", rebuilt_first.lines().count()));
+    for line in rebuilt_first.lines() {
+        say(format!("     {line}"));
     }
     // 2. A bad update, noticed as an image update.
     let bad = publish(upstream_store.as_ref(), "RED").await?;
@@ -91,7 +100,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     for outcome in &second {
         say(format!(
             "   airlock import node -> {} (run {}): {}",
-            outcome.action,
+            outcome.action.replace('_', " "),
             outcome.run_id.as_deref().unwrap_or("-"),
             outcome.reason.as_deref().unwrap_or("")
         ));
@@ -99,14 +108,24 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     let target = airlock_gate::open_store(&registries, &import.target, Access::Pull).await;
     let stable = target.resolve("15-alpine").await.context("cannot read base-artifacts/node:15-alpine")?.digest().to_string();
     let rebuilds = std::fs::read_to_string(dir.join("rebuilds.log")).unwrap_or_default();
+    let told_again = rebuilds.lines().count() - rebuilt_first.lines().count();
+    say(format!("   the dependent was told nothing ({told_again} more rebuilds): the refused digest never reached base-artifacts"));
     say(format!("3. base-artifacts/node:15-alpine serves {stable}{}", if stable == good.to_string() { " (the validated digest)" } else { "" }));
-    say(format!("   dependent rebuilds triggered: {}", rebuilds.lines().count()));
-    for line in rebuilds.lines() {
-        say(format!("     {line}"));
-    }
 
     let runs = Runs::open(&pipeline.config.state)?.list(None, 20)?;
     let failed = second.iter().find_map(|o| o.run_id.clone());
+    let promoted = first.iter().find_map(|o| o.run_id.clone()).unwrap_or_default();
+    // What to try next: each works as printed while `--keep` holds the registry open (a test
+    // runs them). Rolling back names the promotion to return to, the only one there is.
+    let file = config_path.display();
+    let try_next = [
+        format!("airlock runs list -f {file}"),
+        format!("airlock runs logs -f {file}"),
+        format!("airlock tags {address}/base-artifacts/node"),
+        format!("airlock inspect {address}/base-artifacts/node:15-alpine"),
+        format!("skopeo inspect --tls-verify=false docker://{address}/base-artifacts/node:15-alpine"),
+        format!("airlock rollback node -f {file} --to {promoted}"),
+    ];
     match global.output {
         Output::Json => output::json(&serde_json::json!({
             "registry": address,
@@ -117,6 +136,8 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
             "rebuilds": rebuilds.lines().collect::<Vec<_>>(),
             "results": first.iter().chain(&second).collect::<Vec<_>>(),
             "runs": runs,
+            "config": config_path.display().to_string(),
+            "try": if args.keep { try_next.to_vec() } else { Vec::new() },
         })),
         Output::Text if !global.quiet => {
             let mut text = format!("\n{}", crate::gate::runs_table(&runs));
@@ -132,10 +153,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
         Output::Text => {}
     }
     if args.keep {
-        let file = config_path.display();
-        say(format!(
-            "\nThe registry keeps running at {address} until Ctrl-C. Try:\n  airlock runs list -f {file}\n  airlock tags {address}/base-artifacts/node\n  skopeo inspect --tls-verify=false docker://{address}/base-artifacts/node:15-alpine\n  airlock rollback node -f {file}"
-        ));
+        say(format!("\nThe registry keeps running at {address} until Ctrl-C. Try:\n  {}", try_next.join("\n  ")));
         crate::commands::shutdown_signal().await;
     } else if args.dir.is_none() {
         say("\nRun `airlock demo --keep` to explore the registry, or `--dir DIR` to keep the folder.".to_owned());

@@ -630,3 +630,43 @@ fn command_gates_run_without_airlocks_secrets() {
         assert!(!text.contains(secret) && !text.contains("leaky-value"), "a secret reached the run database");
     }
 }
+
+#[test]
+fn every_command_the_demo_suggests_works_as_printed() {
+    use std::io::BufRead;
+    let dir = crate::harness::tempdir();
+    let airlock = Airlock::new();
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_airlock"))
+        .args(["demo", "--keep", "--dir", dir.path().to_str().unwrap(), "-o", "json"])
+        .env("HOME", airlock.home.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut document = String::new();
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        document.push_str(&line);
+        document.push('\n');
+        if line == "}" {
+            break;
+        }
+    }
+    let report: serde_json::Value = serde_json::from_str(&document).unwrap();
+    let config = report["config"].as_str().unwrap();
+    assert!(std::fs::read_to_string(config).unwrap().contains("# airlock.yaml, written by `airlock demo`"));
+    let suggestions: Vec<String> = report["try"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    assert!(suggestions.iter().any(|c| c.starts_with("airlock rollback")), "{suggestions:?}");
+    for suggestion in &suggestions {
+        let words: Vec<&str> = suggestion.split_whitespace().collect();
+        let run = match words[0] {
+            "airlock" => airlock.run(&words[1..]),
+            "skopeo" => crate::harness::skopeo(&words[1..]),
+            other => panic!("the demo suggests `{other}`"),
+        };
+        assert_eq!(run.status, 0, "`{suggestion}` failed:\n{}{}", run.stdout, run.stderr);
+    }
+    let _ = demo.kill();
+    let _ = demo.wait();
+}
