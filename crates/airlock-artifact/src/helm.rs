@@ -244,3 +244,105 @@ mod tests {
         assert!(VersionWanted::parse(Some("one")).unwrap_err().to_string().contains("neither a version nor a range"));
     }
 }
+
+/// A chart pushed to a registry.
+#[derive(Debug, Clone)]
+pub struct PushedChart {
+    /// Where: `HOST/REPO:VERSION` (the version's `+` written `_`, as Helm tags it).
+    pub reference: String,
+    /// The chart manifest's digest.
+    pub digest: Digest,
+    /// The chart's name and version, from its `Chart.yaml`.
+    pub name: String,
+    /// See `name`.
+    pub version: String,
+}
+
+/// The most of a `Chart.yaml` that is read from an archive.
+const CHART_YAML_LIMIT: u64 = 1 << 20;
+
+/// The `Chart.yaml` of a packaged chart (`NAME/Chart.yaml` at the archive's top), as JSON:
+/// what `helm push` stores as the config.
+pub fn archive_metadata(archive: &Path) -> Result<serde_json::Value, ArtifactError> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(archive).map_err(ArtifactError::io("cannot read", archive))?;
+    let mut entries = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    let invalid = |reason: String| ArtifactError::Invalid(format!("`{}` is not a packaged chart: {reason}", archive.display()));
+    for entry in entries.entries().map_err(|e| invalid(e.to_string()))? {
+        let entry = entry.map_err(|e| invalid(e.to_string()))?;
+        let path = entry.path().map_err(|e| invalid(e.to_string()))?.into_owned();
+        let parts: Vec<_> = path.components().collect();
+        if parts.len() == 2 && path.file_name().is_some_and(|n| n == "Chart.yaml") {
+            let mut text = String::new();
+            entry.take(CHART_YAML_LIMIT).read_to_string(&mut text).map_err(|e| invalid(e.to_string()))?;
+            let metadata: serde_json::Value = serde_saphyr::from_str(&text).map_err(|e| invalid(format!("its Chart.yaml does not parse: {e}")))?;
+            return Ok(metadata);
+        }
+    }
+    Err(invalid("no `NAME/Chart.yaml` in it".into()))
+}
+
+/// Packages the chart folder `chart` into `NAME-VERSION.tgz` in `out`, as `helm package` lays
+/// it out (every file under `NAME/`; `.git` and other hidden folders left out).
+pub fn package_chart(chart: &Path, out: &Path) -> Result<PathBuf, ArtifactError> {
+    let chart_yaml = chart.join("Chart.yaml");
+    let text = std::fs::read_to_string(&chart_yaml).map_err(ArtifactError::io("cannot read", &chart_yaml))?;
+    let metadata: ChartMetadata = serde_saphyr::from_str(&text).map_err(|e| ArtifactError::Invalid(format!("`{}` does not parse: {e}", chart_yaml.display())))?;
+    let archive = out.join(archive_name(&metadata.name, &metadata.version));
+    let file = std::fs::File::create(&archive).map_err(ArtifactError::io("cannot write", &archive))?;
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()));
+    builder.mode(tar::HeaderMode::Deterministic);
+    let mut pending = vec![chart.to_path_buf()];
+    let mut files = Vec::new();
+    while let Some(folder) = pending.pop() {
+        let entries = std::fs::read_dir(&folder).map_err(ArtifactError::io("cannot read", &folder))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() && !hidden => pending.push(path),
+                Ok(kind) if kind.is_file() => files.push(path),
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    for path in files {
+        let relative = path.strip_prefix(chart).expect("walked below the chart");
+        builder.append_path_with_name(&path, Path::new(&metadata.name).join(relative)).map_err(ArtifactError::io("cannot package", &path))?;
+    }
+    let encoder = builder.into_inner().map_err(ArtifactError::io("cannot write", &archive))?;
+    encoder.finish().map_err(ArtifactError::io("cannot write", &archive))?;
+    Ok(archive)
+}
+
+/// Pushes a packaged chart as `helm push` does: its `Chart.yaml` as the config
+/// ([`CONFIG_MEDIA_TYPE`]), the archive as the one layer ([`CHART_MEDIA_TYPE`]), tagged with the
+/// version (`+` written `_`).
+pub async fn push_chart(store: &dyn Store, archive: &Path) -> Result<PushedChart, ArtifactError> {
+    let metadata = archive_metadata(archive)?;
+    let parsed: ChartMetadata = serde_json::from_value(metadata.clone())
+        .map_err(|e| ArtifactError::Invalid(format!("the Chart.yaml in `{}` lacks a name or version: {e}", archive.display())))?;
+    let tag = parsed.version.replace('+', "_");
+    airlock_oci::validate_tag(&tag).map_err(|e| ArtifactError::Invalid(format!("chart version `{}` cannot be a tag: {e}", parsed.version)))?;
+    let config = serde_json::to_vec(&metadata).expect("JSON values serialise");
+    let config_descriptor = airlock_oci::Descriptor::new(CONFIG_MEDIA_TYPE.into(), config.len() as u64, airlock_oci::digest_of(&config, None));
+    if !store.blob_exists(config_descriptor.digest()).await? {
+        let body = bytes::Bytes::from(config);
+        store.put_blob(&config_descriptor, Box::pin(futures::stream::once(async move { Ok(body) }))).await?;
+    }
+    let (layer_digest, layer_size) = crate::push::hash_file(archive).await?;
+    let layer = airlock_oci::Descriptor::new(CHART_MEDIA_TYPE.into(), layer_size, layer_digest);
+    if !store.blob_exists(layer.digest()).await? {
+        let opened = tokio::fs::File::open(archive).await.map_err(ArtifactError::io("cannot read", archive))?;
+        store.put_blob(&layer, airlock_store::file_body(opened, archive.display().to_string())).await?;
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2, "mediaType": airlock_oci::media_type::OCI_MANIFEST,
+        "config": config_descriptor, "layers": [layer],
+    });
+    let manifest = airlock_oci::Manifest::parse(serde_json::to_vec(&manifest).expect("JSON values serialise"), Some(airlock_oci::media_type::OCI_MANIFEST))
+        .expect("a chart manifest is an image manifest");
+    store.put_manifest(&manifest, Some(&tag)).await?;
+    Ok(PushedChart { reference: format!("{store}:{tag}"), digest: manifest.digest().clone(), name: parsed.name, version: parsed.version })
+}

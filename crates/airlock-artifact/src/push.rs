@@ -43,7 +43,7 @@ pub struct PushOptions {
 }
 
 /// The sha256 and size of a file, read in chunks.
-async fn hash_file(path: &Path) -> Result<(airlock_oci::Digest, u64), ArtifactError> {
+pub(crate) async fn hash_file(path: &Path) -> Result<(airlock_oci::Digest, u64), ArtifactError> {
     let mut file = tokio::fs::File::open(path).await.map_err(ArtifactError::io("cannot read", path))?;
     let mut hasher = airlock_oci::DigestHasher::sha256();
     let mut buffer = vec![0u8; CHUNK];

@@ -210,6 +210,9 @@ pub struct LockFile {
     /// Each chart fetched from a registry or a chart repository, by package name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub charts: BTreeMap<String, LockedChart>,
+    /// Each chart as pushed to the target (`oci://TARGET/NAME:VERSION`), by package name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pushed_charts: BTreeMap<String, LockedChart>,
 }
 
 /// One fetched chart.
@@ -240,7 +243,7 @@ impl LockFile {
             .filter(|o| o.status == "onboarded")
             .filter_map(|o| Some((o.image.clone(), LockEntry { digest: o.digest.clone()?, source: o.source.clone()?, target: o.target.clone()? })))
             .collect();
-        LockFile { target: target.to_owned(), images, charts: BTreeMap::new() }
+        LockFile { target: target.to_owned(), images, charts: BTreeMap::new(), pushed_charts: BTreeMap::new() }
     }
 
     /// Writes it atomically (temporary file, fsync, rename).

@@ -444,6 +444,10 @@ pub struct OnboardArgs {
     /// Values for every chart (`key=value`, as `helm --set` and `discover --set`); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Do not push the charts themselves to the target (they are by default, once every image
+    /// is there: `oci://TARGET/NAME:VERSION`, as `helm push` stores them).
+    #[arg(long)]
+    pub no_charts: bool,
     #[command(flatten, next_help_heading = "Registry options")]
     pub flags: RegistryFlags,
 }

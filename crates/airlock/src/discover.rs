@@ -174,9 +174,30 @@ pub async fn onboard(global: &Global, args: &OnboardArgs) -> Result<ExitCode> {
     drop(copier);
 
     let lock_path = args.lock.clone().unwrap_or_else(|| args.config.parent().unwrap_or(std::path::Path::new(".")).join("airlock-onboard.lock.json"));
+    // The charts themselves follow their images to the target, as AOSM's publish step does:
+    // `oci://TARGET/NAME:VERSION`, pushed as `helm push` would, only once every image is there.
+    let mut pushed_charts = std::collections::BTreeMap::new();
+    let images_complete = !results.iter().any(|r| r.status == "failed" || (r.status == "missing" && !args.allow_missing));
+    if !args.dry_run && !args.no_charts && images_complete {
+        let staging = anyhow::Context::context(tempfile::tempdir(), "cannot create a temporary folder")?;
+        for package in &packages {
+            let archive = if package.path_to_chart.is_dir() {
+                airlock_artifact::helm::package_chart(&package.path_to_chart, staging.path()).map_err(crate::artifact::failure)?
+            } else {
+                package.path_to_chart.clone()
+            };
+            let metadata = airlock_artifact::helm::archive_metadata(&archive).map_err(crate::artifact::failure)?;
+            let name = metadata["name"].as_str().unwrap_or(&package.name).to_owned();
+            let reference = onboard::target_reference(&target, &name, "").map_err(|e| usage(format!("chart `{name}`: {e}")))?;
+            let store = airlock_gate::open_store(registries, &reference, airlock_store::remote::Access::Push).await;
+            let pushed = airlock_artifact::helm::push_chart(store.as_ref(), &archive).await.map_err(crate::artifact::failure)?;
+            pushed_charts.insert(package.name.clone(), LockedChart { reference: format!("oci://{}", pushed.reference), digest: pushed.digest.to_string() });
+        }
+    }
     if !args.dry_run {
         let mut lock = LockFile::of(&target, &results);
         lock.charts = locked_charts;
+        lock.pushed_charts = pushed_charts;
         lock.write(&lock_path).map_err(|e| anyhow::anyhow!("cannot write the lock file `{}`: {e}", lock_path.display()))?;
     }
     let mut values = serde_json::Map::new();

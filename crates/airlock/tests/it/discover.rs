@@ -197,6 +197,19 @@ fn onboard_the_seed_worked_example_with_a_namespace_source() {
     assert_eq!(entry["source"], format!("{}/release/contoso-a:1.0.0", source.host()));
     assert_eq!(entry["target"], format!("{}/nf/release/contoso-a:1.0.0", target.host()));
     assert_eq!(lock["images"]["library/busybox:1.36"]["source"], format!("{}/busybox:1.36", source.host()));
+    // The chart itself followed its images, as AOSM's publish step pushes it: a Helm chart in
+    // the target that airlock (and helm) read back and render to the same images.
+    let pushed = &lock["pushed_charts"]["contoso"];
+    assert_eq!(pushed["reference"], format!("oci://{target_place}/contoso:1.0.0"), "{lock}");
+    let manifest = airlock.run(&["inspect", "--raw", &format!("{target_place}/contoso:1.0.0")]).success();
+    assert_eq!(crate::harness::sha256(&manifest.stdout_bytes), pushed["digest"].as_str().unwrap());
+    let from_target = airlock
+        .run_env(&["discover", pushed["reference"].as_str().unwrap(), "-f", defaults.to_str().unwrap(), "-o", "json"], &[("PATH", &path)])
+        .success()
+        .json();
+    let local = airlock.run_env(&["discover", chart.to_str().unwrap(), "-f", defaults.to_str().unwrap(), "-o", "json"], &[("PATH", &path)]).success().json();
+    // The Helm engine rendered the archive airlock packaged: the same images as the folder.
+    assert_eq!(image_names(&from_target), image_names(&local));
 
     // The values overrides point the chart at the target: rendered again, every image is there.
     let emitted = airlock.run_env(&["onboard", config.to_str().unwrap(), "--target", &target_place, "--emit-values", "-q"], &[("PATH", &path)]).success().stdout;
