@@ -99,6 +99,8 @@ struct ImportFile {
     dependents: Vec<DependentFile>,
     interval: Option<Spanned<String>>,
     timer: Option<Spanned<String>>,
+    /// The git repository holding this import's gate files: a folder (a checkout) or a URL.
+    gate_repo: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +227,18 @@ pub struct Import {
     pub interval: Option<Duration>,
     /// A run on this period even when upstream did not change (tests and scanners change).
     pub timer: Option<Duration>,
+    /// The git repository of the gates' own files: a new commit there runs the gates again
+    /// (trigger `Commit`), as seed 004's source-commit trigger does.
+    pub gate_repo: Option<GateRepo>,
+}
+
+/// Where the gates' files are versioned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateRepo {
+    /// A local checkout: its `HEAD`.
+    Folder(PathBuf),
+    /// A remote repository: `git ls-remote URL HEAD`.
+    Url(String),
 }
 
 /// One gate.
@@ -477,6 +491,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             dependents,
             interval: duration(&entry.interval, "interval")?,
             timer: duration(&entry.timer, "timer")?,
+            gate_repo: match &entry.gate_repo {
+                None => None,
+                Some(repo) if repo.value.contains("://") || repo.value.starts_with("git@") => Some(GateRepo::Url(repo.value.clone())),
+                Some(repo) => {
+                    let folder = base.join(&repo.value);
+                    if !folder.is_dir() {
+                        return Err(at(Some(&repo.referenced), key("gate_repo"), format!("`{}` is not a folder (a git checkout) or a URL", folder.display())));
+                    }
+                    Some(GateRepo::Folder(folder))
+                }
+            },
         });
     }
     let interval = match &file.watch.interval {

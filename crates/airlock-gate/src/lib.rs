@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod gate_repo;
 pub mod gates;
 pub mod pipeline;
 pub mod policy;

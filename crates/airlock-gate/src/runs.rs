@@ -31,6 +31,8 @@ pub enum Trigger {
     Timer,
     /// `airlock rollback`.
     Rollback,
+    /// A new commit in the repository of the gates' own files (`gate_repo`).
+    Commit,
 }
 
 impl Trigger {
@@ -41,6 +43,7 @@ impl Trigger {
             Trigger::ImageUpdate => "Image Update",
             Trigger::Timer => "Timer",
             Trigger::Rollback => "Rollback",
+            Trigger::Commit => "Commit",
         }
     }
 }

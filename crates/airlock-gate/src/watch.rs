@@ -46,6 +46,8 @@ pub async fn watch(
     let start = Instant::now();
     let mut next_poll: Vec<Instant> = pipeline.config.imports.iter().map(|_| start).collect();
     let mut next_timer: Vec<Option<Instant>> = pipeline.config.imports.iter().map(|i| i.timer.map(|t| start + t)).collect();
+    // The gate repositories' commits as last seen: the first look is the baseline.
+    let mut gate_commits: Vec<Option<String>> = pipeline.config.imports.iter().map(|_| None).collect();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let now = Instant::now();
@@ -60,6 +62,9 @@ pub async fn watch(
                 next_poll[idx] = now + import.interval.unwrap_or(pipeline.config.interval);
             }
         }
+        // Imports looked at now whose gates live in git: their repository is looked at too (a
+        // `git rev-parse` or `git ls-remote` per interval).
+        let polled: Vec<usize> = due.iter().map(|(idx, _)| *idx).filter(|idx| pipeline.config.imports[*idx].gate_repo.is_some()).collect();
         // Due imports run side by side: a long test gate of one does not delay the others' looks.
         let runs = due.into_iter().map(|(idx, why)| {
             let import = &pipeline.config.imports[idx];
@@ -73,6 +78,23 @@ pub async fn watch(
         });
         for outcomes in futures::future::join_all(runs).await {
             outcomes.iter().for_each(&report);
+        }
+        // A new commit of an import's gate files: the gates run again (trigger `Commit`) on
+        // what upstream offers; a refusal leaves the stable tag where it is.
+        for idx in polled {
+            let import = &pipeline.config.imports[idx];
+            let Some(repo) = &import.gate_repo else { continue };
+            match crate::gate_repo::head(repo).await {
+                Ok(commit) => {
+                    let changed = gate_commits[idx].as_ref().is_some_and(|seen| seen != &commit);
+                    gate_commits[idx] = Some(commit.clone());
+                    if changed {
+                        tracing::info!(import = %import.name, %commit, "the gates' repository has a new commit");
+                        pipeline.import(import, Trigger::Commit, true).await.iter().for_each(&report);
+                    }
+                }
+                Err(reason) => tracing::warn!(import = %import.name, "cannot read the gates' repository: {reason}"),
+            }
         }
         let wake = next_poll.iter().chain(next_timer.iter().flatten()).min().copied().unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {

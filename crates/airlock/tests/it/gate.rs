@@ -670,3 +670,52 @@ fn every_command_the_demo_suggests_works_as_printed() {
     let _ = demo.kill();
     let _ = demo.wait();
 }
+
+#[test]
+fn a_commit_to_the_gates_repository_runs_the_gates_again() {
+    let (dir, served, airlock, upstream) = scene();
+    let git = require("git", "git");
+    let gates = dir.path().join("gates");
+    std::fs::create_dir_all(&gates).unwrap();
+    let in_gates = |args: &[&str]| {
+        let mut command = Command::new(&git);
+        command.arg("-C").arg(&gates).args(["-c", "user.name=t", "-c", "user.email=t@example.com"]).args(args);
+        run_command(command, None).success();
+    };
+    in_gates(&["init", "-q"]);
+    std::fs::write(gates.join("check.sh"), "echo checked $AIRLOCK_DIGEST\nexit 0\n").unwrap();
+    in_gates(&["add", "check.sh"]);
+    in_gates(&["commit", "-qm", "a gate that passes"]);
+    let config = dir.path().join("airlock.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "imports:\n  - name: node\n    source: {}\n    tags: [15-alpine]\n    staging: {}\n    target: {}\n    interval: 1s\n    gate_repo: gates\n    gates:\n      - name: check\n        command: [sh, '{}']\n",
+            served.at("upstream/node"),
+            served.at("staging/node"),
+            served.at("base-artifacts/node"),
+            gates.join("check.sh").display()
+        ),
+    )
+    .unwrap();
+    let file = config.to_str().unwrap();
+    let good = upstream.publish(&airlock, &served, "Orange");
+    let _watch = Killed(airlock.spawn(&["watch", "-f", file]));
+    let stable = served.at("base-artifacts/node:15-alpine");
+    assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == good), "the first digest is promoted");
+    // The gate is made stricter and committed: the promoted digest goes through it again.
+    std::fs::write(gates.join("check.sh"), "echo a stricter check refuses $AIRLOCK_DIGEST\nexit 1\n").unwrap();
+    in_gates(&["commit", "-qam", "a stricter gate"]);
+    let commit_run = || {
+        let runs = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json();
+        runs["runs"].as_array().unwrap().iter().find(|r| r["trigger"] == "commit" && r["status"] != "running").cloned()
+    };
+    assert!(eventually(20, || commit_run().is_some()), "a run with trigger commit");
+    let run = commit_run().unwrap();
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["upstream_digest"], good);
+    // The stable tag stays where it was, and `runs` shows it in the table.
+    assert_eq!(airlock.run(&["digest", &stable]).success().stdout.trim(), good);
+    let table = airlock.run(&["runs", "list", "-f", file]).success().stdout;
+    assert!(table.contains("Commit"), "{table}");
+}
