@@ -11,5 +11,6 @@ mod faults;
 mod gate;
 mod hostile;
 mod layout;
+mod readme;
 mod serve;
 mod sync;
