@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs airlock's whole test suite. On a fresh Debian machine it first installs what the tests
 # start for real (docker-registry, skopeo, umoci, htpasswd, openssl, podman, runc, a static
-# busybox, git, util-linux's `script` (a pseudo-terminal), the oras Python SDK, the Helm engine from helm-python-sdk), and only what is missing.
+# busybox, git, util-linux's `script` (a pseudo-terminal), the oras Python SDK, moto's S3 server, the Helm engine from helm-python-sdk), and only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
@@ -48,6 +48,15 @@ if ! python3 -c "import oras.client" 2>/dev/null; then
   python3 -m pip install -q oras 2>/dev/null \
     || python3 -m pip install -q --user --break-system-packages oras \
     || { echo "test.sh: please install the Python package oras (pip install oras)" >&2; exit 1; }
+fi
+
+# moto's S3 server, the object store of the S3 backend's tests.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "test.sh: installing the Python package moto[server]" >&2
+  python3 -m pip install -q "moto[server]" 2>/dev/null \
+    || python3 -m pip install -q --user --break-system-packages "moto[server]" \
+    || { echo "test.sh: please install the Python package moto[server] (pip install 'moto[server]')" >&2; exit 1; }
+  export PATH="$HOME/.local/bin:$PATH"
 fi
 
 # The real Helm engine, behind the `helm template` stand-in of the discovery tests.

@@ -50,6 +50,11 @@ pub trait Backend: Send + Sync {
     /// Appends a body to an object made by `create`; returns its new size. Bytes that arrived
     /// before an error are kept (the client resumes from the size).
     async fn append(&self, key: &str, body: ByteStream) -> io::Result<u64>;
+    /// Ends appends to an upload session's data and makes it readable as a whole (on an object
+    /// store: the last part uploaded, the multipart upload completed). A folder has nothing to do.
+    async fn seal(&self, _key: &str) -> io::Result<()> {
+        Ok(())
+    }
     /// Moves `from` to `to`; when `to` exists already (same content, by address) `from` is
     /// dropped.
     async fn commit(&self, from: &str, to: &str) -> io::Result<()>;
@@ -64,7 +69,7 @@ pub struct FsBackend {
 }
 
 /// Refuses a key that is not a relative path of plain components.
-fn check_key(key: &str) -> io::Result<()> {
+pub(crate) fn check_key(key: &str) -> io::Result<()> {
     let bad = key.is_empty()
         || key.contains('\0')
         || key.split('/').any(|component| component.is_empty() || component == "." || component == ".." || component.len() > 255);

@@ -18,6 +18,10 @@
 //! tls:
 //!   certificate: /etc/airlock/cert.pem
 //!   key: /etc/airlock/key.pem
+//! storage: s3://registry-bucket/airlock   # instead of `root`: replicas share the bucket
+//! s3:                                     # credentials: the AWS_* variables, never this file
+//!   endpoint: https://minio.example.com:9000
+//!   region: us-east-1
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,6 +47,12 @@ pub struct ServeFile {
     pub notifications: Vec<crate::events::Endpoint>,
     /// Allow deleting manifests, tags and blobs (default true).
     pub delete: Option<bool>,
+    /// Where the content lives instead of `root`: `s3://BUCKET[/PREFIX]` (an S3-compatible
+    /// object store, shared by several replicas).
+    pub storage: Option<String>,
+    /// How to reach the bucket of `storage` (endpoint, region, addressing); credentials come
+    /// from the `AWS_*` variables.
+    pub s3: Option<crate::s3::S3Settings>,
 }
 
 /// Certificate chain and key, PEM.

@@ -14,6 +14,7 @@ mod error;
 pub mod events;
 pub mod metrics;
 mod routes;
+pub mod s3;
 pub mod storage;
 mod store;
 pub mod tls;

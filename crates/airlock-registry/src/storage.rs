@@ -158,6 +158,17 @@ impl Storage {
         Storage { backend: Arc::new(FsBackend::new(root.clone())), root }
     }
 
+    /// The storage `location` names: `s3://BUCKET[/PREFIX]` (an object store, reached as
+    /// `settings` and the `AWS_*` variables say) or a folder.
+    pub fn open(location: &str, settings: &crate::s3::S3Settings) -> std::result::Result<Storage, String> {
+        if location.starts_with("s3://") {
+            let backend = crate::s3::S3Backend::open(location, settings)?;
+            let name = backend.name().to_owned();
+            return Ok(Storage::with_backend(Arc::new(backend), name));
+        }
+        Ok(Storage::new(location))
+    }
+
     /// Storage over another backend; `name` says where, in messages.
     pub fn with_backend(backend: Arc<dyn Backend>, name: impl Into<PathBuf>) -> Self {
         Storage { backend, root: name.into() }
@@ -260,6 +271,7 @@ impl Storage {
         let session = upload_key(id)?;
         let data = format!("{session}/data");
         let mut hasher = DigestHasher::new(digest.algorithm()).ok_or(StorageError::DigestInvalid)?;
+        self.backend.seal(&data).await?;
         let mut stream = not_found_as(self.backend.read(&data, 0).await, StorageError::UploadUnknown)?;
         while let Some(chunk) = stream.next().await {
             hasher.update(&chunk?);

@@ -620,9 +620,15 @@ pub struct ServeArgs {
     /// (`-f/--file` as every command names its file; `-c/--config` is kept as an alias.)
     #[arg(short = 'f', long = "file", visible_short_alias = 'c', visible_alias = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The folder that holds the registry's content (created if missing) [default: airlock-data].
+    /// The folder that holds the registry's content (created if missing) [default: airlock-data];
+    /// with `--storage`, only the token signing key.
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
+    /// Keep the content in an S3-compatible bucket instead: `s3://BUCKET[/PREFIX]` (endpoint and
+    /// region from serve.yaml's `s3:` or `AWS_ENDPOINT_URL`/`AWS_REGION`; credentials from the
+    /// `AWS_*` variables).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
     /// Address and port to listen on; port 0 picks a free one [default: 127.0.0.1:5000].
     #[arg(long, value_name = "ADDRESS")]
     pub listen: Option<String>,
@@ -645,6 +651,10 @@ pub struct GcArgs {
     /// The serve root.
     #[arg(long, default_value = "airlock-data", value_name = "DIR")]
     pub root: PathBuf,
+    /// The storage of a serve on S3 instead: `s3://BUCKET[/PREFIX]` (as `serve --storage`;
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP` and credentials from the environment).
+    #[arg(long, value_name = "URL")]
+    pub storage: Option<String>,
     /// Report what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -680,7 +680,12 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
     };
     let notifier = (!file.notifications.is_empty()).then(|| airlock_registry::events::Notifier::start(&file.notifications));
     let allow_delete = file.delete.unwrap_or(true);
-    let registry = std::sync::Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth, notifier, allow_delete });
+    let storage = match args.storage.clone().or(file.storage.take()) {
+        Some(location) => airlock_registry::Storage::open(&location, &file.s3.take().unwrap_or_default())
+            .map_err(|e| Failure { error: anyhow::anyhow!(e), hint: Some("see `airlock serve --help`".into()), exit_code: 2 })?,
+        None => airlock_registry::Storage::new(&root),
+    };
+    let registry = std::sync::Arc::new(airlock_registry::Registry { storage, auth, notifier, allow_delete });
     let tls_files = match (&args.tls_cert, &args.tls_key, &file.tls) {
         (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
         (_, _, Some(tls)) => Some((tls.certificate.clone(), tls.key.clone())),
@@ -707,11 +712,16 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
 }
 
 async fn gc(global: &Global, args: &crate::args::GcArgs) -> Result<()> {
-    if !args.root.join("blobs").is_dir() {
-        return Err(usage(format!("`{}` is not a serve root (no `blobs/` in it)", args.root.display())));
-    }
-    let storage = airlock_registry::Storage::new(&args.root);
-    let report = storage.gc(args.dry_run, args.grace).await.with_context(|| format!("cannot collect garbage in `{}`", args.root.display()))?;
+    let storage = match &args.storage {
+        Some(location) => airlock_registry::Storage::open(location, &Default::default()).map_err(usage)?,
+        None => {
+            if !args.root.join("blobs").is_dir() {
+                return Err(usage(format!("`{}` is not a serve root (no `blobs/` in it)", args.root.display())));
+            }
+            airlock_registry::Storage::new(&args.root)
+        }
+    };
+    let report = storage.gc(args.dry_run, args.grace).await.with_context(|| format!("cannot collect garbage in `{}`", storage.root().display()))?;
     match global.output {
         Output::Json => output::json(&serde_json::json!({
             "dry_run": args.dry_run, "kept": report.kept, "removed": report.removed, "bytes": report.bytes, "too_young": report.too_young,

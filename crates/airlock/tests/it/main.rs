@@ -12,5 +12,6 @@ mod gate;
 mod hostile;
 mod layout;
 mod readme;
+mod s3;
 mod serve;
 mod sync;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod moto;
 pub mod proxy;
 pub mod registry;
 pub mod served;
@@ -321,6 +322,16 @@ pub fn http_get(url: &str) -> (u16, String) {
     proxy::runtime().block_on(async move {
         let response = reqwest::get(&url).await.expect("GET");
         (response.status().as_u16(), response.text().await.unwrap_or_default())
+    })
+}
+
+/// A GET's body as bytes (a blob), failing on any status but 200.
+pub fn http_get_bytes(url: &str) -> Vec<u8> {
+    let url = url.to_owned();
+    proxy::runtime().block_on(async move {
+        let response = reqwest::get(&url).await.expect("GET");
+        assert_eq!(response.status(), 200, "GET {url}");
+        response.bytes().await.expect("a body").to_vec()
     })
 }
 

@@ -18,9 +18,15 @@ impl Served {
 
     /// With more `airlock serve` flags (`--config`, `--htpasswd`, `--token`).
     pub fn start_with(root: &Path, extra: &[&str]) -> Served {
+        Self::start_with_env(root, extra, &[])
+    }
+
+    /// With flags and environment variables (an object store's `AWS_*` settings).
+    pub fn start_with_env(root: &Path, extra: &[&str], env: &[(String, String)]) -> Served {
         let mut child = Command::new(env!("CARGO_BIN_EXE_airlock"))
             .args(["serve", "--root", root.to_str().unwrap(), "--listen", "127.0.0.1:0"])
             .args(extra)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -1,0 +1,114 @@
+//! `airlock serve` on an S3-compatible object store (moto's server): real clients push and
+//! pull through it, uploads in chunks of any size work, two replicas share one bucket, and gc
+//! leaves no multipart upload behind.
+
+use crate::harness::moto::Moto;
+use crate::harness::{skopeo, Airlock, Served};
+
+/// `airlock serve --storage s3://BUCKET/PREFIX` over `moto`.
+fn replica(moto: &Moto, bucket: &str) -> (tempfile::TempDir, Served) {
+    let dir = crate::harness::tempdir();
+    let served = Served::start_with_env(&dir.path().join("local"), &["--storage", &format!("s3://{bucket}/registry")], &moto.env());
+    (dir, served)
+}
+
+/// POST, then PATCH chunks of `chunk` bytes, then PUT, each to the replica `via(step)` says.
+fn chunked_push(replicas: &[&Served], via: impl Fn(usize) -> usize, repository: &str, blob: &[u8], chunk: usize) -> String {
+    let digest = crate::harness::sha256(blob);
+    crate::harness::proxy::runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let url = |step: usize, path: &str| format!("http://{}{path}", replicas[via(step)].address);
+        let started = client.post(url(0, &format!("/v2/{repository}/blobs/uploads/"))).send().await.unwrap();
+        assert_eq!(started.status(), 202);
+        let mut location = started.headers()["location"].to_str().unwrap().to_owned();
+        let mut offset = 0usize;
+        for (n, piece) in blob.chunks(chunk).enumerate() {
+            let answer = client
+                .patch(url(n + 1, &location))
+                .header("content-type", "application/octet-stream")
+                .header("content-range", format!("{offset}-{}", offset + piece.len() - 1))
+                .body(piece.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 202, "chunk {n} at {offset}");
+            location = answer.headers()["location"].to_str().unwrap().to_owned();
+            offset += piece.len();
+        }
+        let done = client.put(url(blob.len().div_ceil(chunk) + 1, &format!("{location}?digest={digest}"))).send().await.unwrap();
+        assert_eq!(done.status(), 201, "{:?}", done.text().await);
+    });
+    digest
+}
+
+#[test]
+fn skopeo_and_airlock_push_and_pull_through_serve_on_s3() {
+    let moto = Moto::start();
+    moto.bucket("images");
+    let (_dir, served) = replica(&moto, "images");
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    let airlock = Airlock::new();
+    let pushed = airlock.run(&["copy", &example, &served.at("team/hello:1.0"), "-o", "json"]).success().json();
+    let digest = pushed["digest"].as_str().unwrap().to_owned();
+    assert_eq!(crate::harness::skopeo_digest(&format!("docker://{}", served.at("team/hello:1.0"))), digest);
+    // skopeo pushes a copy of its own, which airlock reads back by digest.
+    skopeo(&["copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false", &format!("docker://{}", served.at("team/hello:1.0")), &format!("docker://{}", served.at("other/hello:2"))]).success();
+    assert_eq!(airlock.run(&["digest", &served.at("other/hello:2")]).success().stdout.trim(), digest);
+    let tags = airlock.run(&["tags", &served.at("team/hello"), "-o", "json"]).success().json();
+    assert_eq!(tags["tags"], serde_json::json!(["1.0"]));
+}
+
+#[test]
+fn chunked_uploads_of_any_size_split_across_two_replicas() {
+    let moto = Moto::start();
+    moto.bucket("shared");
+    let (_a_dir, a) = replica(&moto, "shared");
+    let (_b_dir, b) = replica(&moto, "shared");
+    let blob = crate::harness::fixtures::noise(11, 20 * 1024 * 1024 + 12345);
+    // POST on A, the chunks alternating between B and A, PUT on whichever comes next.
+    for chunk in [7 * 1024 * 1024, 3 * 1024 * 1024 + 1] {
+        let digest = chunked_push(&[&a, &b], |step| step % 2, "split/blob", &blob, chunk);
+        let fetched = crate::harness::http_get_bytes(&b.url(&format!("/v2/split/blob/blobs/{digest}")));
+        assert_eq!(crate::harness::sha256(&fetched), digest, "chunks of {chunk}");
+    }
+    let small = crate::harness::fixtures::noise(12, 10 * 1024 + 7);
+    let digest = chunked_push(&[&a, &b], |step| step % 2, "split/small", &small, 1024);
+    assert_eq!(crate::harness::sha256(&crate::harness::http_get_bytes(&a.url(&format!("/v2/split/small/blobs/{digest}")))), digest);
+    // A push through A is pulled through B with the same digest.
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    let airlock = Airlock::new();
+    let pushed = airlock.run(&["copy", &example, &a.at("x/hello:1"), "-o", "json"]).success().json();
+    assert_eq!(airlock.run(&["digest", &b.at("x/hello:1")]).success().stdout.trim(), pushed["digest"].as_str().unwrap());
+    assert_eq!(moto.open_multipart_uploads("shared"), 0, "every multipart upload was completed");
+}
+
+#[test]
+fn gc_on_s3_keeps_what_tags_reach_and_leaves_no_multipart_upload() {
+    let moto = Moto::start();
+    moto.bucket("gc-bucket");
+    let (_dir, served) = replica(&moto, "gc-bucket");
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    let airlock = Airlock::new();
+    let pushed = airlock.run(&["copy", &example, &served.at("keep/hello:1"), "-o", "json"]).success().json();
+    // An orphan, and an upload abandoned after a whole part went to a multipart upload.
+    let orphan = crate::harness::fixtures::noise(13, 1000);
+    chunked_push(&[&served], |_| 0, "keep/orphan", &orphan, 1000);
+    crate::harness::proxy::runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let started = client.post(served.url("/v2/keep/abandoned/blobs/uploads/")).send().await.unwrap();
+        let location = started.headers()["location"].to_str().unwrap().to_owned();
+        let part = crate::harness::fixtures::noise(14, 9 * 1024 * 1024);
+        let answer = client.patch(format!("http://{}{location}", served.address)).body(part).send().await.unwrap();
+        assert_eq!(answer.status(), 202);
+    });
+    assert_eq!(moto.open_multipart_uploads("gc-bucket"), 1, "the abandoned session holds a multipart upload");
+    let owned = moto.env();
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let report = airlock.run_env(&["gc", "--storage", "s3://gc-bucket/registry", "--grace", "0s", "-o", "json"], &env).success().json();
+    assert_eq!(report["stale_uploads"], 1, "{report}");
+    assert!(report["removed"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(moto.open_multipart_uploads("gc-bucket"), 0, "gc aborted the abandoned multipart upload");
+    assert_eq!(airlock.run(&["digest", &served.at("keep/hello:1")]).success().stdout.trim(), pushed["digest"].as_str().unwrap());
+    let out = crate::harness::tempdir();
+    airlock.run(&["copy", &served.at("keep/hello:1"), &format!("ocidir://{}:1", out.path().display())]).success();
+}
