@@ -59,6 +59,9 @@ pub struct AuthFile {
     /// Per-repository rules, first match wins.
     #[serde(default)]
     pub rules: Vec<RuleFile>,
+    /// The variable holding the token signing key (at least 32 bytes), shared by every replica
+    /// so each accepts the others' tokens; default: a key made in `ROOT/.token-key`.
+    pub token_key_env: Option<String>,
 }
 
 /// One rule as written.
@@ -177,7 +180,17 @@ impl Auth {
                 })
             })
             .collect::<Result<_, String>>()?;
-        let token_key = if file.token { Some(token_key(root)?) } else { None };
+        let token_key = match (file.token, &file.token_key_env) {
+            (false, _) => None,
+            (true, Some(variable)) => {
+                let key = std::env::var(variable).map_err(|_| format!("`auth.token_key_env`: the variable `{variable}` is not set"))?;
+                if key.len() < 32 {
+                    return Err(format!("`auth.token_key_env`: the key in `{variable}` is shorter than 32 bytes"));
+                }
+                Some(key.into_bytes())
+            }
+            (true, None) => Some(token_key(root)?),
+        };
         // The users' own cost (`$2y$COST$…`), so the dummy check costs what a real one does.
         let cost = users.values().filter_map(|hash| hash.split('$').nth(2)?.parse::<u32>().ok()).max().unwrap_or(bcrypt::DEFAULT_COST);
         let dummy_hash = if users.is_empty() { String::new() } else { bcrypt::hash("airlock: no such user", cost).map_err(|e| format!("cannot make the dummy bcrypt hash: {e}"))? };

@@ -25,6 +25,7 @@ const MANIFEST_LIMIT: usize = 4 * 1024 * 1024;
 pub fn router(registry: Arc<Registry>) -> Router {
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let exposition = metrics.clone();
+    let health = registry.clone();
     Router::new()
         .route("/v2/", get(base).head(base))
         .route("/v2", get(base).head(base))
@@ -35,7 +36,20 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .layer(axum::middleware::map_response(api_version))
         .layer(axum::middleware::from_fn(close_after_unread_body))
         .layer(axum::middleware::from_fn_with_state(metrics, crate::metrics::observe))
-        .route("/healthz", get(|| async { "ok" }))
+        // Healthy only while the storage answers (a bucket unreachable from this replica fails
+        // it, so a load balancer stops sending it requests).
+        .route(
+            "/healthz",
+            get(move || {
+                let registry = health.clone();
+                async move {
+                    match registry.storage.check().await {
+                        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+                        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("storage unavailable: {e}")),
+                    }
+                }
+            }),
+        )
         .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], exposition.render()) }))
 }
 

@@ -126,6 +126,10 @@ impl S3Backend {
         if settings.allow_http {
             builder = builder.with_allow_http(true);
         }
+        // object_store retries for up to three minutes by default: a replica whose bucket is
+        // gone would hold every request that long. A few quick tries, then an error (a 5xx the
+        // client retries, and `/healthz` failing).
+        builder = builder.with_retry(object_store::RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(15), ..Default::default() });
         let store = builder.build().map_err(|e| format!("cannot use `{url}`: {e}"))?;
         let prefix = prefix.trim_matches('/').to_owned();
         Ok(S3Backend { store: Arc::new(store), prefix, name: format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |(_, p)| p)) })

@@ -174,6 +174,12 @@ impl Storage {
         Storage { backend, root: name.into() }
     }
 
+    /// Whether the storage answers: a listing of the top of the repositories.
+    pub async fn check(&self) -> Result<()> {
+        self.backend.list("repositories").await?;
+        Ok(())
+    }
+
     /// Where it lives (the folder, for the filesystem backend).
     pub fn root(&self) -> &Path {
         &self.root

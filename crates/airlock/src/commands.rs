@@ -668,7 +668,7 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
     let root = args.root.clone().or(file.root.take()).unwrap_or_else(|| "airlock-data".into());
     let listen = args.listen.clone().or(file.listen.take()).unwrap_or_else(|| "127.0.0.1:5000".into());
     if let Some(htpasswd) = &args.htpasswd {
-        let mut auth = file.auth.take().unwrap_or(airlock_registry::auth::AuthFile { htpasswd: None, token: false, rules: Vec::new() });
+        let mut auth = file.auth.take().unwrap_or(airlock_registry::auth::AuthFile { htpasswd: None, token: false, rules: Vec::new(), token_key_env: None });
         auth.htpasswd = Some(htpasswd.clone());
         auth.token |= args.token;
         file.auth = Some(auth);

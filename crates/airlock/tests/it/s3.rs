@@ -112,3 +112,48 @@ fn gc_on_s3_keeps_what_tags_reach_and_leaves_no_multipart_upload() {
     let out = crate::harness::tempdir();
     airlock.run(&["copy", &served.at("keep/hello:1"), &format!("ocidir://{}:1", out.path().display())]).success();
 }
+
+#[test]
+fn replicas_accept_each_others_tokens_and_healthz_follows_the_bucket() {
+    let moto = Moto::start();
+    moto.bucket("tokens");
+    let dir = crate::harness::tempdir();
+    let out = std::process::Command::new(crate::harness::require("htpasswd", "apache2-utils")).args(["-Bbn", "alice", "alice-Secret-1"]).output().unwrap();
+    std::fs::write(dir.path().join("htpasswd"), out.stdout).unwrap();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: s3://tokens/registry\nauth:\n  htpasswd: {}\n  token: true\n  token_key_env: AIRLOCK_TEST_TOKEN_KEY\n",
+            dir.path().join("htpasswd").display()
+        ),
+    )
+    .unwrap();
+    let mut env = moto.env();
+    env.push(("AIRLOCK_TEST_TOKEN_KEY".into(), "k".repeat(48)));
+    let a = Served::start_with_env(&dir.path().join("a"), &["-f", config.to_str().unwrap()], &env);
+    let b = Served::start_with_env(&dir.path().join("b"), &["-f", config.to_str().unwrap()], &env);
+    // A token A issued opens B: both sign with the configured key.
+    let (status, body) = crate::harness::proxy::runtime().block_on(async {
+        let client = reqwest::Client::new();
+        let token: serde_json::Value = client
+            .get(a.url("/token?service=airlock&scope=repository:x/y:pull,push"))
+            .basic_auth("alice", Some("alice-Secret-1"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let answer = client.get(b.url("/v2/x/y/tags/list")).bearer_auth(token["token"].as_str().unwrap()).send().await.unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    });
+    assert_eq!(status, 404, "authorized, and the repository is empty: {body}");
+    assert!(body.contains("NAME_UNKNOWN"), "{body}");
+    assert_eq!(crate::harness::http_get(&b.url("/healthz")).0, 200);
+    // The bucket gone: the replica says it is unhealthy.
+    drop(moto);
+    let (status, body) = crate::harness::http_get(&b.url("/healthz"));
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("storage unavailable"), "{body}");
+}
