@@ -50,6 +50,11 @@ pub trait Backend: Send + Sync {
     /// Appends a body to an object made by `create`; returns its new size. Bytes that arrived
     /// before an error are kept (the client resumes from the size).
     async fn append(&self, key: &str, body: ByteStream) -> io::Result<u64>;
+    /// A URL a client may GET the object from directly for a while, when the backend offers one
+    /// and was asked to (an object store's presigned URL); `None` serves bytes through airlock.
+    async fn direct_url(&self, _key: &str) -> io::Result<Option<String>> {
+        Ok(None)
+    }
     /// Ends appends to an upload session's data and makes it readable as a whole (on an object
     /// store: the last part uploaded, the multipart upload completed). A folder has nothing to do.
     async fn seal(&self, _key: &str) -> io::Result<()> {

@@ -519,6 +519,13 @@ fn parse_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>> {
 async fn get_blob(storage: &Storage, name: &str, digest: &str, headers: &HeaderMap, body: bool) -> Result<Response> {
     let digest = digest_param(digest)?;
     let size = storage.blob_size(name, &digest).await?;
+    // An object store set to redirect serves the bytes itself (the client follows with its
+    // `Range`); airlock answers only who may read.
+    if body {
+        if let Some(url) = storage.blob_url(name, &digest).await? {
+            return Ok(with_headers(StatusCode::TEMPORARY_REDIRECT, vec![header("location", url), header("docker-content-digest", &digest), header("content-length", "0")]));
+        }
+    }
     let range = parse_range(headers, size)?;
     let (status, start, length) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),

@@ -53,6 +53,10 @@ pub struct S3Settings {
     /// Allow plain HTTP to the endpoint (loopback test services, private networks).
     #[serde(default)]
     pub allow_http: bool,
+    /// Answer blob GETs with a redirect to a presigned URL of the bucket (valid 15 minutes), as
+    /// distribution does: the replicas serve metadata, the object store the bytes.
+    #[serde(default)]
+    pub redirect: bool,
 }
 
 /// An S3 bucket (and key prefix) as a registry backend.
@@ -60,7 +64,11 @@ pub struct S3Backend {
     store: Arc<object_store::aws::AmazonS3>,
     prefix: String,
     name: String,
+    redirect: bool,
 }
+
+/// How long a presigned blob URL is good for.
+const REDIRECT_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 /// An upload session's progress, kept in the bucket beside its data.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -132,7 +140,7 @@ impl S3Backend {
         builder = builder.with_retry(object_store::RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(15), ..Default::default() });
         let store = builder.build().map_err(|e| format!("cannot use `{url}`: {e}"))?;
         let prefix = prefix.trim_matches('/').to_owned();
-        Ok(S3Backend { store: Arc::new(store), prefix, name: format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |(_, p)| p)) })
+        Ok(S3Backend { store: Arc::new(store), prefix, name: format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |(_, p)| p)), redirect: settings.redirect })
     }
 
     /// Where the backend is, for messages.
@@ -300,6 +308,15 @@ impl Backend for S3Backend {
         let options = GetOptions { range: (offset > 0).then_some(GetRange::Offset(offset)), ..GetOptions::default() };
         let found = self.store.get_opts(&path, options).await.map_err(map)?;
         Ok(Box::pin(found.into_stream().map(|chunk| chunk.map_err(map))))
+    }
+
+    async fn direct_url(&self, key: &str) -> io::Result<Option<String>> {
+        if !self.redirect {
+            return Ok(None);
+        }
+        use object_store::signer::Signer as _;
+        let url = self.store.signed_url(reqwest::Method::GET, &self.path(key)?, REDIRECT_LIFETIME).await.map_err(map)?;
+        Ok(Some(url.to_string()))
     }
 
     async fn create(&self, key: &str) -> io::Result<()> {

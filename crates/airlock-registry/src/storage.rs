@@ -203,6 +203,13 @@ impl Storage {
         not_found_as(self.backend.size(&blob_key(digest)).await, StorageError::BlobUnknown)
     }
 
+    /// Where a client may fetch a blob the repository holds directly (a presigned URL of the
+    /// object store), when the backend is set to redirect.
+    pub async fn blob_url(&self, name: &str, digest: &Digest) -> Result<Option<String>> {
+        self.blob_size(name, digest).await?;
+        Ok(self.backend.direct_url(&blob_key(digest)).await?)
+    }
+
     /// Streams a blob the repository holds from `offset`; also returns its whole size.
     pub async fn read_blob(&self, name: &str, digest: &Digest, offset: u64) -> Result<(ByteStream, u64)> {
         let size = self.blob_size(name, digest).await?;

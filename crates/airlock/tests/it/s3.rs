@@ -157,3 +157,33 @@ fn replicas_accept_each_others_tokens_and_healthz_follows_the_bucket() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("storage unavailable"), "{body}");
 }
+
+#[test]
+fn blob_gets_can_be_redirected_to_the_bucket() {
+    let moto = Moto::start();
+    moto.bucket("redirects");
+    let dir = crate::harness::tempdir();
+    let config = dir.path().join("serve.yaml");
+    std::fs::write(&config, format!("storage: s3://redirects/r\ns3:\n  endpoint: {}\n  allow_http: true\n  redirect: true\n", moto.endpoint)).unwrap();
+    let served = Served::start_with_env(&dir.path().join("local"), &["-f", config.to_str().unwrap()], &moto.env());
+    let example = format!("ocidir://{}/../../examples/hello:1.0", env!("CARGO_MANIFEST_DIR"));
+    let airlock = Airlock::new();
+    let pushed = airlock.run(&["copy", &example, &served.at("app:1"), "-o", "json"]).success().json();
+    let manifest: serde_json::Value = serde_json::from_slice(&airlock.run(&["inspect", "--raw", &served.at("app:1")]).success().stdout_bytes).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap().to_owned();
+    // The blob GET is a redirect to the bucket; a HEAD is still answered by airlock.
+    let (status, location) = crate::harness::proxy::runtime().block_on(async {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let answer = client.get(served.url(&format!("/v2/app/blobs/{layer}"))).send().await.unwrap();
+        (answer.status().as_u16(), answer.headers().get("location").map(|l| l.to_str().unwrap().to_owned()))
+    });
+    assert_eq!(status, 307);
+    assert!(location.unwrap().starts_with(&moto.endpoint), "the bytes come from the bucket");
+    assert_eq!(crate::harness::http_get(&served.url(&format!("/v2/app/blobs/{layer}"))).0, 200, "followed, the redirect serves the blob");
+    // Clients follow it: airlock and skopeo pull with the same digests.
+    let out = dir.path().join("out");
+    let pulled = airlock.run(&["copy", &served.at("app:1"), &format!("ocidir://{}:1", out.display()), "-o", "json"]).success().json();
+    assert_eq!(pulled["digest"], pushed["digest"]);
+    let skopeo_out = dir.path().join("skopeo-out");
+    skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{}", served.at("app:1")), &format!("oci:{}:1", skopeo_out.display())]).success();
+}
