@@ -50,6 +50,12 @@ pub trait Backend: Send + Sync {
     /// Appends a body to an object made by `create`; returns its new size. Bytes that arrived
     /// before an error are kept (the client resumes from the size).
     async fn append(&self, key: &str, body: ByteStream) -> io::Result<u64>;
+    /// Writes a small object only if none is there: `false` when one is (atomic: of two
+    /// writers, one wins). The gc lease is taken with it.
+    async fn create_new(&self, key: &str, bytes: &[u8]) -> io::Result<bool>;
+    /// Replaces a small object only if it still holds `expected`: `false` when it changed
+    /// (atomic). An expired lease is taken over with it.
+    async fn replace_if_unchanged(&self, key: &str, expected: &[u8], bytes: &[u8]) -> io::Result<bool>;
     /// A URL a client may GET the object from directly for a while, when the backend offers one
     /// and was asked to (an object store's presigned URL); `None` serves bytes through airlock.
     async fn direct_url(&self, _key: &str) -> io::Result<Option<String>> {
@@ -244,6 +250,41 @@ impl Backend for FsBackend {
             Some(e) => Err(e),
             None => Ok(tokio::fs::metadata(&path).await?.len()),
         }
+    }
+
+    async fn create_new(&self, key: &str, bytes: &[u8]) -> io::Result<bool> {
+        let path = self.path(key)?;
+        let temp = self.temp_beside(&path).await?;
+        tokio::fs::write(&temp, bytes).await?;
+        // A hard link fails when the name exists: create-if-absent in one step.
+        let linked = tokio::fs::hard_link(&temp, &path).await;
+        let _ = tokio::fs::remove_file(&temp).await;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn replace_if_unchanged(&self, key: &str, expected: &[u8], bytes: &[u8]) -> io::Result<bool> {
+        let path = self.path(key)?;
+        let lock_path = path.with_extension("lock");
+        let bytes = bytes.to_vec();
+        let expected = expected.to_vec();
+        // Compare and swap under an exclusive lock beside the object (processes on one host).
+        tokio::task::spawn_blocking(move || {
+            let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+            lock.lock()?;
+            if std::fs::read(&path)? != expected {
+                return Ok(false);
+            }
+            let temp = path.with_extension("swap");
+            std::fs::write(&temp, &bytes)?;
+            std::fs::rename(&temp, &path)?;
+            Ok(true)
+        })
+        .await
+        .expect("the swap does not panic")
     }
 
     async fn purge_temporaries(&self, age: Duration) -> io::Result<u64> {

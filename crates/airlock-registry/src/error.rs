@@ -49,6 +49,7 @@ impl From<StorageError> for RegistryError {
             StorageError::ManifestInvalid(_) => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
             StorageError::Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             StorageError::NameInvalid(_) => (StatusCode::BAD_REQUEST, "NAME_INVALID"),
+            StorageError::Busy(_) => (StatusCode::CONFLICT, "UNSUPPORTED"),
             StorageError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

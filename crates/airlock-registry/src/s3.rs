@@ -310,6 +310,31 @@ impl Backend for S3Backend {
         Ok(Box::pin(found.into_stream().map(|chunk| chunk.map_err(map))))
     }
 
+    async fn create_new(&self, key: &str, bytes: &[u8]) -> io::Result<bool> {
+        let options = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.store.put_opts(&self.path(key)?, PutPayload::from(bytes.to_vec()), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(map(e)),
+        }
+    }
+
+    async fn replace_if_unchanged(&self, key: &str, expected: &[u8], bytes: &[u8]) -> io::Result<bool> {
+        let path = self.path(key)?;
+        let found = self.store.get(&path).await.map_err(map)?;
+        let version = object_store::UpdateVersion { e_tag: found.meta.e_tag.clone(), version: found.meta.version.clone() };
+        if found.bytes().await.map_err(map)?.as_ref() != expected {
+            return Ok(false);
+        }
+        // If-Match on the ETag read: of two replicas taking over, one wins.
+        let options = object_store::PutOptions { mode: object_store::PutMode::Update(version), ..Default::default() };
+        match self.store.put_opts(&path, PutPayload::from(bytes.to_vec()), options).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::Precondition { .. } | object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(map(e)),
+        }
+    }
+
     async fn direct_url(&self, key: &str) -> io::Result<Option<String>> {
         if !self.redirect {
             return Ok(None);

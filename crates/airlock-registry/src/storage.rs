@@ -24,6 +24,7 @@ use std::time::Duration;
 use airlock_oci::{Descriptor, Digest, DigestHasher, Manifest};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
 
 use crate::backend::{unique, Backend, ByteStream, FsBackend};
 
@@ -57,6 +58,9 @@ pub enum StorageError {
     /// The manifest is not one.
     #[error("manifest invalid: {0}")]
     ManifestInvalid(String),
+    /// Someone else is doing what was asked (another gc holds the lease).
+    #[error("{0}")]
+    Busy(String),
     /// A repository name that does not match the spec's grammar.
     #[error("invalid repository name: {0}")]
     NameInvalid(String),
@@ -75,6 +79,9 @@ pub struct Storage {
     backend: Arc<dyn Backend>,
     root: PathBuf,
 }
+
+/// The lease that lets one gc run at a time.
+const GC_LEASE: &str = "gc.lease";
 
 fn key(digest: &Digest) -> String {
     format!("{}-{}", digest.algorithm(), digest.digest())
@@ -464,6 +471,14 @@ impl Storage {
     /// (uploaded, manifest not yet written); upload sessions are removed only once idle for
     /// longer than it.
     pub async fn gc(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
+        // One collection at a time across every process and replica sharing the storage.
+        let lease = self.take_gc_lease(grace).await?;
+        let result = self.gc_holding_the_lease(dry_run, grace).await;
+        self.release_gc_lease(&lease).await;
+        result
+    }
+
+    async fn gc_holding_the_lease(&self, dry_run: bool, grace: Duration) -> Result<GcReport> {
         use std::collections::HashSet;
         let mut repositories = Vec::new();
         self.find_repositories("repositories".to_owned(), &mut repositories).await?;
@@ -471,18 +486,115 @@ impl Storage {
         // its link), and what it lists. A manifest that cannot be read that way stops the whole
         // collection: guessing its kind could sweep content a tag still reaches.
         let mut marked: HashSet<String> = HashSet::new();
-        let mut pending: Vec<(Digest, Option<String>)> = Vec::new();
-        for repository in &repositories {
+        let mut read: HashSet<(String, Option<String>)> = HashSet::new();
+        let pending = self.linked_manifests(&repositories, &marked).await?;
+        self.mark(pending, &mut marked, &mut read).await?;
+        // Manifests pushed while the mark ran (a push is not stopped for a collection, as
+        // distribution's read-only mode would): marked too, with what they list.
+        let late = self.linked_manifests(&repositories, &marked).await?;
+        self.mark(late, &mut marked, &mut read).await?;
+        // Sweep: idle upload sessions, then unreachable blobs.
+        let mut report = GcReport::default();
+        for id in self.backend.list("uploads").await? {
+            let Ok(session) = upload_key(&id) else { continue };
+            let data = format!("{session}/data");
+            let activity = match self.backend.age(&data).await {
+                Ok(age) => age,
+                Err(_) => self.backend.age(&format!("{session}/repository")).await.unwrap_or(Duration::MAX),
+            };
+            if activity > grace {
+                report.stale_uploads += 1;
+                if !dry_run {
+                    self.backend.delete_prefix(&session).await?;
+                }
+            }
+        }
+        if !dry_run {
+            self.backend.purge_temporaries(grace).await?;
+        }
+        for algorithm in self.backend.list("blobs").await? {
+            for hex in self.backend.list(&format!("blobs/{algorithm}")).await? {
+                if marked.contains(&format!("{algorithm}:{hex}")) {
+                    report.kept += 1;
+                    continue;
+                }
+                let blob = format!("blobs/{algorithm}/{hex}");
+                if self.backend.age(&blob).await? < grace {
+                    report.too_young += 1;
+                    continue;
+                }
+                // A blob mounted or pushed again lately is linked afresh even when its own
+                // object is old (an object store does not refresh it): it may belong to a push
+                // whose manifest has not arrived.
+                let mut linked_lately = false;
+                for repository in &repositories {
+                    if self.backend.age(&format!("{repository}/_blobs/{algorithm}-{hex}")).await.is_ok_and(|age| age < grace) {
+                        linked_lately = true;
+                        break;
+                    }
+                }
+                if linked_lately {
+                    report.too_young += 1;
+                    continue;
+                }
+                report.removed += 1;
+                report.bytes += self.backend.size(&blob).await?;
+                if !dry_run {
+                    for repository in &repositories {
+                        let _ = self.backend.delete(&format!("{repository}/_blobs/{algorithm}-{hex}")).await;
+                    }
+                    self.backend.delete(&blob).await?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Every repository's name, sorted.
+    pub async fn repositories(&self) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        self.find_repositories("repositories".to_owned(), &mut keys).await?;
+        let mut names: Vec<String> = keys
+            .into_iter()
+            .filter_map(|key| key.strip_prefix("repositories/").map(str::to_owned))
+            .filter(|name| airlock_oci::validate_repository(name).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The manifests linked in `repositories` that are not `marked` yet, with the media type
+    /// each push recorded.
+    async fn linked_manifests(&self, repositories: &[String], marked: &std::collections::HashSet<String>) -> Result<Vec<(Digest, Option<String>)>> {
+        let mut pending = Vec::new();
+        for repository in repositories {
             for entry in self.backend.list(&format!("{repository}/_manifests")).await? {
                 let Some(digest) = entry.split_once('-').and_then(|(algorithm, hex)| airlock_oci::parse_digest(&format!("{algorithm}:{hex}")).ok()) else {
                     continue;
                 };
-                let media_type = self.backend.get(&format!("{repository}/_manifests/{entry}")).await?;
+                if marked.contains(&digest.to_string()) {
+                    continue;
+                }
+                let media_type = match self.backend.get(&format!("{repository}/_manifests/{entry}")).await {
+                    Ok(media_type) => media_type,
+                    // Deleted since the listing: nothing to keep for it.
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 let media_type = String::from_utf8_lossy(&media_type).trim().to_owned();
                 pending.push((digest, (!media_type.is_empty()).then_some(media_type)));
             }
         }
-        let mut read: HashSet<(String, Option<String>)> = HashSet::new();
+        Ok(pending)
+    }
+
+    /// Marks `pending` manifests and everything they reach.
+    async fn mark(
+        &self,
+        mut pending: Vec<(Digest, Option<String>)>,
+        marked: &mut std::collections::HashSet<String>,
+        read: &mut std::collections::HashSet<(String, Option<String>)>,
+    ) -> Result<()> {
         while let Some((digest, media_type)) = pending.pop() {
             marked.insert(digest.to_string());
             if !read.insert((digest.to_string(), media_type.clone())) {
@@ -517,60 +629,44 @@ impl Storage {
                 }
             }
         }
-        // Sweep: idle upload sessions, then unreachable blobs.
-        let mut report = GcReport::default();
-        for id in self.backend.list("uploads").await? {
-            let Ok(session) = upload_key(&id) else { continue };
-            let data = format!("{session}/data");
-            let activity = match self.backend.age(&data).await {
-                Ok(age) => age,
-                Err(_) => self.backend.age(&format!("{session}/repository")).await.unwrap_or(Duration::MAX),
-            };
-            if activity > grace {
-                report.stale_uploads += 1;
-                if !dry_run {
-                    self.backend.delete_prefix(&session).await?;
-                }
-            }
-        }
-        if !dry_run {
-            self.backend.purge_temporaries(grace).await?;
-        }
-        for algorithm in self.backend.list("blobs").await? {
-            for hex in self.backend.list(&format!("blobs/{algorithm}")).await? {
-                if marked.contains(&format!("{algorithm}:{hex}")) {
-                    report.kept += 1;
-                    continue;
-                }
-                let blob = format!("blobs/{algorithm}/{hex}");
-                if self.backend.age(&blob).await? < grace {
-                    report.too_young += 1;
-                    continue;
-                }
-                report.removed += 1;
-                report.bytes += self.backend.size(&blob).await?;
-                if !dry_run {
-                    for repository in &repositories {
-                        let _ = self.backend.delete(&format!("{repository}/_blobs/{algorithm}-{hex}")).await;
-                    }
-                    self.backend.delete(&blob).await?;
-                }
-            }
-        }
-        Ok(report)
+        Ok(())
     }
 
-    /// Every repository's name, sorted.
-    pub async fn repositories(&self) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        self.find_repositories("repositories".to_owned(), &mut keys).await?;
-        let mut names: Vec<String> = keys
-            .into_iter()
-            .filter_map(|key| key.strip_prefix("repositories/").map(str::to_owned))
-            .filter(|name| airlock_oci::validate_repository(name).is_ok())
-            .collect();
-        names.sort();
-        Ok(names)
+    /// Takes the gc lease (`gc.lease`: holder and expiry), or says who holds it. A lease whose
+    /// holder died expires and is taken over; of two takers, one wins.
+    async fn take_gc_lease(&self, grace: Duration) -> Result<Vec<u8>> {
+        #[derive(Serialize, Deserialize)]
+        struct Lease {
+            holder: String,
+            expires: u64,
+        }
+        let now = airlock_oci::time::now();
+        let ttl = grace.max(Duration::from_secs(3600)).as_secs();
+        let holder = format!("{}@{}", unique(), std::env::var("HOSTNAME").unwrap_or_default());
+        let ours = serde_json::to_vec(&Lease { holder, expires: now + ttl }).expect("a lease serialises");
+        if self.backend.create_new(GC_LEASE, &ours).await? {
+            return Ok(ours);
+        }
+        let current = self.backend.get(GC_LEASE).await?;
+        let held: Option<Lease> = serde_json::from_slice(&current).ok();
+        match held {
+            Some(lease) if lease.expires > now => {
+                Err(StorageError::Busy(format!("another gc ({}) holds the lease until {}", lease.holder, airlock_oci::time::rfc3339(lease.expires))))
+            }
+            _ => {
+                if self.backend.replace_if_unchanged(GC_LEASE, &current, &ours).await? {
+                    Ok(ours)
+                } else {
+                    Err(StorageError::Busy("another gc took the expired lease first".into()))
+                }
+            }
+        }
+    }
+
+    async fn release_gc_lease(&self, ours: &[u8]) {
+        if self.backend.get(GC_LEASE).await.is_ok_and(|current| current == ours) {
+            let _ = self.backend.delete(GC_LEASE).await;
+        }
     }
 
     /// Keys of the repositories under `prefix` (those holding a `_`-prefixed entry).

@@ -670,3 +670,19 @@ async fn gc_reads_an_ambiguous_manifest_as_its_push_was_accepted() {
         assert_eq!(registry.call("GET", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.status, StatusCode::OK, "{blob}");
     }
 }
+
+#[tokio::test]
+async fn one_gc_at_a_time_through_a_lease_that_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::new(dir.path());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // Another replica's live lease: this gc does not run.
+    std::fs::write(dir.path().join("gc.lease"), format!(r#"{{"holder":"replica-b","expires":{}}}"#, now + 600)).unwrap();
+    let busy = storage.gc(false, std::time::Duration::ZERO).await.unwrap_err().to_string();
+    assert!(busy.contains("another gc (replica-b) holds the lease"), "{busy}");
+    // Its holder died: the lease expired and is taken over; released at the end.
+    std::fs::write(dir.path().join("gc.lease"), format!(r#"{{"holder":"replica-b","expires":{}}}"#, now - 1)).unwrap();
+    storage.gc(false, std::time::Duration::ZERO).await.unwrap();
+    assert!(!dir.path().join("gc.lease").exists(), "the lease is released");
+    storage.gc(true, std::time::Duration::ZERO).await.unwrap();
+}

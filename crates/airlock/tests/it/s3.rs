@@ -187,3 +187,51 @@ fn blob_gets_can_be_redirected_to_the_bucket() {
     let skopeo_out = dir.path().join("skopeo-out");
     skopeo(&["copy", "--src-tls-verify=false", &format!("docker://{}", served.at("app:1")), &format!("oci:{}:1", skopeo_out.display())]).success();
 }
+
+#[test]
+fn gc_on_s3_runs_once_at_a_time_and_online_beside_pushes_through_two_replicas() {
+    let moto = Moto::start();
+    moto.bucket("online");
+    let (_a_dir, a) = replica(&moto, "online");
+    let (_b_dir, b) = replica(&moto, "online");
+    let airlock = Airlock::new();
+    let owned = moto.env();
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let put_lease = |expires: u64| moto.put_object("online", "registry/gc.lease", &format!(r#"{{"holder":"replica-b","expires":{expires}}}"#));
+    // A live lease of another replica: this gc does not run (the conditional put lost).
+    put_lease(now + 600);
+    let busy = airlock.run_env(&["gc", "--storage", "s3://online/registry"], &env).code(1);
+    assert!(busy.stderr.contains("another gc (replica-b) holds the lease"), "{}", busy.stderr);
+    // An expired one is taken over (a put conditional on its ETag).
+    put_lease(now - 1);
+    // Pushes go on through both replicas while collections run beside them.
+    let pusher = {
+        let (a, b) = (a.address.clone(), b.address.clone());
+        std::thread::spawn(move || {
+            let airlock = Airlock::new();
+            let mut pushed = Vec::new();
+            for n in 0..6u64 {
+                let img = crate::harness::fixtures::image("amd64", &[crate::harness::fixtures::layer(1200 + n, 40_000)]);
+                let host = if n % 2 == 0 { &a } else { &b };
+                crate::harness::fixtures::push(host, "online/app", &img, Some(&format!("v{n}")), None);
+                pushed.push((format!("v{n}"), img.digest));
+            }
+            drop(airlock);
+            pushed
+        })
+    };
+    for _ in 0..3 {
+        airlock.run_env(&["gc", "--storage", "s3://online/registry", "--grace", "1m", "-o", "json"], &env).success();
+    }
+    let pushed = pusher.join().unwrap();
+    airlock.run_env(&["gc", "--storage", "s3://online/registry", "--grace", "1m"], &env).success();
+    for (tag, digest) in pushed {
+        for replica in [&a, &b] {
+            assert_eq!(airlock.run(&["digest", &replica.at(&format!("online/app:{tag}"))]).success().stdout.trim(), digest);
+            let out = crate::harness::tempdir();
+            airlock.run(&["copy", &replica.at(&format!("online/app:{tag}")), &format!("ocidir://{}:x", out.path().display())]).success();
+        }
+    }
+    assert_eq!(moto.open_multipart_uploads("online"), 0);
+}

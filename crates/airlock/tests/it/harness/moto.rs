@@ -45,6 +45,17 @@ impl Moto {
         .collect()
     }
 
+    /// Writes an object as an S3 client does (boto3, signed), as another replica would.
+    pub fn put_object(&self, bucket: &str, key: &str, body: &str) {
+        let python = super::require("python3", "python3");
+        let script = "import sys, boto3\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='testing', aws_secret_access_key='testing')\n\
+            s3.put_object(Bucket=sys.argv[2], Key=sys.argv[3], Body=sys.argv[4].encode())";
+        let mut command = Command::new(python);
+        command.args(["-c", script, &self.endpoint, bucket, key, body]);
+        super::run_command(command, None).success();
+    }
+
     /// The multipart uploads the bucket holds, not completed nor aborted (none may be left).
     pub fn open_multipart_uploads(&self, bucket: &str) -> usize {
         let url = format!("{}/{bucket}?uploads", self.endpoint);
