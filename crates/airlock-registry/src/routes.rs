@@ -50,7 +50,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
                 }
             }),
         )
-        .route("/metrics", get(move || async move { ([("content-type", "text/plain; version=0.0.4")], exposition.render()) }))
+        .route("/metrics", get(move || async move { ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], exposition.render()) }))
 }
 
 /// Every `/v2` answer, errors and challenges included, names the API it speaks, as distribution

@@ -162,7 +162,7 @@ impl Storage {
     /// Storage in the folder `root`, created as needed.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         let root = root.into();
-        Storage { backend: Arc::new(FsBackend::new(root.clone())), root }
+        Storage { backend: Arc::new(crate::metrics::Instrumented(Arc::new(FsBackend::new(root.clone())))), root }
     }
 
     /// The storage `location` names: `s3://BUCKET[/PREFIX]` (an object store, reached as
@@ -178,7 +178,7 @@ impl Storage {
 
     /// Storage over another backend; `name` says where, in messages.
     pub fn with_backend(backend: Arc<dyn Backend>, name: impl Into<PathBuf>) -> Self {
-        Storage { backend, root: name.into() }
+        Storage { backend: Arc::new(crate::metrics::Instrumented(backend)), root: name.into() }
     }
 
     /// Whether the storage answers: a listing of the top of the repositories.
