@@ -104,6 +104,19 @@ fn tag_key(repo: &str, tag: &str) -> Result<String> {
     Ok(format!("{repo}/_tags/{tag}"))
 }
 
+/// A new upload session id: 128 random bits in hex. Any replica accepts it (the session lives
+/// in the storage), and no client can guess another's to write into it.
+fn session_id() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom").and_then(|mut random| random.read_exact(&mut bytes))?;
+    Ok(hex_string(&bytes))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Whether `id` can be an upload id ([`unique`]'s hex, kept short).
 pub fn valid_upload_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
@@ -253,7 +266,7 @@ impl Storage {
     /// Starts an upload session for `name`; returns its id.
     pub async fn start_upload(&self, name: &str) -> Result<String> {
         repo_key(name)?;
-        let id = unique();
+        let id = session_id()?;
         let session = upload_key(&id)?;
         self.backend.put(&format!("{session}/repository"), name.as_bytes()).await?;
         self.backend.create(&format!("{session}/data")).await?;
@@ -685,5 +698,15 @@ impl Storage {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upload_ids_are_random_and_valid() {
+        let (a, b) = (super::session_id().unwrap(), super::session_id().unwrap());
+        assert_ne!(a, b);
+        assert!(a.len() == 32 && a.chars().all(|c| c.is_ascii_hexdigit()) && super::valid_upload_id(&a), "{a}");
     }
 }
