@@ -7,16 +7,21 @@ connections) then measures requests/s of a manifest GET and a 1 MiB blob GET on 
 /proc (VmHWM). Needs docker-registry, skopeo, wrk and a release build (Debian packages
 docker-registry skopeo wrk apache2-utils).
 
-  python3 bench/serve.py [--seconds 5]
+  python3 bench/serve.py [--seconds 5] [--s3]
+
+With `--s3` both keep their content in moto's S3 server (PyPI `moto[server]`): airlock with
+`--storage s3://…`, docker-registry with its `s3` storage driver on the same server.
 """
 
 import argparse
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as common  # noqa: E402  (the sync benchmark's corpus and registry helpers)
@@ -29,11 +34,73 @@ class Endpoint(common.Registry):
         self.port = int(host.rsplit(":", 1)[1])
 
 
-class Served:
+class Moto:
+    """moto's S3 server on a free loopback port, with one bucket per server under test."""
+
     def __init__(self):
+        common.need("moto_server", "moto[server] (pip)")
+        self.port = common.free_port()
+        self.process = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(urllib.request.Request(self.endpoint + "/", method="GET"), timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        for bucket in ("airlock-bench", "distribution-bench"):
+            urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT"))
+
+    @property
+    def endpoint(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self):
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+                   AWS_ENDPOINT_URL=self.endpoint, AWS_ALLOW_HTTP="true")
+        # docker-registry panics at start ("unable to load custom CA bundle") with it set.
+        env.pop("AWS_CA_BUNDLE", None)
+        return env
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+
+
+class S3Registry(common.Registry):
+    """docker-registry with its `s3` storage driver on moto."""
+
+    def __init__(self, moto):
+        self.dir = tempfile.mkdtemp(prefix="airlock-bench-")
+        self.port = common.free_port()
+        config = os.path.join(self.dir, "config.yml")
+        with open(config, "w") as f:
+            f.write(f"version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  s3:\n"
+                    f"    regionendpoint: {moto.endpoint}\n    bucket: distribution-bench\n    region: us-east-1\n"
+                    f"    accesskey: bench\n    secretkey: bench\n    secure: false\n    v4auth: true\n"
+                    f"  maintenance:\n    uploadpurging:\n      enabled: false\n"
+                    f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: bench\n")
+        self.process = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        env=moto.env())
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        sys.exit("docker-registry did not start on S3")
+
+
+class Served:
+    def __init__(self, moto=None):
         self.dir = tempfile.mkdtemp(prefix="airlock-serve-bench-")
-        self.process = subprocess.Popen([common.AIRLOCK, "serve", "--root", self.dir, "--listen", "127.0.0.1:0"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        command = [common.AIRLOCK, "serve", "--root", self.dir, "--listen", "127.0.0.1:0"]
+        if moto:
+            command += ["--storage", "s3://airlock-bench/registry"]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                        env=moto.env() if moto else None)
         line = self.process.stdout.readline().strip()
         self.host = line.removeprefix("listening on http://")
 
@@ -71,6 +138,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--s3", action="store_true", help="both servers on moto's S3 server")
     args = parser.parse_args()
     for tool, package in [("docker-registry", "docker-registry"), ("skopeo", "skopeo"), ("wrk", "wrk"), ("ab", "apache2-utils")]:
         common.need(tool, package)
@@ -95,7 +163,8 @@ def main():
     source.stop()
     mib = common.write_blob(bytes(1024 * 1024), "application/octet-stream")
 
-    distribution, airlock = common.Registry(), Served()
+    moto = Moto() if args.s3 else None
+    distribution, airlock = (S3Registry(moto), Served(moto)) if moto else (common.Registry(), Served())
     servers = {"docker-registry": (distribution.host, distribution.process.pid), "airlock serve": (airlock.host, airlock.process.pid)}
     push_seconds = {}
     for name, (host, _) in servers.items():
@@ -123,8 +192,11 @@ def main():
         assert Endpoint(host).digest(repo, tag) == manifest_digest, f"{name} serves another digest"
     distribution.stop()
     airlock.stop()
+    if moto:
+        moto.stop()
 
     mine, theirs = results["airlock serve"], results["docker-registry"]
+    print(f"storage: {'S3 (moto)' if args.s3 else 'a folder'}")
     print(f"{'case':18} {'airlock serve':>14} {'docker-registry':>16} {'ratio':>7}")
     for case in ("manifest GET", "blob HEAD", "1 MiB blob GET"):
         print(f"{case:18} {mine[case]:11.0f} r/s {theirs[case]:12.0f} r/s {mine[case] / theirs[case]:6.2f}x")

@@ -644,6 +644,15 @@ async fn finish_upload(storage: &Storage, name: &str, id: &str, query: &HashMap<
     let digest = query.get("digest").ok_or_else(|| RegistryError::digest_invalid("the digest query parameter is missing"))?;
     let digest = digest_param(digest)?;
     let start = chunk_start(request.headers())?;
+    // POST then one PUT with the whole body (what skopeo, docker and containerd send for small
+    // blobs): nothing was appended, so the body goes straight to its content address, verified
+    // in flight, instead of through the session's data (on an object store that saves the
+    // session's writes, the read-back and the copy).
+    if start.is_none_or(|start| start == 0) && storage.upload_offset(name, id).await? == 0 {
+        storage.put_blob(name, &digest, request.into_body().into_data_stream()).await?;
+        storage.discard_upload(id).await?;
+        return Ok(blob_created(name, &digest));
+    }
     if let Err(error) = storage.append_upload(name, id, start, request.into_body().into_data_stream()).await {
         return Ok(out_of_order(name, id, error));
     }

@@ -319,6 +319,11 @@ impl Storage {
         Ok(size)
     }
 
+    /// Drops an upload session the caller already checked (its bytes went elsewhere).
+    pub async fn discard_upload(&self, id: &str) -> Result<()> {
+        Ok(self.backend.delete_prefix(&upload_key(id)?).await?)
+    }
+
     /// Abandons an upload.
     pub async fn cancel_upload(&self, name: &str, id: &str) -> Result<()> {
         self.upload_offset(name, id).await?;

@@ -294,7 +294,7 @@ async fn health_and_metrics() {
     assert!(text.contains(r#"airlock_http_requests_total{route="manifests",method="PUT",status="201"} 1"#), "{text}");
     assert!(text.contains("airlock_http_request_duration_seconds_count{route=\"uploads\"}"), "{text}");
     // The storage backend's own operations, with their outcomes and latencies.
-    assert!(text.contains(r#"airlock_storage_operations_total{operation="commit",outcome="ok"}"#), "{text}");
+    assert!(text.contains(r#"airlock_storage_operations_total{operation="put_stream",outcome="ok"}"#), "{text}");
     assert!(text.contains(r#"airlock_storage_operation_duration_seconds_count{operation="get"}"#), "{text}");
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text: {text}");
 }
