@@ -149,6 +149,18 @@ def corpus(profile):
 
 # ---------------------------------------------------------------- registries
 
+def wait_for_port(port, what, seconds=10):
+    """Returns once something accepts connections on `port`; exits naming `what` otherwise."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    sys.exit(f"{what} did not start")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -189,14 +201,7 @@ class Registry:
                     f"    rootdirectory: {self.dir}/data\n  maintenance:\n    uploadpurging:\n      enabled: false\n"
                     f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: bench\n")
         self.process = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        sys.exit("docker-registry did not start")
+        wait_for_port(self.port, "docker-registry")
 
     def cpu_ms(self):
         """User and system CPU the registry process has used so far, in milliseconds."""

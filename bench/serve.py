@@ -16,7 +16,6 @@ With `--s3` both keep their content in moto's S3 server (PyPI `moto[server]`): a
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,13 +41,7 @@ class Moto:
         self.port = common.free_port()
         self.process = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(urllib.request.Request(self.endpoint + "/", method="GET"), timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        common.wait_for_port(self.port, "moto_server", seconds=15)
         for bucket in ("airlock-bench", "distribution-bench"):
             urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT"))
 
@@ -83,14 +76,7 @@ class S3Registry(common.Registry):
                     f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: bench\n")
         self.process = subprocess.Popen(["docker-registry", "serve", config], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         env=moto.env())
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        sys.exit("docker-registry did not start on S3")
+        common.wait_for_port(self.port, "docker-registry on S3")
 
 
 class Served:

@@ -226,6 +226,32 @@ impl std::fmt::Display for VersionWanted {
 mod tests {
     use super::VersionWanted;
 
+    #[test]
+    fn a_chart_folder_is_packaged_as_helm_lays_it_out_and_a_hostile_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let chart = dir.path().join("chart");
+        std::fs::create_dir_all(chart.join("templates")).unwrap();
+        std::fs::create_dir_all(chart.join(".git")).unwrap();
+        std::fs::write(chart.join(".git/config"), "not packaged").unwrap();
+        std::fs::write(chart.join("templates/pod.yaml"), "kind: Pod\n").unwrap();
+        std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: web\nversion: 1.2.3\n").unwrap();
+        let archive = super::package_chart(&chart, dir.path()).unwrap();
+        assert_eq!(archive.file_name().unwrap(), "web-1.2.3.tgz");
+        assert_eq!(super::archive_metadata(&archive).unwrap()["version"], "1.2.3");
+        let mut names: Vec<String> = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap()))
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["web/Chart.yaml", "web/templates/pod.yaml"]);
+        for hostile in ["../../escape", "a/b", "Web", ""] {
+            std::fs::write(chart.join("Chart.yaml"), format!("apiVersion: v2\nname: '{hostile}'\nversion: 1.0.0\n")).unwrap();
+            let refused = super::package_chart(&chart, dir.path()).unwrap_err().to_string();
+            assert!(refused.contains("is not a lowercase name"), "{hostile}: {refused}");
+        }
+    }
+
     fn newest(wanted: Option<&str>, versions: &[&'static str]) -> Option<&'static str> {
         VersionWanted::parse(wanted).unwrap().newest(versions.iter().map(|v| (*v, *v)))
     }
@@ -288,6 +314,11 @@ pub fn package_chart(chart: &Path, out: &Path) -> Result<PathBuf, ArtifactError>
     let chart_yaml = chart.join("Chart.yaml");
     let text = std::fs::read_to_string(&chart_yaml).map_err(ArtifactError::io("cannot read", &chart_yaml))?;
     let metadata: ChartMetadata = serde_saphyr::from_str(&text).map_err(|e| ArtifactError::Invalid(format!("`{}` does not parse: {e}", chart_yaml.display())))?;
+    // The name becomes every entry's folder in the archive and the chart's repository at the
+    // target: one path component of a repository name, nothing else.
+    if metadata.name.contains('/') || airlock_oci::validate_repository(&metadata.name).is_err() {
+        return Err(ArtifactError::Invalid(format!("`{}`: chart name `{}` is not a lowercase name (letters, digits, `-`, `_`, `.`)", chart_yaml.display(), metadata.name.escape_debug())));
+    }
     let archive = out.join(archive_name(&metadata.name, &metadata.version));
     let file = std::fs::File::create(&archive).map_err(ArtifactError::io("cannot write", &archive))?;
     let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()));

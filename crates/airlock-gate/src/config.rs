@@ -493,6 +493,9 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             timer: duration(&entry.timer, "timer")?,
             gate_repo: match &entry.gate_repo {
                 None => None,
+                Some(repo) if repo.value.starts_with('-') || repo.value.chars().any(char::is_control) => {
+                    return Err(at(Some(&repo.referenced), key("gate_repo"), format!("`{}` is not a folder or a URL", repo.value.escape_debug())));
+                }
                 Some(repo) if repo.value.contains("://") || repo.value.starts_with("git@") => Some(GateRepo::Url(repo.value.clone())),
                 Some(repo) => {
                     let folder = base.join(&repo.value);
@@ -582,6 +585,16 @@ mod tests {
     }
 
     const MINIMAL: &str = "imports:\n  - name: node\n    source: 127.0.0.1:5000/upstream/node\n    tags: [15-alpine]\n    staging: 127.0.0.1:5000/staging/node\n    target: 127.0.0.1:5000/base-artifacts/node\n";
+
+    #[test]
+    fn a_gate_repo_is_never_an_option_for_git() {
+        for hostile in ["--upload-pack=touch /tmp/x", "-c core.sshCommand=x"] {
+            let error = err(&format!("{MINIMAL}    gate_repo: '{hostile}'\n"));
+            assert!(error.contains("gate_repo") && error.contains("is not a folder or a URL"), "{error}");
+        }
+        let config = parse(&format!("{MINIMAL}    gate_repo: https://git.example.com/gates.git\n"), Path::new("airlock.yaml")).unwrap();
+        assert_eq!(config.imports[0].gate_repo, Some(GateRepo::Url("https://git.example.com/gates.git".into())));
+    }
 
     #[test]
     fn a_minimal_file_gets_the_defaults() {

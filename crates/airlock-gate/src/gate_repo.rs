@@ -13,7 +13,9 @@ pub async fn head(repo: &GateRepo) -> Result<String, String> {
     let mut command = tokio::process::Command::new("git");
     match repo {
         GateRepo::Folder(folder) => command.arg("-C").arg(folder).args(["rev-parse", "HEAD"]),
-        GateRepo::Url(url) => command.args(["ls-remote", url, "HEAD"]),
+        // Checked at load, and again here: a URL is never taken for an option of git's.
+        GateRepo::Url(url) if url.starts_with('-') => return Err(format!("`{url}` is not a repository URL")),
+        GateRepo::Url(url) => command.args(["ls-remote", "--", url, "HEAD"]),
     };
     command.stdin(std::process::Stdio::null()).kill_on_drop(true);
     let output = tokio::time::timeout(GIT_TIMEOUT, command.output())

@@ -522,7 +522,7 @@ async fn get_blob(storage: &Storage, name: &str, digest: &str, headers: &HeaderM
     // An object store set to redirect serves the bytes itself (the client follows with its
     // `Range`); airlock answers only who may read.
     if body {
-        if let Some(url) = storage.blob_url(name, &digest).await? {
+        if let Some(url) = storage.direct_blob_url(&digest).await? {
             return Ok(with_headers(StatusCode::TEMPORARY_REDIRECT, vec![header("location", url), header("docker-content-digest", &digest), header("content-length", "0")]));
         }
     }

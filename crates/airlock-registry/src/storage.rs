@@ -223,10 +223,9 @@ impl Storage {
         not_found_as(self.backend.size(&blob_key(digest)).await, StorageError::BlobUnknown)
     }
 
-    /// Where a client may fetch a blob the repository holds directly (a presigned URL of the
-    /// object store), when the backend is set to redirect.
-    pub async fn blob_url(&self, name: &str, digest: &Digest) -> Result<Option<String>> {
-        self.blob_size(name, digest).await?;
+    /// Where a client may fetch a blob directly (a presigned URL of the object store), when the
+    /// backend is set to redirect. The caller has checked that the repository holds it.
+    pub async fn direct_blob_url(&self, digest: &Digest) -> Result<Option<String>> {
         Ok(self.backend.direct_url(&blob_key(digest)).await?)
     }
 

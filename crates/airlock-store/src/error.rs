@@ -321,3 +321,48 @@ pub(crate) fn chain_mentions(error: &(dyn std::error::Error + 'static), needle: 
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fail(url: &str) -> Error {
+        let client = reqwest::Client::builder().use_preconfigured_tls(crate::remote::tls::client_config(Vec::new())).build().unwrap();
+        let source = client.get(url).send().await.unwrap_err();
+        Error::from(ErrorKind::Transport { method: "GET".into(), url: url.to_owned(), source })
+    }
+
+    #[tokio::test]
+    async fn connections_no_retry_can_fix_are_said_in_words_and_not_retried() {
+        // A server that answers a TLS handshake in plain HTTP, as a registry without TLS does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let plain = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n").await;
+            }
+        });
+        let error = fail(&format!("https://{plain}/v2/")).await;
+        assert_eq!(error.connection_problem().as_deref(), Some(format!("{plain} speaks plain HTTP, not HTTPS").as_str()), "{error}");
+        assert!(!error.is_transient());
+        assert!(error.hint().unwrap().contains(&format!("--plain-http {plain}")), "{:?}", error.hint());
+        // A port nobody listens on.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let error = fail(&format!("http://{closed}/v2/")).await;
+        assert_eq!(error.connection_problem().as_deref(), Some(format!("nothing listens on {closed} (connection refused)").as_str()));
+        assert!(!error.is_transient());
+        // A reset is worth another try.
+        let resetting = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reset = resetting.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = resetting.accept().await {
+                drop(socket);
+            }
+        });
+        let error = fail(&format!("http://{reset}/v2/")).await;
+        assert!(error.connection_problem().is_none() && error.is_transient(), "{error}");
+    }
+}

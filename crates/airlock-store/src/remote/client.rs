@@ -174,7 +174,6 @@ impl RegistryClient {
             let response = self.send(scope, location, make).await?;
             let (status, headers, url) = (response.status(), response.headers().clone(), response.url().clone());
             let limit = if status.is_success() { limit } else { limit.min(ERROR_BODY_LIMIT) };
-            let method = make().build().map(|r| r.method().to_string()).unwrap_or_else(|_| "GET".into());
             match read_limited(response, limit).await {
                 Ok(body) => return Ok(Fetched { status, headers, url, body }),
                 Err(BodyError::TooLarge) if status.is_success() => {
@@ -185,6 +184,8 @@ impl RegistryClient {
                 }
                 Err(BodyError::TooLarge) => return Ok(Fetched { status, headers, url, body: Vec::new() }),
                 Err(BodyError::Cut(source)) => {
+                    // Only a cut answer needs the method, for its message.
+                    let method = make().build().map(|r| r.method().to_string()).unwrap_or_else(|_| "GET".into());
                     let failure = Error::from(ErrorKind::Transport { method, url: url.to_string(), source });
                     if attempt >= self.retry.attempts {
                         return Err(Error::from(ErrorKind::Retried { attempts: attempt, last: failure }));

@@ -297,7 +297,9 @@ fn a_run_broken_by_a_registry_error_is_tried_again_but_a_rejection_is_not() {
     let good = upstream.publish(&airlock, &served, "Orange");
     proxy.inject(Fault::Status { path: "/blobs/uploads/", status: 503, times: 1000, retry_after: None });
     let broken = airlock.run(&["import", "-f", file, "--retries", "1", "-o", "json"]).code(1).json();
-    assert!(broken["results"][0]["reason"].as_str().unwrap().contains("staging failed"), "{broken}");
+    // The reason (what `runs` and `watch` show) says the cause, not only that airlock gave up.
+    let reason = broken["results"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("staging failed") && reason.contains("503") && reason.contains("gave up after 1 attempt"), "{broken}");
     // The registry is back: the next plain run tries the same digest again and promotes it.
     proxy.clear_faults();
     let retried = airlock.run(&["import", "-f", file, "-o", "json"]).success().json();
