@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs airlock's whole test suite. On a fresh Debian machine it first installs what the tests
 # start for real (docker-registry, skopeo, umoci, htpasswd, openssl, podman, runc, a static
-# busybox, git, util-linux's `script` (a pseudo-terminal), the oras Python SDK, moto's S3 server, the Helm engine from helm-python-sdk), and only what is missing.
+# busybox, git, util-linux's `script` (a pseudo-terminal), PostgreSQL's server, the oras Python SDK, moto's S3 server, the Helm engine from helm-python-sdk), and only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
@@ -22,6 +22,11 @@ missing=()
 for command in "${!packages[@]}"; do
   command -v "$command" >/dev/null 2>&1 || missing+=("${packages[$command]}")
 done
+# The run-history tests start a throwaway PostgreSQL cluster (initdb, pg_ctl: Debian keeps them
+# under /usr/lib/postgresql/VERSION/bin, off PATH).
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  missing+=(postgresql)
+fi
 # The podman tests run a static busybox in their image.
 if command -v dpkg >/dev/null && ! dpkg -s busybox-static >/dev/null 2>&1; then
   missing+=(busybox-static)

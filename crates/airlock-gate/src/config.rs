@@ -40,6 +40,8 @@ use airlock_sync::TagFilter;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::runs::StateLocation;
+
 /// The default unique tag: the upstream tag and the run id, as `node:15-alpine-<run id>`.
 pub const DEFAULT_UNIQUE_TAG: &str = "{{tag}}-{{run_id}}";
 
@@ -48,8 +50,13 @@ pub const DEFAULT_UNIQUE_TAG: &str = "{{tag}}-{{run_id}}";
 struct File {
     #[serde(default)]
     registries: BTreeMap<String, RegistryEntry>,
-    /// Where the run database lives; default `.airlock/` beside the file.
-    state: Option<PathBuf>,
+    /// Where the run database lives: a folder (default `.airlock/` beside the file) or
+    /// `postgres://…`.
+    state: Option<String>,
+    /// The variable holding the PostgreSQL password (default `PGPASSWORD`).
+    state_password_env: Option<String>,
+    /// How long an import's lease lasts without renewal (default 60s).
+    lease: Option<Spanned<String>>,
     #[serde(default)]
     runtime: RuntimeFile,
     #[serde(default)]
@@ -177,8 +184,11 @@ pub struct Config {
     pub path: PathBuf,
     /// Registry settings with their secrets read.
     pub registries: Vec<RegistryConfig>,
-    /// The folder of the run database.
-    pub state: PathBuf,
+    /// Where the run database is.
+    pub state: StateLocation,
+    /// How long an import's lease lasts when its holder stops renewing it (killed, cut off):
+    /// then another process may take the import over.
+    pub lease: Duration,
     /// How `test` gates build and run containers.
     pub runtime: Runtime,
     /// How often `airlock watch` asks upstream by default.
@@ -329,16 +339,26 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Where the run database of the file at `path` lives, reading nothing else: the run history
 /// needs no credentials, gate files or registries, so reading it never fails on them (an unset
 /// `password_env` variable, a test Dockerfile not checked out here).
-pub fn load_state(path: &Path) -> Result<PathBuf, ConfigError> {
+pub fn load_state(path: &Path) -> Result<StateLocation, ConfigError> {
     #[derive(Deserialize)]
     struct StateOnly {
-        state: Option<PathBuf>,
+        state: Option<String>,
+        state_password_env: Option<String>,
     }
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError { path: name.clone(), location: None, reason: format!("cannot read: {e}") })?;
     let file: StateOnly = parse_yaml(&text, &name)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(file.state.map(|s| base.join(s)).unwrap_or_else(|| base.join(".airlock")))
+    Ok(state_location(file.state, file.state_password_env, &base))
+}
+
+/// `state:` as written: a PostgreSQL URL, or a folder relative to the file's.
+fn state_location(state: Option<String>, password_env: Option<String>, base: &Path) -> StateLocation {
+    match state {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => StateLocation::Postgres { url, password_env },
+        Some(folder) => StateLocation::Folder(base.join(folder)),
+        None => StateLocation::Folder(base.join(".airlock")),
+    }
 }
 
 /// [`load`] for text already read; `path` names the file and anchors relative paths.
@@ -511,6 +531,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         Some(v) => parse_duration(&v.value).map_err(|reason| at(Some(&v.referenced), "watch.interval".into(), reason))?,
         None => Duration::from_secs(5 * 60),
     };
+    let lease = match &file.lease {
+        Some(v) => parse_duration(&v.value).map_err(|reason| at(Some(&v.referenced), "lease".into(), reason))?,
+        None => Duration::from_secs(60),
+    };
+    if lease < Duration::from_secs(3) {
+        return Err(at(file.lease.as_ref().map(|v| &v.referenced), "lease".into(), "a lease shorter than 3s would run out between renewals: make it longer".into()));
+    }
     let runtime = Runtime {
         command: file.runtime.command.clone().unwrap_or_else(|| "podman".into()),
         args: file.runtime.args.clone(),
@@ -520,7 +547,8 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     Ok(Config {
         path: path.to_path_buf(),
         registries: registries(&file.registries, &name)?,
-        state: file.state.map(|s| base.join(s)).unwrap_or_else(|| base.join(".airlock")),
+        state: state_location(file.state, file.state_password_env, &base),
+        lease,
         runtime,
         interval,
         listen: file.watch.listen,
@@ -601,7 +629,7 @@ mod tests {
         let config = parse(MINIMAL, Path::new("/etc/airlock/airlock.yaml")).unwrap();
         let import = &config.imports[0];
         assert_eq!(import.unique_tag, DEFAULT_UNIQUE_TAG);
-        assert_eq!(config.state, Path::new("/etc/airlock/.airlock"));
+        assert_eq!(config.state, StateLocation::Folder("/etc/airlock/.airlock".into()));
         assert_eq!(config.runtime.command, "podman");
         assert_eq!(config.interval, Duration::from_secs(300));
         assert_eq!(import.target.to_string(), "127.0.0.1:5000/base-artifacts/node:latest");

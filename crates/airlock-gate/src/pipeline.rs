@@ -16,7 +16,7 @@
 //! promotion, after the content, the report and the unique tag: a kill at any moment leaves it
 //! on the old digest or the new one, and both are complete in the target.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use airlock_copy::{CopyOptions, Copier};
@@ -28,13 +28,10 @@ use serde::Serialize;
 use crate::config::{Config, DependentAction, Import};
 use crate::gates::{self, Candidate, Verdict};
 use crate::policy::ImageFacts;
-use crate::runs::{status_of, GateRecord, Runs, Status, Trigger};
+use crate::runs::{status_of, GateRecord, RunEnd, Runs, Status, Trigger};
 
 /// The artifact type of the gate report attached to a promoted digest.
 pub const REPORT_ARTIFACT_TYPE: &str = "application/vnd.airlock.gate-report.v1+json";
-
-/// How long a lock may be held before another process may take it over.
-const LOCK_STALE: Duration = Duration::from_secs(6 * 3600);
 
 /// What the pipeline needs: the checked file, the registries, the run database.
 pub struct Pipeline {
@@ -42,8 +39,8 @@ pub struct Pipeline {
     pub config: Config,
     /// Registry clients (credentials, plain HTTP, limits from the file and the flags).
     pub registries: Registries,
-    /// The run database (SQLite connections are not shared across threads: one at a time).
-    pub runs: Mutex<Runs>,
+    /// The run database: SQLite or PostgreSQL.
+    pub runs: Runs,
     /// Copies share one budget and one record of blobs moved.
     pub copier: Copier,
 }
@@ -99,16 +96,17 @@ fn copy_options(platforms: Vec<airlock_oci::PlatformSpec>) -> CopyOptions {
 }
 
 impl Pipeline {
-    fn db<T>(&self, f: impl FnOnce(&Runs) -> Result<T, crate::runs::DbError>) -> Result<T, String> {
-        let runs = self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&runs).map_err(|e| e.to_string())
-    }
-
     /// Runs `import` for each selected upstream tag. `force` runs even when upstream did not
     /// change since the last run (a timer, or a human who wants the gates again).
+    ///
+    /// The import's lease is held throughout and renewed every third of its length; if it
+    /// cannot be renewed before it runs out (the database is unreachable, or this process
+    /// stalled and another took the import over), the import stops where it is, which the
+    /// promotion order makes safe: the stable tag is either untouched or complete.
     pub async fn import(&self, import: &Import, trigger: Trigger, force: bool) -> Vec<Outcome> {
         let holder = crate::runs::this_holder();
-        match self.db(|runs| runs.lock(&import.name, &holder, LOCK_STALE)) {
+        let lease = self.config.lease;
+        match self.runs.lock(&import.name, &holder, lease).await.map_err(|e| e.to_string()) {
             Ok(Ok(())) => {}
             Ok(Err(other)) => {
                 let mut outcome = Outcome::new(&import.name, "", "busy");
@@ -121,11 +119,35 @@ impl Pipeline {
                 return vec![outcome];
             }
         }
-        // Holding the lock, any run still marked running was left by a killed process.
-        let _ = self.db(|runs| runs.reap(&import.name, "interrupted: the process running it stopped"));
-        let outcomes = self.import_locked(import, trigger, force).await;
-        let _ = self.db(|runs| runs.unlock(&import.name, &holder));
+        // Holding the lease, any run still marked running was left by a killed process.
+        let _ = self.runs.reap(&import.name, "interrupted: the process running it stopped").await;
+        let outcomes = tokio::select! {
+            outcomes = self.import_locked(import, trigger, force) => outcomes,
+            lost = self.keep_lease(&import.name, &holder, lease) => {
+                tracing::warn!(import = %import.name, "{lost}");
+                let mut outcome = Outcome::new(&import.name, "", "error");
+                outcome.reason = Some(lost);
+                vec![outcome]
+            }
+        };
+        let _ = self.runs.unlock(&import.name, &holder).await;
         outcomes
+    }
+
+    /// Renews the lease of `import` until it is lost; returns why.
+    async fn keep_lease(&self, import: &str, holder: &str, lease: Duration) -> String {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(lease / 3).await;
+            match self.runs.renew(import, holder, lease).await {
+                Ok(true) => renewed = Instant::now(),
+                Ok(false) => return format!("stopped: the lease of import `{import}` was taken over by another airlock (this one did not renew it within {}s)", lease.as_secs()),
+                Err(e) if renewed.elapsed() + lease / 3 >= lease => {
+                    return format!("stopped: cannot renew the lease of import `{import}` before it runs out ({e}); another airlock may take it over")
+                }
+                Err(e) => tracing::warn!(import, "cannot renew the lease (trying again): {e}"),
+            }
+        }
     }
 
     async fn import_locked(&self, import: &Import, trigger: Trigger, force: bool) -> Vec<Outcome> {
@@ -160,7 +182,7 @@ impl Pipeline {
         };
         outcome.upstream_digest = Some(upstream.to_string());
         if !force {
-            match self.db(|runs| runs.last_import(&import.name, tag)) {
+            match self.runs.last_import(&import.name, tag).await.map_err(|e| e.to_string()) {
                 // A digest a gate refused stays refused; one whose run broke for another reason (a
                 // registry error, a kill) is tried again.
                 Ok(Some(last)) if last.upstream_digest.as_deref() == Some(upstream.as_ref()) => {
@@ -168,7 +190,7 @@ impl Pipeline {
                     // older database may have failed for another reason: asked again).
                     let settled = match status_of(&last) {
                         Status::Succeeded => Some("up_to_date"),
-                        Status::Failed if self.db(|runs| runs.rejected_by_gate(&last.run_id)).unwrap_or(false) => Some("rejected_before"),
+                        Status::Failed if self.runs.rejected_by_gate(&last.run_id).await.map_err(|e| e.to_string()).unwrap_or(false) => Some("rejected_before"),
                         _ => None,
                     };
                     if let Some(action) = settled {
@@ -185,7 +207,7 @@ impl Pipeline {
                 }
             }
         }
-        let run_id = match self.db(|runs| runs.start(&import.name, tag, trigger, Some(upstream.as_ref()))) {
+        let run_id = match self.runs.start(&import.name, tag, trigger, Some(upstream.as_ref())).await.map_err(|e| e.to_string()) {
             Ok(id) => id,
             Err(e) => {
                 outcome.reason = Some(e);
@@ -199,9 +221,14 @@ impl Pipeline {
             Ok(promotion) => {
                 outcome.action = "promoted";
                 outcome.promoted_digest = Some(promotion.digest.to_string());
-                self.db(|runs| {
-                    runs.finish(&run_id, Status::Succeeded, Some(promotion.digest.as_ref()), promotion.previous.as_deref(), Some(&promotion.unique_tag), None)
-                })
+                let end = RunEnd {
+                    status: Status::Succeeded,
+                    promoted: Some(promotion.digest.as_ref()),
+                    previous: promotion.previous.as_deref(),
+                    unique_tag: Some(&promotion.unique_tag),
+                    reason: None,
+                };
+                self.runs.finish(&run_id, &end).await
             }
             Err(stop) => {
                 let (status, action, word) = match stop {
@@ -211,24 +238,24 @@ impl Pipeline {
                 let reason = stop.reason();
                 outcome.action = action;
                 outcome.reason = Some(reason.to_owned());
-                let _ = self.db(|runs| runs.log(&run_id, &format!("{word}: {reason}")));
-                self.db(|runs| runs.finish(&run_id, status, None, None, None, Some(reason)))
+                let _ = self.runs.append_log(&run_id, &format!("{word}: {reason}")).await;
+                self.runs.finish(&run_id, &RunEnd::not_promoted(status, reason)).await
             }
         };
-        let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
+        let _ = self.runs.set_duration(&run_id, started.elapsed()).await;
         if let Ok(promotion) = &result {
             if promotion.previous.as_deref() != Some(promotion.digest.as_ref()) {
                 self.notify(import, tag, &run_id, promotion.previous.as_deref(), &promotion.digest, trigger).await;
             } else {
-                let _ = self.db(|runs| runs.log(&run_id, "the stable tag already pointed at this digest: dependents not notified"));
+                let _ = self.runs.append_log(&run_id, "the stable tag already pointed at this digest: dependents not notified").await;
             }
         }
         outcome
     }
 
-    fn log(&self, run_id: &str, text: &str) {
+    async fn log(&self, run_id: &str, text: &str) {
         tracing::info!(run = run_id, "{text}");
-        let _ = self.db(|runs| runs.log(run_id, text));
+        let _ = self.runs.append_log(run_id, text).await;
     }
 
     /// Stages, gates and promotes. Only a gate's verdict refuses a digest ([`Stop::Refused`]);
@@ -252,7 +279,7 @@ impl Pipeline {
         }
 
         // 1. Stage: the candidate goes to quarantine, by digest, under the unique tag.
-        self.log(run_id, &format!("staging {}@{upstream} to {}:{unique_tag}", import.source.repository_key(), import.staging.repository_key()));
+        self.log(run_id, &format!("staging {}@{upstream} to {}:{unique_tag}", import.source.repository_key(), import.staging.repository_key())).await;
         let staged = self
             .copier
             .copy_with(&copy_options(import.platforms.clone()), source.as_ref(), upstream.as_ref(), staging.as_ref(), std::slice::from_ref(&unique_tag))
@@ -262,11 +289,11 @@ impl Pipeline {
         self.log(
             run_id,
             &format!("staged {candidate_digest}: {} blobs copied ({} bytes), {} mounted, {} already there", staged.blobs_copied, staged.bytes_copied, staged.blobs_mounted, staged.blobs_skipped),
-        );
+        ).await;
         let manifest = staging.get_manifest(candidate_digest.as_ref()).await.map_err(|e| format!("cannot read the staged candidate: {e}"))?;
         let facts = image_facts(staging.as_ref(), &manifest).await?;
         let platform = facts.iter().map(|f| f.platform.clone()).collect::<Vec<_>>().join(",");
-        let _ = self.db(|runs| runs.set_platform(run_id, &platform));
+        let _ = self.runs.set_platform(run_id, &platform).await.map_err(|e| e.to_string());
 
         // 2. Gates, in order, each when its `when` gates passed.
         let candidate_reference = import.staging.with_digest(&candidate_digest);
@@ -303,12 +330,12 @@ impl Pipeline {
                     log: format!("skipped: gate `{name}` did not pass\n"),
                 },
                 None => {
-                    self.log(run_id, &format!("gate `{}` ({}) running", gate.name, gate.kind.as_str()));
+                    self.log(run_id, &format!("gate `{}` ({}) running", gate.name, gate.kind.as_str())).await;
                     gates::run(gate, &candidate, &self.config.runtime).await
                 }
             };
-            self.log(run_id, &format!("gate `{}`: {} in {} ms", record.name, record.result, record.duration_ms));
-            let _ = self.db(|runs| runs.gate(run_id, position, &record));
+            self.log(run_id, &format!("gate `{}`: {} in {} ms", record.name, record.result, record.duration_ms)).await;
+            let _ = self.runs.gate(run_id, position, &record).await.map_err(|e| e.to_string());
             records.push(record);
         }
         let last_words = |record: &GateRecord| {
@@ -342,7 +369,7 @@ impl Pipeline {
             Err(e) if e.is_not_found() => {}
             Err(e) => return Err(Stop::Error(format!("cannot read {}:{unique_tag}: {e}", import.target.repository_key()))),
         }
-        self.log(run_id, &format!("promoting {candidate_digest} to {}", import.target.repository_key()));
+        self.log(run_id, &format!("promoting {candidate_digest} to {}", import.target.repository_key())).await;
         self.copier
             .copy_with(&copy_options(Vec::new()), staging.as_ref(), candidate_digest.as_ref(), target.as_ref(), &[])
             .await
@@ -357,7 +384,7 @@ impl Pipeline {
         for write in [&unique_tag, &tag.to_owned()] {
             target.put_manifest(&manifest, Some(write)).await.map_err(|e| format!("cannot tag {}:{write}: {e}", import.target.repository_key()))?;
         }
-        self.log(run_id, &format!("promoted {candidate_digest} as {0}:{unique_tag} and {0}:{tag}", import.target.repository_key()));
+        self.log(run_id, &format!("promoted {candidate_digest} as {0}:{unique_tag} and {0}:{tag}", import.target.repository_key())).await;
         Ok(Promotion { digest: candidate_digest, previous, unique_tag })
     }
 
@@ -382,14 +409,14 @@ impl Pipeline {
                 DependentAction::Webhook(url) => post_webhook(url, &document).await,
             };
             let verdict = if ok { "notified" } else { "NOT notified" };
-            self.log(run_id, &format!("dependent `{}` {verdict}\n{log}", dependent.name));
+            self.log(run_id, &format!("dependent `{}` {verdict}\n{log}", dependent.name)).await;
         }
     }
 
     /// Points the stable tag of `import`/`tag` back at an earlier promoted digest: `to` is a
     /// run id or a digest; by default the promotion before the current one.
     pub async fn rollback(&self, import: &Import, tag: &str, to: Option<&str>) -> Result<Outcome, String> {
-        let promotions = self.db(|runs| runs.promotions(&import.name, tag))?;
+        let promotions = self.runs.promotions(&import.name, tag).await.map_err(|e| e.to_string())?;
         let target = open_store(&self.registries, &import.target, Access::Push).await;
         let current = match target.resolve(tag).await {
             Ok(descriptor) => Some(descriptor.digest().to_string()),
@@ -399,7 +426,7 @@ impl Pipeline {
         let wanted: String = match to {
             Some(to) if to.contains(':') => to.to_owned(),
             Some(run) => {
-                let run = self.db(|runs| runs.get(run))?.ok_or_else(|| format!("no run `{run}` in the run database"))?;
+                let run = self.runs.get(run).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("no run `{run}` in the run database"))?;
                 if run.import != import.name || run.tag != tag {
                     return Err(format!("run `{}` is of {}:{}, not {}:{tag}", run.run_id, run.import, run.tag, import.name));
                 }
@@ -416,16 +443,19 @@ impl Pipeline {
         }
         let digest = airlock_oci::parse_digest(&wanted).map_err(|e| e.to_string())?;
         let manifest = target.get_manifest(&wanted).await.map_err(|e| format!("{} no longer holds {wanted}: {e}", import.target.repository_key()))?;
-        let run_id = self.db(|runs| runs.start(&import.name, tag, Trigger::Rollback, None))?;
+        let run_id = self.runs.start(&import.name, tag, Trigger::Rollback, None).await.map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let _ = self.db(|runs| runs.log(&run_id, &format!("rolling {}:{tag} back from {} to {wanted}", import.target.repository_key(), current.as_deref().unwrap_or("nothing"))));
+        let _ = self.runs.append_log(&run_id, &format!("rolling {}:{tag} back from {} to {wanted}", import.target.repository_key(), current.as_deref().unwrap_or("nothing"))).await;
         let result = target.put_manifest(&manifest, Some(tag)).await;
         let mut outcome = Outcome::new(&import.name, tag, "rolled_back");
         outcome.run_id = Some(run_id.clone());
         match result {
             Ok(_) => {
-                self.db(|runs| runs.finish(&run_id, Status::Succeeded, Some(&wanted), current.as_deref(), None, None))?;
-                let _ = self.db(|runs| runs.set_duration(&run_id, started.elapsed()));
+                self.runs
+                    .finish(&run_id, &RunEnd { status: Status::Succeeded, promoted: Some(&wanted), previous: current.as_deref(), unique_tag: None, reason: None })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = self.runs.set_duration(&run_id, started.elapsed()).await;
                 outcome.promoted_digest = Some(wanted.clone());
                 if current.as_deref() != Some(wanted.as_str()) {
                     self.notify(import, tag, &run_id, current.as_deref(), &digest, Trigger::Rollback).await;
@@ -434,7 +464,7 @@ impl Pipeline {
             }
             Err(e) => {
                 let reason = format!("cannot tag {}:{tag}: {e}", import.target.repository_key());
-                self.db(|runs| runs.finish(&run_id, Status::Error, None, None, None, Some(&reason)))?;
+                self.runs.finish(&run_id, &RunEnd::not_promoted(Status::Error, &reason)).await.map_err(|e| e.to_string())?;
                 Err(reason)
             }
         }

@@ -26,6 +26,15 @@ enum Due {
     Timer,
 }
 
+/// `GET /healthz`: 200 while the run database answers, 503 naming it when it does not (a
+/// watch node that cannot reach it can neither take leases nor record runs).
+async fn healthz(runs: crate::runs::Runs) -> (axum::http::StatusCode, String) {
+    match runs.ping().await {
+        Ok(()) => (axum::http::StatusCode::OK, "ok\n".into()),
+        Err(e) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
 /// Watches until `shutdown` resolves; each finished tag is handed to `report`.
 pub async fn watch(
     pipeline: Arc<Pipeline>,
@@ -36,7 +45,9 @@ pub async fn watch(
     let (notified_tx, mut notified) = mpsc::channel::<String>(64);
     let server = listener.map(|listener| {
         let imports: Arc<Vec<Import>> = Arc::new(pipeline.config.imports.clone());
-        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state((imports, notified_tx.clone()));
+        let runs = pipeline.runs.clone();
+        let health = axum::Router::new().route("/healthz", axum::routing::get(move || healthz(runs.clone())));
+        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state((imports, notified_tx.clone())).merge(health);
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("the notification listener stopped: {e}");

@@ -9,7 +9,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use airlock_gate::runs::Runs;
 use airlock_gate::Trigger;
 use airlock_oci::{Descriptor, Manifest, Reference};
 use airlock_store::remote::{Access, Registries};
@@ -74,7 +73,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     std::fs::write(&config_path, yaml).with_context(|| format!("cannot write `{}`", config_path.display()))?;
     say(format!("the import is described in {} (read it: it is what you would write)\n", config_path.display()));
     let config = airlock_gate::config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let pipeline = crate::gate::pipeline(global, config, false)?;
+    let pipeline = crate::gate::pipeline(global, config, false).await?;
     let import = pipeline.config.imports[0].clone();
     let registries = Registries::new(registry_options(global))?;
     let upstream: Reference = format!("{address}/upstream/node:15-alpine").parse().expect("a valid reference");
@@ -112,7 +111,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
     say(format!("   the dependent was told nothing ({told_again} more rebuilds): the refused digest never reached base-artifacts"));
     say(format!("3. base-artifacts/node:15-alpine serves {stable}{}", if stable == good.to_string() { " (the validated digest)" } else { "" }));
 
-    let runs = Runs::open(&pipeline.config.state)?.list(None, 20)?;
+    let runs = pipeline.runs.list(None, 20).await?;
     let failed = second.iter().find_map(|o| o.run_id.clone());
     let promoted = first.iter().find_map(|o| o.run_id.clone()).unwrap_or_default();
     // What to try next: each works as printed while `--keep` holds the registry open (a test
@@ -142,8 +141,8 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
         Output::Text if !global.quiet => {
             let mut text = format!("\n{}", crate::gate::runs_table(&runs));
             if let Some(run_id) = &failed {
-                let db = Runs::open(&pipeline.config.state)?;
-                if let (Some(run), Ok((log, gates))) = (db.get(run_id)?, db.logs(run_id)) {
+                let db = &pipeline.runs;
+                if let (Some(run), Ok((log, gates))) = (db.get(run_id).await?, db.logs(run_id).await) {
                     text.push_str(&format!("\nairlock runs logs {run_id}\n{}", crate::gate::render_logs(&run, &log, &gates)));
                 }
             }

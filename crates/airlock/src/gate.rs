@@ -1,10 +1,10 @@
 //! `airlock import`, `runs`, `rollback` and `watch`: the gated-import commands over airlock.yaml.
 
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use airlock_copy::{CopyOptions, Copier, NoProgress};
-use airlock_gate::runs::{GateRecord, Run, Runs};
+use airlock_gate::runs::{GateRecord, Run, Runs, StateLocation};
 use airlock_gate::{Outcome, Pipeline, Trigger};
 use airlock_store::remote::Registries;
 
@@ -18,28 +18,41 @@ fn config_failure(error: impl std::fmt::Display) -> Failure {
 
 /// The pipeline of `path`: its imports, registries (file settings over the global flags) and
 /// run database.
-pub(crate) fn pipeline(global: &Global, config: airlock_gate::Config, bars: bool) -> Result<Pipeline> {
+pub(crate) async fn pipeline(global: &Global, config: airlock_gate::Config, bars: bool) -> Result<Pipeline> {
     let mut options = registry_options(global);
     for registry in &config.registries {
         registry.apply_to(&mut options);
     }
     let registries = Registries::new(options)?;
-    let runs = Runs::open(&config.state)?;
+    let runs = open_runs(&config.state).await?;
     let mut copy_options = CopyOptions::new();
     copy_options.concurrency = std::num::NonZeroUsize::new(global.jobs.max(1)).expect("at least 1");
     // Bars for staging and promotion copies, only on a terminal and never under `watch` (whose
     // output is a log).
     let progress: Arc<dyn airlock_copy::Progress> = if bars { crate::progress::Bars::for_terminal(!global.quiet && global.verbose == 0 && global.output == Output::Text) } else { Arc::new(NoProgress) };
-    Ok(Pipeline { config, registries, runs: Mutex::new(runs), copier: Copier::new(copy_options, progress) })
+    Ok(Pipeline { config, registries, runs, copier: Copier::new(copy_options, progress) })
 }
 
-fn load(global: &Global, file: &std::path::Path) -> Result<Pipeline> {
+async fn load(global: &Global, file: &std::path::Path) -> Result<Pipeline> {
     let config = airlock_gate::config::load(file).map_err(config_failure)?;
-    pipeline(global, config, true)
+    pipeline(global, config, true).await
+}
+
+/// The run database of `state`; one that cannot be opened or reached is exit code 1 with a
+/// hint to check `state:`.
+pub(crate) async fn open_runs(state: &StateLocation) -> Result<Runs> {
+    airlock_gate::runs::open(state).await.map_err(|e| Failure {
+        error: anyhow::anyhow!("{e}"),
+        hint: Some(match state {
+            StateLocation::Folder(_) => "check that the `state` folder of airlock.yaml is writable".into(),
+            StateLocation::Postgres { .. } => "check the `state` URL of airlock.yaml, that the database answers, and its password (`state_password_env`, else PGPASSWORD)".into(),
+        }),
+        exit_code: 1,
+    })
 }
 
 pub async fn import(global: &Global, args: &ImportArgs) -> Result<ExitCode> {
-    let pipeline = load(global, &args.gate_file.file)?;
+    let pipeline = load(global, &args.gate_file.file).await?;
     let imports: Vec<&airlock_gate::Import> = if args.names.is_empty() {
         pipeline.config.imports.iter().collect()
     } else {
@@ -120,7 +133,7 @@ pub async fn runs(global: &Global, args: &RunsArgs) -> Result<()> {
     match &args.command {
         RunsCommand::List(list) => {
             let state = airlock_gate::config::load_state(&list.gate_file.file).map_err(config_failure)?;
-            let runs = Runs::open(&state)?.list(list.import.as_deref(), list.limit)?;
+            let runs = open_runs(&state).await?.list(list.import.as_deref(), list.limit).await?;
             match global.output {
                 Output::Json => output::json(&serde_json::json!({ "runs": runs })),
                 Output::Text => output::data(&runs_table(&runs)),
@@ -128,14 +141,13 @@ pub async fn runs(global: &Global, args: &RunsArgs) -> Result<()> {
         }
         RunsCommand::Logs(logs) => {
             let state = airlock_gate::config::load_state(&logs.gate_file.file).map_err(config_failure)?;
-            let db = Runs::open(&state)?;
-            let database = state.join("runs.db");
+            let db = open_runs(&state).await?;
             // Without an id, the latest run (as `az acr task logs` shows it).
             let run = match &logs.run_id {
-                Some(id) => db.get(id)?.ok_or_else(|| usage(format!("no run `{id}` in `{}`", database.display())))?,
-                None => db.list(None, 1)?.into_iter().next().ok_or_else(|| usage(format!("no runs yet in `{}`", database.display())))?,
+                Some(id) => db.get(id).await?.ok_or_else(|| usage(format!("no run `{id}` in `{state}`")))?,
+                None => db.list(None, 1).await?.into_iter().next().ok_or_else(|| usage(format!("no runs yet in `{state}`")))?,
             };
-            let (log, gates) = db.logs(&run.run_id)?;
+            let (log, gates) = db.logs(&run.run_id).await?;
             match global.output {
                 Output::Json => output::json(&serde_json::json!({ "run": run, "log": log, "gates": gates })),
                 Output::Text => output::data(&render_logs(&run, &log, &gates)),
@@ -164,7 +176,7 @@ pub(crate) fn render_logs(run: &Run, log: &str, gates: &[GateRecord]) -> String 
 }
 
 pub async fn rollback(global: &Global, args: &RollbackArgs) -> Result<()> {
-    let pipeline = load(global, &args.gate_file.file)?;
+    let pipeline = load(global, &args.gate_file.file).await?;
     let import = pipeline.config.import(&args.name).ok_or_else(|| usage(format!("no import `{}` in `{}`", args.name, args.gate_file.file.display())))?;
     let tag = match (&args.tag, import.filter.tags.as_slice()) {
         (Some(tag), _) => tag.clone(),
@@ -182,7 +194,7 @@ pub async fn watch(global: &Global, args: &WatchArgs) -> Result<()> {
         config.interval = interval;
     }
     let listen = args.listen.clone().or(config.listen.clone());
-    let pipeline = Arc::new(pipeline(global, config, false)?);
+    let pipeline = Arc::new(pipeline(global, config, false).await?);
     let listener = match &listen {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on `{address}`: {e}"))?;

@@ -9,12 +9,12 @@ use crate::harness::proxy::{EventSink, Fault, FaultProxy};
 use crate::harness::{require, run_command, skopeo_digest, Airlock, Podman, Served};
 
 /// A folder with a busybox OCI layout, to make upstream "node" images from.
-struct Upstream {
+pub(crate) struct Upstream {
     layout: std::path::PathBuf,
 }
 
 impl Upstream {
-    fn new(dir: &Path) -> Upstream {
+    pub(crate) fn new(dir: &Path) -> Upstream {
         let reference = crate::harness::busybox_layout(dir);
         let layout = reference.trim_start_matches("ocidir://").trim_end_matches(":1.0").into();
         Upstream { layout }
@@ -22,7 +22,7 @@ impl Upstream {
 
     /// Publishes `upstream/node:15-alpine` with `BACKGROUND_COLOR=color` to `served`; returns
     /// its digest.
-    fn publish(&self, airlock: &Airlock, served: &Served, color: &str) -> String {
+    pub(crate) fn publish(&self, airlock: &Airlock, served: &Served, color: &str) -> String {
         let umoci = require("umoci", "umoci");
         let mut command = Command::new(umoci);
         command.args(["config", "--image", &format!("{}:1.0", self.layout.display()), "--tag", color]);
@@ -213,7 +213,7 @@ imports:
     airlock.run(&["rollback", "node", "-f", file, "--to", &red]).code(1).stderr_has("never promoted");
 }
 
-fn policy_config(dir: &Path, served: &Served, extra: &str) -> std::path::PathBuf {
+pub(crate) fn policy_config(dir: &Path, served: &Served, extra: &str) -> std::path::PathBuf {
     let config = dir.join("airlock.yaml");
     std::fs::write(
         &config,
@@ -229,7 +229,7 @@ fn policy_config(dir: &Path, served: &Served, extra: &str) -> std::path::PathBuf
 }
 
 /// Waits up to `seconds` for `check`.
-fn eventually(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     while std::time::Instant::now() < deadline {
         if check() {
@@ -240,7 +240,7 @@ fn eventually(seconds: u64, mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
-struct Killed(std::process::Child);
+pub(crate) struct Killed(pub(crate) std::process::Child);
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();

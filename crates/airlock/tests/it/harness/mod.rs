@@ -8,6 +8,7 @@
 
 pub mod fixtures;
 pub mod moto;
+pub mod postgres;
 pub mod proxy;
 pub mod registry;
 pub mod served;
@@ -107,6 +108,15 @@ impl Airlock {
     /// watch it run.
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         self.command(args).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().expect("start airlock")
+    }
+
+    /// Starts `airlock ARGS` with more environment, its output appended to `log` (read it
+    /// when the test fails).
+    pub fn spawn_logged(&self, args: &[&str], env: &[(&str, &str)], log: &Path) -> std::process::Child {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open the log");
+        let mut command = self.command(args);
+        command.envs(env.iter().copied()).stdout(file.try_clone().expect("log")).stderr(file);
+        command.spawn().expect("start airlock")
     }
 
     /// Runs `airlock ARGS` with a clean environment for credentials.
