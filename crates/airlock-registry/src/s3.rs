@@ -31,6 +31,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, ByteStream};
 
+mod open_uploads;
+use open_uploads::UploadLister;
+
 /// The size of every multipart part but the last: equal parts, at least S3's 5 MiB minimum.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 
@@ -65,6 +68,8 @@ pub struct S3Backend {
     prefix: String,
     name: String,
     redirect: bool,
+    /// The raw `ListMultipartUploads` call gc needs.
+    uploads: UploadLister,
 }
 
 /// How long a presigned blob URL is good for.
@@ -84,6 +89,11 @@ struct Session {
     /// Bytes in `data.tail`, so the session's size is one read.
     #[serde(default)]
     tail: u64,
+}
+
+/// How long ago `epoch_seconds` was (zero for a time in the future).
+fn elapsed_since(epoch_seconds: i64) -> Duration {
+    Duration::from_secs((airlock_oci::time::now() as i64).saturating_sub(epoch_seconds).max(0) as u64)
 }
 
 fn other(error: impl std::fmt::Display) -> io::Error {
@@ -128,7 +138,7 @@ impl S3Backend {
             .or_else(|| std::env::var("AWS_REGION").ok())
             .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
             .unwrap_or_else(|| "us-east-1".to_owned());
-        builder = builder.with_region(region);
+        builder = builder.with_region(region.clone());
         // Set here only when said, so that `AWS_ALLOW_HTTP` and `AWS_VIRTUAL_HOSTED_STYLE_REQUEST`
         // still count.
         if settings.virtual_hosted {
@@ -141,9 +151,14 @@ impl S3Backend {
         // gone would hold every request that long. A few quick tries, then an error (a 5xx the
         // client retries, and `/healthz` failing).
         builder = builder.with_retry(object_store::RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(15), ..Default::default() });
+        use object_store::aws::AmazonS3ConfigKey;
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        let virtual_hosted = builder.get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let uploads = UploadLister::new(open_uploads::bucket_url(endpoint.as_deref(), virtual_hosted, bucket, &region), region)?;
         let store = builder.build().map_err(|e| format!("cannot use `{url}`: {e}"))?;
         let prefix = prefix.trim_matches('/').to_owned();
-        Ok(S3Backend { store: Arc::new(store), prefix, name: format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |(_, p)| p)), redirect: settings.redirect })
+        let name = format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |(_, p)| p));
+        Ok(S3Backend { store: Arc::new(store), prefix, name, redirect: settings.redirect, uploads })
     }
 
     /// Where the backend is, for messages.
@@ -192,6 +207,22 @@ impl S3Backend {
         session.parts.push(content_id);
         session.parted += len;
         Ok(())
+    }
+
+    /// Whether an open multipart upload of `key` (without the prefix) is one nothing will
+    /// complete. A session's upload (`uploads/ID/data.assembled`) lives as long as its session,
+    /// whose state every append rewrites: abandoned once the state is gone or older than `age`,
+    /// whatever S3 says of the upload itself. Any other key is a streamed write: abandoned when
+    /// S3's `Initiated` is older than `age` (an unreadable date keeps it).
+    async fn abandoned(&self, key: &str, initiated: Option<i64>, age: Duration) -> io::Result<bool> {
+        if let Some(session) = key.strip_suffix(".assembled").filter(|k| k.starts_with("uploads/")) {
+            return match self.store.head(&self.path(&format!("{session}.state"))?).await {
+                Ok(meta) => Ok(elapsed_since(meta.last_modified.timestamp()) >= age),
+                Err(object_store::Error::NotFound { .. }) => Ok(true),
+                Err(e) => Err(map(e)),
+            };
+        }
+        Ok(initiated.is_some_and(|started| elapsed_since(started) >= age))
     }
 
     /// The session a key names (`uploads/ID/data`) when it is one in progress.
@@ -438,9 +469,28 @@ impl Backend for S3Backend {
         }
     }
 
-    async fn purge_temporaries(&self, _age: Duration) -> io::Result<u64> {
-        // Sessions are purged by the storage's gc through `delete_prefix`, which aborts their
-        // multipart uploads; `put_stream` aborts its own on any error.
-        Ok(0)
+    /// Aborts the multipart uploads nothing will complete. Sessions the storage's gc found
+    /// stale were already deleted with their recorded upload (`delete_prefix`); what is left
+    /// are uploads no session records (a replica killed between starting one and saving the
+    /// session) and streamed writes of a killed replica (`put_stream` aborts its own on any
+    /// error it lives to see).
+    async fn purge_temporaries(&self, age: Duration) -> io::Result<u64> {
+        let prefix = if self.prefix.is_empty() { String::new() } else { format!("{}/", self.prefix) };
+        let mut aborted = 0;
+        for upload in self.uploads.list(&self.store, &prefix).await? {
+            let Some(key) = upload.key.strip_prefix(&prefix) else { continue };
+            if !self.abandoned(key, upload.initiated, age).await? {
+                continue;
+            }
+            let path = Path::parse(&upload.key).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            match self.store.abort_multipart(&path, &upload.id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::info!(key = %upload.key, "aborted an abandoned multipart upload");
+                    aborted += 1;
+                }
+                Err(e) => tracing::warn!(key = %upload.key, "cannot abort a multipart upload: {}", map(e)),
+            }
+        }
+        Ok(aborted)
     }
 }

@@ -479,6 +479,9 @@ pub struct GcReport {
     pub too_young: u64,
     /// Upload sessions idle for longer than the grace period, removed (or that would be).
     pub stale_uploads: u64,
+    /// Temporaries nothing will finish, removed: half-written files of a folder, multipart
+    /// uploads of an object store that no live session records (a killed replica's).
+    pub abandoned_temporaries: u64,
 }
 
 impl Storage {
@@ -527,7 +530,7 @@ impl Storage {
             }
         }
         if !dry_run {
-            self.backend.purge_temporaries(grace).await?;
+            report.abandoned_temporaries = self.backend.purge_temporaries(grace).await?;
         }
         for algorithm in self.backend.list("blobs").await? {
             for hex in self.backend.list(&format!("blobs/{algorithm}")).await? {

@@ -725,15 +725,16 @@ async fn gc(global: &Global, args: &crate::args::GcArgs) -> Result<()> {
     match global.output {
         Output::Json => output::json(&serde_json::json!({
             "dry_run": args.dry_run, "kept": report.kept, "removed": report.removed, "bytes": report.bytes, "too_young": report.too_young,
-            "stale_uploads": report.stale_uploads,
+            "stale_uploads": report.stale_uploads, "abandoned_temporaries": report.abandoned_temporaries,
         })),
         Output::Text if !global.quiet => {
             let verb = if args.dry_run { "would remove" } else { "removed" };
             output::data(&format!(
-                "{verb} {} blobs ({}) and {} idle upload sessions; kept {} reachable and {} younger than the grace period",
+                "{verb} {} blobs ({}), {} idle upload sessions and {} abandoned temporaries; kept {} reachable and {} younger than the grace period",
                 report.removed,
                 output::bytes(report.bytes),
                 report.stale_uploads,
+                report.abandoned_temporaries,
                 report.kept,
                 report.too_young
             ));

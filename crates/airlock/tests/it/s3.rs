@@ -235,3 +235,90 @@ fn gc_on_s3_runs_once_at_a_time_and_online_beside_pushes_through_two_replicas() 
     }
     assert_eq!(moto.open_multipart_uploads("online"), 0);
 }
+
+/// A request body that sends `first` and then stalls until the request is dropped, so that a
+/// replica can be killed in the middle of it.
+fn stalled_body(first: Vec<u8>) -> reqwest::Body {
+    use futures::StreamExt as _;
+    let stream = futures::stream::once(async move { Ok::<_, std::io::Error>(bytes::Bytes::from(first)) }).chain(futures::stream::pending());
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[test]
+fn a_replica_killed_mid_upload_loses_nothing_the_client_resumes_on_another_and_gc_aborts_what_it_left() {
+    let moto = Moto::start();
+    moto.bucket("killed");
+    let (_a_dir, a) = replica(&moto, "killed");
+    let (_b_dir, b) = replica(&moto, "killed");
+    let blob = crate::harness::fixtures::noise(21, 19 * 1024 * 1024 + 321);
+    let digest = crate::harness::sha256(&blob);
+    let (a_address, b_address) = (a.address.clone(), b.address.clone());
+    let runtime = crate::harness::proxy::runtime();
+    // A chunked upload: 9 MiB through A, then a chunk that stalls after 5 MiB while A dies.
+    let location = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let started = client.post(format!("http://{a_address}/v2/resumed/blob/blobs/uploads/")).send().await.unwrap();
+        let location = started.headers()["location"].to_str().unwrap().to_owned();
+        let first = client.patch(format!("http://{a_address}{location}")).body(blob[..9 * 1024 * 1024].to_vec()).send().await.unwrap();
+        assert_eq!(first.status(), 202);
+        first.headers()["location"].to_str().unwrap().to_owned()
+    });
+    let stalled = {
+        let (url, piece) = (format!("http://{a_address}{location}"), blob[9 * 1024 * 1024..14 * 1024 * 1024].to_vec());
+        runtime.spawn(async move { reqwest::Client::new().patch(url).body(stalled_body(piece)).send().await })
+    };
+    // And a monolithic push streamed into a multipart upload of its own, also stalled.
+    let other = crate::harness::fixtures::noise(22, 30 * 1024 * 1024);
+    let streamed = {
+        let (address, piece, other_digest) = (a_address.clone(), other[..20 * 1024 * 1024].to_vec(), crate::harness::sha256(&other));
+        runtime.spawn(async move {
+            let client = reqwest::Client::new();
+            let started = client.post(format!("http://{address}/v2/resumed/other/blobs/uploads/")).send().await.unwrap();
+            let location = started.headers()["location"].to_str().unwrap().to_owned();
+            client.put(format!("http://{address}{location}?digest={other_digest}")).body(stalled_body(piece)).send().await
+        })
+    };
+    let open = || moto.open_multipart_uploads("killed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while open() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(open(), 2, "the session's upload and the streamed write's are open");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    a.kill();
+    stalled.abort();
+    streamed.abort();
+    // The client asks B where the session stands and resumes there (distribution's protocol).
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let status = client.get(format!("http://{b_address}{location}")).send().await.unwrap();
+        assert_eq!(status.status(), 204);
+        let range = status.headers()["range"].to_str().unwrap().to_owned();
+        let next: usize = range.trim_start_matches("0-").parse::<usize>().unwrap() + 1;
+        assert!(next >= 9 * 1024 * 1024, "what A acknowledged is kept: {range}");
+        let location = status.headers()["location"].to_str().unwrap().to_owned();
+        let rest = client
+            .patch(format!("http://{b_address}{location}"))
+            .header("content-range", format!("{next}-{}", blob.len() - 1))
+            .body(blob[next..].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(rest.status(), 202, "{:?}", rest.text().await);
+        let location = rest.headers()["location"].to_str().unwrap().to_owned();
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let done = client.put(format!("http://{b_address}{location}{separator}digest={digest}")).send().await.unwrap();
+        assert_eq!(done.status(), 201, "{:?}", done.text().await);
+    });
+    assert_eq!(crate::harness::sha256(&crate::harness::http_get_bytes(&b.url(&format!("/v2/resumed/blob/blobs/{digest}")))), digest);
+    // The killed streamed write left its multipart upload; gc aborts it (moto dates every
+    // upload 2010, so the grace period does not hold it back here).
+    assert_eq!(open(), 1, "the resumed session completed its upload; the killed streamed write's is left");
+    let owned = moto.env();
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let airlock = Airlock::new();
+    let report = airlock.run_env(&["gc", "--storage", "s3://killed/registry", "--grace", "1m", "-o", "json"], &env).success().json();
+    assert_eq!(report["abandoned_temporaries"], 1, "{report}");
+    assert_eq!(open(), 0, "no multipart upload is left behind");
+    assert_eq!(crate::harness::sha256(&crate::harness::http_get_bytes(&b.url(&format!("/v2/resumed/blob/blobs/{digest}")))), digest, "the blob survived gc");
+}
