@@ -1,5 +1,6 @@
 //! The distribution spec's MUSTs, status codes and headers, checked against the router itself
-//! (no socket: each request is a `tower::Service` call).
+//! (no socket: each request is a `tower::Service` call), on every storage backend: a folder, and
+//! an S3 bucket of moto's server (PyPI `moto[server]`, one per test binary, a bucket per test).
 
 use std::sync::Arc;
 
@@ -31,7 +32,96 @@ impl Answer {
 
 struct Registry {
     app: axum::Router,
+    /// The registry behind the router, for checks that go around HTTP (gc).
+    served: Arc<Served>,
     _dir: tempfile::TempDir,
+}
+
+/// Which storage backend a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Folder,
+    S3,
+}
+
+/// Runs each named test (an `async fn(Kind)`) once per backend: `on_folder::NAME`, `on_s3::NAME`.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod on_folder {
+            $( #[tokio::test] async fn $name() { super::$name(super::Kind::Folder).await } )*
+        }
+        mod on_s3 {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(super::Kind::S3).await } )*
+        }
+    };
+}
+
+on_every_backend!(
+    base_endpoint_answers_200,
+    pull_by_tag_and_digest_returns_the_bytes_pushed,
+    blobs_with_ranges_and_unknown_blobs,
+    single_request_upload_and_digest_mismatch,
+    chunked_uploads_in_order_with_status_and_cancel,
+    mounts_across_repositories_and_fallback_to_an_upload,
+    manifests_that_reference_missing_blobs_are_refused,
+    tag_listing_paginates_with_link,
+    referrers_are_listed_filtered_and_announced,
+    deletes_of_tags_manifests_and_blobs,
+    health_and_metrics,
+    garbage_collection_keeps_what_manifests_reach,
+    the_remaining_error_paths_answer_the_spec_codes,
+    deletes_can_be_disabled_and_oversized_manifests_are_refused,
+    referrers_pushed_before_their_subject_and_referrer_indexes_are_listed_with_annotations,
+    a_streamed_patch_without_content_range_then_an_empty_put,
+    manifest_pushes_say_where_to_pull_and_heads_carry_the_digest,
+    deleted_referrers_leave_the_list_and_untyped_indexes_carry_no_artifact_type,
+    disabled_blob_deletes_and_unknown_repositories,
+    a_manifest_named_by_its_etag_is_not_modified,
+    bad_references_and_upload_ids_are_client_errors_never_500,
+    gc_reads_an_ambiguous_manifest_as_its_push_was_accepted,
+);
+
+/// moto's S3 server for this test binary. It is started under a shell that kills it when this
+/// process's end of its stdin closes, so no server outlives the tests.
+struct Moto {
+    endpoint: String,
+    _stdin: std::sync::Mutex<std::process::ChildStdin>,
+}
+
+fn moto() -> &'static Moto {
+    static MOTO: std::sync::OnceLock<Moto> = std::sync::OnceLock::new();
+    MOTO.get_or_init(|| {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("moto_server")).find(|p| p.is_file());
+        let server = found.unwrap_or_else(|| panic!("`moto_server` is not installed; the S3 spec tests need it: `pip install 'moto[server]'` (README's test command installs it)"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "\"$0\" -H 127.0.0.1 -p \"$1\" >/dev/null 2>&1 & server=$!; cat >/dev/null; kill $server; wait $server", server.to_str().unwrap(), &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("start moto_server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start on port {port}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Credentials only so that requests are signed (moto checks none); set before any S3 store
+        // reads the environment, and the same for every test.
+        for (name, value) in [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_REGION", "us-east-1")] {
+            std::env::set_var(name, value);
+        }
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), _stdin: std::sync::Mutex::new(child.stdin.take().unwrap()) }
+    })
+}
+
+/// A fresh bucket on moto, as storage.
+async fn s3_storage() -> Storage {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let moto = moto();
+    let bucket = format!("spec-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let created = reqwest::Client::new().put(format!("{}/{bucket}", moto.endpoint)).send().await.expect("moto answers");
+    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    let settings = airlock_registry::s3::S3Settings { endpoint: Some(moto.endpoint.clone()), allow_http: true, ..Default::default() };
+    Storage::open(&format!("s3://{bucket}/registry"), &settings).unwrap()
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -41,7 +131,22 @@ fn sha256(bytes: &[u8]) -> String {
 impl Registry {
     fn new() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: true })), _dir: dir }
+        Registry::over(Storage::new(dir.path()), true, dir)
+    }
+
+    /// A registry on `kind` of storage.
+    async fn open(kind: Kind, allow_delete: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = match kind {
+            Kind::Folder => Storage::new(dir.path()),
+            Kind::S3 => s3_storage().await,
+        };
+        Registry::over(storage, allow_delete, dir)
+    }
+
+    fn over(storage: Storage, allow_delete: bool, dir: tempfile::TempDir) -> Registry {
+        let served = Arc::new(Served { storage, auth: None, notifier: None, allow_delete });
+        Registry { app: router(served.clone()), served, _dir: dir }
     }
 
     async fn call(&self, method: &str, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
@@ -83,17 +188,15 @@ impl Registry {
     }
 }
 
-#[tokio::test]
-async fn base_endpoint_answers_200() {
-    let registry = Registry::new();
+async fn base_endpoint_answers_200(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let answer = registry.call("GET", "/v2/", &[], vec![]).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header("docker-distribution-api-version"), "registry/2.0");
 }
 
-#[tokio::test]
-async fn pull_by_tag_and_digest_returns_the_bytes_pushed() {
-    let registry = Registry::new();
+async fn pull_by_tag_and_digest_returns_the_bytes_pushed(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let (digest, manifest) = registry.push_image("a/b", "v1", b"layer").await;
     assert_eq!(digest, sha256(&manifest));
     for reference in ["v1", digest.as_str()] {
@@ -113,9 +216,8 @@ async fn pull_by_tag_and_digest_returns_the_bytes_pushed() {
     assert_eq!((unknown_repo.status, unknown_repo.error_code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
 }
 
-#[tokio::test]
-async fn blobs_with_ranges_and_unknown_blobs() {
-    let registry = Registry::new();
+async fn blobs_with_ranges_and_unknown_blobs(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let digest = registry.push_blob("r", b"0123456789").await;
     let whole = registry.call("GET", &format!("/v2/r/blobs/{digest}"), &[], vec![]).await;
     assert_eq!((whole.status, whole.body.as_slice()), (StatusCode::OK, &b"0123456789"[..]));
@@ -137,9 +239,8 @@ async fn blobs_with_ranges_and_unknown_blobs() {
     assert_eq!((invalid.status, invalid.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
 }
 
-#[tokio::test]
-async fn single_request_upload_and_digest_mismatch() {
-    let registry = Registry::new();
+async fn single_request_upload_and_digest_mismatch(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let digest = sha256(b"monolithic");
     let put = registry.call("POST", &format!("/v2/r/blobs/uploads/?digest={digest}"), &[], b"monolithic".to_vec()).await;
     assert_eq!(put.status, StatusCode::CREATED);
@@ -150,9 +251,8 @@ async fn single_request_upload_and_digest_mismatch() {
     assert_eq!(absent.status, StatusCode::NOT_FOUND, "refused content is not stored");
 }
 
-#[tokio::test]
-async fn chunked_uploads_in_order_with_status_and_cancel() {
-    let registry = Registry::new();
+async fn chunked_uploads_in_order_with_status_and_cancel(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
     let location = start.header("location").to_owned();
     assert_eq!(start.header("range"), "0-0");
@@ -179,9 +279,8 @@ async fn chunked_uploads_in_order_with_status_and_cancel() {
     assert_eq!((gone.status, gone.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"));
 }
 
-#[tokio::test]
-async fn mounts_across_repositories_and_fallback_to_an_upload() {
-    let registry = Registry::new();
+async fn mounts_across_repositories_and_fallback_to_an_upload(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let digest = registry.push_blob("from", b"shared").await;
     let mounted = registry.call("POST", &format!("/v2/to/blobs/uploads/?mount={digest}&from=from"), &[], vec![]).await;
     assert_eq!(mounted.status, StatusCode::CREATED);
@@ -192,9 +291,8 @@ async fn mounts_across_repositories_and_fallback_to_an_upload() {
     assert!(absent.header("location").contains("/v2/to/blobs/uploads/"));
 }
 
-#[tokio::test]
-async fn manifests_that_reference_missing_blobs_are_refused() {
-    let registry = Registry::new();
+async fn manifests_that_reference_missing_blobs_are_refused(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(b"{}"), "size": 2},
@@ -211,9 +309,8 @@ async fn manifests_that_reference_missing_blobs_are_refused() {
     assert_eq!((bad_name.status, bad_name.error_code().as_str()), (StatusCode::BAD_REQUEST, "NAME_INVALID"));
 }
 
-#[tokio::test]
-async fn tag_listing_paginates_with_link() {
-    let registry = Registry::new();
+async fn tag_listing_paginates_with_link(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     for tag in ["b", "a", "d", "c", "e"] {
         registry.push_image("r", tag, b"layer").await;
     }
@@ -231,9 +328,8 @@ async fn tag_listing_paginates_with_link() {
     assert_eq!(unknown.error_code(), "NAME_UNKNOWN");
 }
 
-#[tokio::test]
-async fn referrers_are_listed_filtered_and_announced() {
-    let registry = Registry::new();
+async fn referrers_are_listed_filtered_and_announced(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let (subject, manifest) = registry.push_image("r", "v1", b"layer").await;
     let empty = registry.push_blob("r", b"{}").await;
     let mut referrer_digests = Vec::new();
@@ -266,9 +362,8 @@ async fn referrers_are_listed_filtered_and_announced() {
     assert_eq!((none.status, none.json()["manifests"].as_array().unwrap().len()), (StatusCode::OK, 0), "never 404");
 }
 
-#[tokio::test]
-async fn deletes_of_tags_manifests_and_blobs() {
-    let registry = Registry::new();
+async fn deletes_of_tags_manifests_and_blobs(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let (digest, _) = registry.push_image("r", "v1", b"layer").await;
     registry.push_image("r", "v2", b"layer").await;
     assert_eq!(registry.call("DELETE", "/v2/r/manifests/v2", &[], vec![]).await.status, StatusCode::ACCEPTED);
@@ -282,9 +377,8 @@ async fn deletes_of_tags_manifests_and_blobs() {
     assert_eq!(registry.call("DELETE", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await.error_code(), "BLOB_UNKNOWN");
 }
 
-#[tokio::test]
-async fn health_and_metrics() {
-    let registry = Registry::new();
+async fn health_and_metrics(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     registry.push_image("r", "v1", b"layer").await;
     registry.call("GET", "/v2/r/manifests/v1", &[], vec![]).await;
     assert_eq!(registry.call("GET", "/healthz", &[], vec![]).await.status, StatusCode::OK);
@@ -299,11 +393,9 @@ async fn health_and_metrics() {
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text: {text}");
 }
 
-#[tokio::test]
-async fn garbage_collection_keeps_what_manifests_reach() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: true });
-    let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
+async fn garbage_collection_keeps_what_manifests_reach(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
+    let storage = registry.served.clone();
     let (digest, _) = registry.push_image("r", "v1", b"kept layer").await;
     let orphan = registry.push_blob("r", b"an orphan").await;
     let session = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
@@ -325,9 +417,8 @@ async fn garbage_collection_keeps_what_manifests_reach() {
     assert_eq!((after.kept, after.removed), (0, 3));
 }
 
-#[tokio::test]
-async fn the_remaining_error_paths_answer_the_spec_codes() {
-    let registry = Registry::new();
+async fn the_remaining_error_paths_answer_the_spec_codes(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let (digest, manifest) = registry.push_image("r", "v1", b"layer").await;
     // Uploads: the session id comes back; a PUT needs a digest; unknown sessions are 404.
     let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
@@ -367,10 +458,8 @@ async fn the_remaining_error_paths_answer_the_spec_codes() {
     assert!(error["code"].is_string() && error["message"].is_string() && error.get("detail").is_some(), "{body}");
 }
 
-#[tokio::test]
-async fn deletes_can_be_disabled_and_oversized_manifests_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: false })), _dir: dir };
+async fn deletes_can_be_disabled_and_oversized_manifests_are_refused(kind: Kind) {
+    let registry = Registry::open(kind, false).await;
     let (digest, _) = registry.push_image("r", "v1", b"layer").await;
     for target in [format!("/v2/r/manifests/{digest}"), "/v2/r/manifests/v1".to_owned()] {
         let refused = registry.call("DELETE", &target, &[], vec![]).await;
@@ -382,9 +471,8 @@ async fn deletes_can_be_disabled_and_oversized_manifests_are_refused() {
     assert_eq!((too_big.status, too_big.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID"));
 }
 
-#[tokio::test]
-async fn referrers_pushed_before_their_subject_and_referrer_indexes_are_listed_with_annotations() {
-    let registry = Registry::new();
+async fn referrers_pushed_before_their_subject_and_referrer_indexes_are_listed_with_annotations(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let empty = registry.push_blob("r", b"{}").await;
     let payload = registry.push_blob("r", b"attestation").await;
     let subject_digest = sha256(b"an image pushed later");
@@ -431,9 +519,8 @@ async fn referrers_pushed_before_their_subject_and_referrer_indexes_are_listed_w
     }
 }
 
-#[tokio::test]
-async fn a_streamed_patch_without_content_range_then_an_empty_put() {
-    let registry = Registry::new();
+async fn a_streamed_patch_without_content_range_then_an_empty_put(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let start = registry.call("POST", "/v2/r/blobs/uploads/", &[], vec![]).await;
     let location = start.header("location").to_owned();
     let patch = registry.call("PATCH", &location, &[("content-type", "application/octet-stream")], b"streamed in one go".to_vec()).await;
@@ -449,9 +536,8 @@ async fn a_streamed_patch_without_content_range_then_an_empty_put() {
     assert_eq!(missing_tag.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn manifest_pushes_say_where_to_pull_and_heads_carry_the_digest() {
-    let registry = Registry::new();
+async fn manifest_pushes_say_where_to_pull_and_heads_carry_the_digest(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let config = registry.push_blob("r", b"{}").await;
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
@@ -488,9 +574,8 @@ async fn manifest_pushes_say_where_to_pull_and_heads_carry_the_digest() {
     assert_eq!(all.json()["name"], "r");
 }
 
-#[tokio::test]
-async fn deleted_referrers_leave_the_list_and_untyped_indexes_carry_no_artifact_type() {
-    let registry = Registry::new();
+async fn deleted_referrers_leave_the_list_and_untyped_indexes_carry_no_artifact_type(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let (subject, manifest) = registry.push_image("r", "v1", b"layer").await;
     let subject_descriptor = serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": manifest.len()});
     let index = serde_json::to_vec(&serde_json::json!({
@@ -516,10 +601,8 @@ async fn deleted_referrers_leave_the_list_and_untyped_indexes_carry_no_artifact_
     assert_eq!(by_tag.status, StatusCode::BAD_REQUEST, "referrers are asked for by digest");
 }
 
-#[tokio::test]
-async fn disabled_blob_deletes_and_unknown_repositories() {
-    let dir = tempfile::tempdir().unwrap();
-    let registry = Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: false })), _dir: dir };
+async fn disabled_blob_deletes_and_unknown_repositories(kind: Kind) {
+    let registry = Registry::open(kind, false).await;
     let blob = registry.push_blob("r", b"kept").await;
     let refused = registry.call("DELETE", &format!("/v2/r/blobs/{blob}"), &[], vec![]).await;
     assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"));
@@ -555,7 +638,8 @@ fn guarded(token: bool) -> Registry {
     ))
     .unwrap();
     let auth = airlock_registry::auth::Auth::load(&file, dir.path()).unwrap();
-    Registry { app: router(Arc::new(Served { storage: Storage::new(dir.path().join("data")), auth: Some(auth), notifier: None, allow_delete: true })), _dir: dir }
+    let served = Arc::new(Served { storage: Storage::new(dir.path().join("data")), auth: Some(auth), notifier: None, allow_delete: true });
+    Registry { app: router(served.clone()), served, _dir: dir }
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -599,9 +683,8 @@ async fn unauthorized_and_denied_answers_carry_the_challenge_and_the_spec_codes(
     assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"));
 }
 
-#[tokio::test]
-async fn a_manifest_named_by_its_etag_is_not_modified() {
-    let registry = Registry::new();
+async fn a_manifest_named_by_its_etag_is_not_modified(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     let (digest, _) = registry.push_image("r", "v1", b"etag layer").await;
     let full = registry.call("HEAD", "/v2/r/manifests/v1", &[], vec![]).await;
     assert_eq!((full.status, full.header("etag")), (StatusCode::OK, format!("\"{digest}\"").as_str()));
@@ -619,9 +702,8 @@ async fn a_manifest_named_by_its_etag_is_not_modified() {
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
-#[tokio::test]
-async fn bad_references_and_upload_ids_are_client_errors_never_500() {
-    let registry = Registry::new();
+async fn bad_references_and_upload_ids_are_client_errors_never_500(kind: Kind) {
+    let registry = Registry::open(kind, true).await;
     registry.push_image("r", "v1", b"layer").await;
     let long_tag = "t".repeat(200);
     let long_id = "u".repeat(300);
@@ -649,13 +731,11 @@ async fn bad_references_and_upload_ids_are_client_errors_never_500() {
     assert_eq!(registry.call("GET", "/v2/r/tags/list", &[], vec![]).await.json()["tags"], serde_json::json!(["v1"]));
 }
 
-#[tokio::test]
-async fn gc_reads_an_ambiguous_manifest_as_its_push_was_accepted() {
+async fn gc_reads_an_ambiguous_manifest_as_its_push_was_accepted(kind: Kind) {
     // No `mediaType`, and both `config` and `manifests`: pushed as an image manifest, it must
     // keep its config and layer through a collection (read as an index, they would be swept).
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Arc::new(Served { storage: Storage::new(dir.path()), auth: None, notifier: None, allow_delete: true });
-    let registry = Registry { app: router(storage.clone()), _dir: tempfile::tempdir().unwrap() };
+    let registry = Registry::open(kind, true).await;
+    let storage = registry.served.clone();
     let (config_bytes, layer_bytes): (&[u8], &[u8]) = (b"{\"architecture\":\"amd64\",\"os\":\"linux\"}", b"an ambiguous layer");
     let config = registry.push_blob("r", config_bytes).await;
     let layer = registry.push_blob("r", layer_bytes).await;

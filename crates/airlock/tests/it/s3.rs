@@ -322,3 +322,31 @@ fn a_replica_killed_mid_upload_loses_nothing_the_client_resumes_on_another_and_g
     assert_eq!(open(), 0, "no multipart upload is left behind");
     assert_eq!(crate::harness::sha256(&crate::harness::http_get_bytes(&b.url(&format!("/v2/resumed/blob/blobs/{digest}")))), digest, "the blob survived gc");
 }
+
+#[test]
+fn podman_and_oras_push_and_pull_through_serve_on_s3() {
+    let moto = Moto::start();
+    moto.bucket("clients");
+    let (_dir, served) = replica(&moto, "clients");
+    let work = crate::harness::tempdir();
+    let airlock = Airlock::new();
+    airlock.run(&["copy", &crate::harness::busybox_layout(work.path()), &served.at("tools/busybox:1.0")]).success();
+    let podman = crate::harness::Podman::new();
+    podman.run(&["pull", "--tls-verify=false", &served.at("tools/busybox:1.0")]).success();
+    let run = podman.run_container(&served.at("tools/busybox:1.0"), &[]).success();
+    assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
+    // podman's own push reads back with the digest of the bytes it wrote.
+    podman.run(&["push", "--tls-verify=false", &served.at("tools/busybox:1.0"), &format!("docker://{}", served.at("mirror/busybox:1.0"))]).success();
+    let pushed = airlock.run(&["inspect", &served.at("mirror/busybox:1.0"), "-o", "json"]).success().json();
+    let raw = airlock.run(&["inspect", "--raw", &served.at("mirror/busybox:1.0")]).success();
+    assert_eq!(pushed["digest"].as_str().unwrap(), crate::harness::sha256(&raw.stdout_bytes));
+    // An ORAS artifact, pushed and pulled by the ORAS SDK, byte for byte.
+    let disk = work.path().join("disk.qcow2");
+    std::fs::write(&disk, crate::harness::fixtures::noise(431, 9 * 1024 * 1024 + 5)).unwrap();
+    let pushed = crate::harness::oras(&["push", &served.at("ironic/disk:v1"), disk.to_str().unwrap(), "org.example.disktype=qcow2"]).success().json();
+    assert_eq!(airlock.run(&["digest", &served.at("ironic/disk:v1")]).success().stdout.trim(), pushed["digest"].as_str().unwrap());
+    let out = crate::harness::tempdir();
+    let pulled = crate::harness::oras(&["pull", &served.at("ironic/disk:v1"), out.path().to_str().unwrap()]).success().json();
+    assert_eq!(std::fs::read(pulled["files"][0].as_str().unwrap()).unwrap(), std::fs::read(&disk).unwrap());
+    assert_eq!(moto.open_multipart_uploads("clients"), 0);
+}
