@@ -331,15 +331,7 @@ fn podman_and_oras_push_and_pull_through_serve_on_s3() {
     let work = crate::harness::tempdir();
     let airlock = Airlock::new();
     airlock.run(&["copy", &crate::harness::busybox_layout(work.path()), &served.at("tools/busybox:1.0")]).success();
-    let podman = crate::harness::Podman::new();
-    podman.run(&["pull", "--tls-verify=false", &served.at("tools/busybox:1.0")]).success();
-    let run = podman.run_container(&served.at("tools/busybox:1.0"), &[]).success();
-    assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
-    // podman's own push reads back with the digest of the bytes it wrote.
-    podman.run(&["push", "--tls-verify=false", &served.at("tools/busybox:1.0"), &format!("docker://{}", served.at("mirror/busybox:1.0"))]).success();
-    let pushed = airlock.run(&["inspect", &served.at("mirror/busybox:1.0"), "-o", "json"]).success().json();
-    let raw = airlock.run(&["inspect", "--raw", &served.at("mirror/busybox:1.0")]).success();
-    assert_eq!(pushed["digest"].as_str().unwrap(), crate::harness::sha256(&raw.stdout_bytes));
+    crate::serve::podman_round_trip(&served, &airlock);
     // An ORAS artifact, pushed and pulled by the ORAS SDK, byte for byte.
     let disk = work.path().join("disk.qcow2");
     std::fs::write(&disk, crate::harness::fixtures::noise(431, 9 * 1024 * 1024 + 5)).unwrap();

@@ -300,18 +300,23 @@ fn podman_pushes_pulls_and_runs_images_served_by_airlock() {
     airlock.run(&["copy", &layout, &served.at("tools/busybox:1.0")]).success();
     let digest = airlock.run(&["digest", &served.at("tools/busybox:1.0")]).success().stdout.trim().to_owned();
 
+    podman_round_trip(&served, &airlock);
+    assert!(!digest.is_empty());
+}
+
+/// podman pulls and runs `tools/busybox:1.0` from `served`, pushes it back as
+/// `mirror/busybox:1.0` (whose manifest reads back with the digest of its bytes) and runs that.
+pub(crate) fn podman_round_trip(served: &Served, airlock: &Airlock) {
     let podman = crate::harness::Podman::new();
     podman.run(&["pull", "--tls-verify=false", &served.at("tools/busybox:1.0")]).success();
     let run = podman.run_container(&served.at("tools/busybox:1.0"), &[]).success();
     assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
-    // podman pushes back under another name; the manifest it writes reads back with its digest.
     podman.run(&["push", "--tls-verify=false", &served.at("tools/busybox:1.0"), &format!("docker://{}", served.at("mirror/busybox:1.0"))]).success();
     let pushed = airlock.run(&["inspect", &served.at("mirror/busybox:1.0"), "-o", "json"]).success().json();
     let raw = airlock.run(&["inspect", "--raw", &served.at("mirror/busybox:1.0")]).success();
     assert_eq!(pushed["digest"].as_str().unwrap(), crate::harness::sha256(&raw.stdout_bytes));
     let run = podman.run_container(&served.at("mirror/busybox:1.0"), &[]).success();
     assert_eq!(run.stdout.trim(), "hello from a container served by airlock");
-    assert!(!digest.is_empty());
 }
 
 #[test]
