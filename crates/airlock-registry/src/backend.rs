@@ -45,8 +45,16 @@ pub trait Backend: Send + Sync {
     async fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
     /// Streams an object from `offset` to its end.
     async fn read(&self, key: &str, offset: u64) -> io::Result<ByteStream>;
-    /// Creates an empty object to append to.
-    async fn create(&self, key: &str) -> io::Result<()>;
+    /// Creates an empty upload object to append to, recording `owner` with it (the repository
+    /// the session belongs to): one write on an object store.
+    async fn create(&self, key: &str, owner: &[u8]) -> io::Result<()>;
+    /// What `create` recorded with an upload object, and the bytes appended so far: one read
+    /// on an object store. `NotFound` when there is no such upload.
+    async fn upload_status(&self, key: &str) -> io::Result<(Vec<u8>, u64)>;
+    /// Removes an upload object made by `create` with everything it holds (what it recorded; on
+    /// an object store its tail, its assembled data and its multipart upload). No error when it
+    /// is already gone.
+    async fn discard(&self, key: &str) -> io::Result<()>;
     /// Appends a body to an object made by `create`; returns its new size. Bytes that arrived
     /// before an error are kept (the client resumes from the size).
     async fn append(&self, key: &str, body: ByteStream) -> io::Result<u64>;
@@ -72,6 +80,11 @@ pub trait Backend: Send + Sync {
     /// Removes the temporaries of writes that died before committing, older than `age` (on an
     /// object store: abort stale multipart uploads). Returns how many.
     async fn purge_temporaries(&self, age: Duration) -> io::Result<u64>;
+}
+
+/// Where a folder keeps what `create` recorded with an upload object.
+fn owner_key(key: &str) -> String {
+    format!("{key}.owner")
 }
 
 /// A folder on a local filesystem: temp file, fsync, rename.
@@ -226,10 +239,28 @@ impl Backend for FsBackend {
         })))
     }
 
-    async fn create(&self, key: &str) -> io::Result<()> {
+    async fn create(&self, key: &str, owner: &[u8]) -> io::Result<()> {
         let path = self.path(key)?;
         tokio::fs::create_dir_all(path.parent().expect("keys have a parent")).await?;
+        self.put(&owner_key(key), owner).await?;
         tokio::fs::File::create(path).await.map(|_| ())
+    }
+
+    async fn upload_status(&self, key: &str) -> io::Result<(Vec<u8>, u64)> {
+        let owner = self.get(&owner_key(key)).await?;
+        Ok((owner, self.size(key).await?))
+    }
+
+    async fn discard(&self, key: &str) -> io::Result<()> {
+        for file in [self.path(key)?, self.path(&owner_key(key))?] {
+            match tokio::fs::remove_file(&file).await {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        // The session's folder goes too once nothing else is in it.
+        let _ = tokio::fs::remove_dir(self.path(key)?.parent().expect("keys have a parent")).await;
+        Ok(())
     }
 
     async fn append(&self, key: &str, mut body: ByteStream) -> io::Result<u64> {
@@ -365,12 +396,16 @@ mod tests {
     async fn appends_keep_what_arrived_before_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let backend = FsBackend::new(dir.path());
-        backend.create("uploads/1/data").await.unwrap();
+        backend.create("uploads/1/data", b"team/app").await.unwrap();
         let cut = backend.append("uploads/1/data", body(vec![Ok(Bytes::from_static(b"abc")), Err(io::Error::other("cut"))])).await;
         assert!(cut.is_err());
         assert_eq!(backend.size("uploads/1/data").await.unwrap(), 3);
         assert_eq!(backend.append("uploads/1/data", body(vec![Ok(Bytes::from_static(b"def"))])).await.unwrap(), 6);
+        assert_eq!(backend.upload_status("uploads/1/data").await.unwrap(), (b"team/app".to_vec(), 6));
         backend.commit("uploads/1/data", "blobs/y").await.unwrap();
         assert_eq!(backend.get("blobs/y").await.unwrap(), b"abcdef");
+        backend.discard("uploads/1/data").await.unwrap();
+        assert!(!dir.path().join("uploads/1").exists(), "the session's folder is gone");
+        backend.discard("uploads/1/data").await.unwrap();
     }
 }

@@ -190,8 +190,14 @@ impl crate::backend::Backend for Instrumented {
     async fn read(&self, key: &str, offset: u64) -> std::io::Result<crate::backend::ByteStream> {
         timed("read", self.0.read(key, offset)).await
     }
-    async fn create(&self, key: &str) -> std::io::Result<()> {
-        timed("create", self.0.create(key)).await
+    async fn create(&self, key: &str, owner: &[u8]) -> std::io::Result<()> {
+        timed("create", self.0.create(key, owner)).await
+    }
+    async fn upload_status(&self, key: &str) -> std::io::Result<(Vec<u8>, u64)> {
+        timed("upload_status", self.0.upload_status(key)).await
+    }
+    async fn discard(&self, key: &str) -> std::io::Result<()> {
+        timed("discard", self.0.discard(key)).await
     }
     async fn append(&self, key: &str, body: crate::backend::ByteStream) -> std::io::Result<u64> {
         timed("append", self.0.append(key, body)).await

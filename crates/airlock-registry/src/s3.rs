@@ -89,6 +89,13 @@ struct Session {
     /// Bytes in `data.tail`, so the session's size is one read.
     #[serde(default)]
     tail: u64,
+    /// The repository the session belongs to, so that checking it and the size is one read.
+    #[serde(default)]
+    owner: String,
+    /// Whether `data.tail` was ever written (by an append), so a discard deletes only objects
+    /// that exist.
+    #[serde(default)]
+    appended: bool,
 }
 
 /// How long ago `epoch_seconds` was (zero for a time in the future).
@@ -383,8 +390,45 @@ impl Backend for S3Backend {
         Ok(Some(url.to_string()))
     }
 
-    async fn create(&self, key: &str) -> io::Result<()> {
-        self.save_session(key, &Session::default()).await
+    async fn create(&self, key: &str, owner: &[u8]) -> io::Result<()> {
+        let owner = String::from_utf8(owner.to_vec()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an upload's owner is a repository name"))?;
+        self.save_session(key, &Session { owner, ..Session::default() }).await
+    }
+
+    async fn upload_status(&self, key: &str) -> io::Result<(Vec<u8>, u64)> {
+        let session = self.session(key).await?;
+        Ok((session.owner.into_bytes(), session.parted + session.tail))
+    }
+
+    async fn discard(&self, key: &str) -> io::Result<()> {
+        let session = match self.session(key).await {
+            Ok(session) => session,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let (Some(id), false) = (&session.multipart, session.sealed) {
+            match self.store.abort_multipart(&self.path(&format!("{key}.assembled"))?, id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map(e)),
+            }
+        }
+        // Only what the state says exists is deleted: a delete is a request even when the key
+        // is missing (S3 answers it with success).
+        let mut doomed = Vec::new();
+        if session.appended || session.tail > 0 {
+            doomed.push(format!("{key}.tail"));
+        }
+        if session.sealed {
+            doomed.push(format!("{key}.assembled"));
+        }
+        doomed.push(format!("{key}.state"));
+        for key in doomed {
+            match self.store.delete(&self.path(&key)?).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(map(e)),
+            }
+        }
+        Ok(())
     }
 
     async fn append(&self, key: &str, mut body: ByteStream) -> io::Result<u64> {
@@ -415,6 +459,7 @@ impl Backend for S3Backend {
         // What arrived is kept (the client resumes from the size), even when the body broke.
         let size = session.parted + buffer.len() as u64;
         session.tail = buffer.len() as u64;
+        session.appended = true;
         self.store.put(&self.path(&format!("{key}.tail"))?, PutPayload::from(buffer)).await.map_err(map)?;
         self.save_session(key, &session).await?;
         match failure {
@@ -449,7 +494,8 @@ impl Backend for S3Backend {
     }
 
     async fn commit(&self, from: &str, to: &str) -> io::Result<()> {
-        let source = if self.is_session(from).await { self.path(&format!("{from}.assembled"))? } else { self.path(from)? };
+        let session = self.is_session(from).await;
+        let source = if session { self.path(&format!("{from}.assembled"))? } else { self.path(from)? };
         let target = self.path(to)?;
         if self.store.head(&target).await.is_err() {
             let size = self.store.head(&source).await.map_err(map)?.size;
@@ -461,9 +507,9 @@ impl Backend for S3Backend {
                 self.put_stream(to, Box::pin(body)).await?;
             }
         }
-        let session_prefix = from.rsplit_once('/').map_or(from, |(folder, _)| folder);
-        if from.starts_with("uploads/") {
-            self.delete_prefix(session_prefix).await
+        // A session's objects go with `discard`; anything else moved is deleted here.
+        if session {
+            Ok(())
         } else {
             self.store.delete(&source).await.map_err(map)
         }

@@ -236,11 +236,11 @@ impl Storage {
         Ok((stream, size))
     }
 
+    /// Links a blob into a repository. Written every time, never asked about first: one write
+    /// instead of a question and a write on an object store, and the link's time says when the
+    /// blob was last pushed or mounted, which gc reads to keep a push in progress.
     async fn link_blob(&self, name: &str, digest: &Digest) -> Result<()> {
-        let link = format!("{}/_blobs/{}", repo_key(name)?, key(digest));
-        if !self.exists(&link).await {
-            self.backend.put(&link, b"").await?;
-        }
+        self.backend.put(&format!("{}/_blobs/{}", repo_key(name)?, key(digest)), b"").await?;
         Ok(())
     }
 
@@ -267,19 +267,18 @@ impl Storage {
         repo_key(name)?;
         let id = session_id()?;
         let session = upload_key(&id)?;
-        self.backend.put(&format!("{session}/repository"), name.as_bytes()).await?;
-        self.backend.create(&format!("{session}/data")).await?;
+        self.backend.create(&format!("{session}/data"), name.as_bytes()).await?;
         Ok(id)
     }
 
     /// Bytes received by an upload of `name`.
     pub async fn upload_offset(&self, name: &str, id: &str) -> Result<u64> {
         let session = upload_key(id)?;
-        let owner = not_found_as(self.backend.get(&format!("{session}/repository")).await, StorageError::UploadUnknown)?;
+        let (owner, size) = not_found_as(self.backend.upload_status(&format!("{session}/data")).await, StorageError::UploadUnknown)?;
         if owner != name.as_bytes() {
             return Err(StorageError::UploadUnknown);
         }
-        not_found_as(self.backend.size(&format!("{session}/data")).await, StorageError::UploadUnknown)
+        Ok(size)
     }
 
     /// Appends a chunk; `start` is where the client says it begins (`Content-Range`), if it
@@ -309,24 +308,24 @@ impl Storage {
             hasher.update(&chunk?);
         }
         if &hasher.finish() != digest {
-            let _ = self.backend.delete_prefix(&session).await;
+            let _ = self.backend.discard(&data).await;
             return Err(StorageError::DigestInvalid);
         }
         self.backend.commit(&data, &blob_key(digest)).await?;
-        let _ = self.backend.delete_prefix(&session).await;
+        let _ = self.backend.discard(&data).await;
         self.link_blob(name, digest).await?;
         Ok(size)
     }
 
     /// Drops an upload session the caller already checked (its bytes went elsewhere).
     pub async fn discard_upload(&self, id: &str) -> Result<()> {
-        Ok(self.backend.delete_prefix(&upload_key(id)?).await?)
+        Ok(self.backend.discard(&format!("{}/data", upload_key(id)?)).await?)
     }
 
     /// Abandons an upload.
     pub async fn cancel_upload(&self, name: &str, id: &str) -> Result<()> {
         self.upload_offset(name, id).await?;
-        Ok(self.backend.delete_prefix(&upload_key(id)?).await?)
+        self.discard_upload(id).await
     }
 
     /// Stores a whole blob given in one request (monolithic upload), verified before it becomes

@@ -80,6 +80,7 @@ fn chunked_uploads_of_any_size_split_across_two_replicas() {
     let pushed = airlock.run(&["copy", &example, &a.at("x/hello:1"), "-o", "json"]).success().json();
     assert_eq!(airlock.run(&["digest", &b.at("x/hello:1")]).success().stdout.trim(), pushed["digest"].as_str().unwrap());
     assert_eq!(moto.open_multipart_uploads("shared"), 0, "every multipart upload was completed");
+    assert_eq!(moto.keys("shared", "registry/uploads/"), Vec::<String>::new(), "finished sessions leave no object behind");
 }
 
 #[test]

@@ -56,6 +56,13 @@ impl Moto {
         super::run_command(command, None).success();
     }
 
+    /// The keys of the objects under `prefix` (the first thousand).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.endpoint);
+        let body = super::proxy::runtime().block_on(async { reqwest::Client::new().get(&url).send().await.expect("moto answers").text().await.unwrap() });
+        body.split("<Key>").skip(1).filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned())).collect()
+    }
+
     /// The multipart uploads the bucket holds, not completed nor aborted (none may be left).
     pub fn open_multipart_uploads(&self, bucket: &str) -> usize {
         let url = format!("{}/{bucket}?uploads", self.endpoint);
