@@ -3,7 +3,9 @@
 
 Both serve the same content (pushed by the same client, skopeo). wrk (2 threads, 32
 connections) then measures requests/s of a manifest GET and a 1 MiB blob GET on each, and ab
-(32 connections, keep-alive) a blob HEAD; a push of the corpus (skopeo copy of every image) is timed on each; peak RSS comes from
+(32 connections, keep-alive) a blob HEAD. Pushes of the corpus are timed on each: by skopeo, one
+`skopeo copy` per image (its start-up included, as a user sees it), and by 4 concurrent HTTP
+clients (HEAD, POST, PUT per blob, then the manifest: the server's own throughput); peak RSS comes from
 /proc (VmHWM). Needs docker-registry, skopeo, wrk and a release build (Debian packages
 docker-registry skopeo wrk apache2-utils).
 
@@ -14,6 +16,7 @@ With `--s3` both keep their content in moto's S3 server (PyPI `moto[server]`): a
 """
 
 import argparse
+import concurrent.futures
 import os
 import re
 import subprocess
@@ -95,6 +98,23 @@ class Served:
         self.process.wait()
 
 
+def push_over_http(host, repos, prefix, clients=4):
+    """Pushes every image of `repos` to fresh repositories (`PREFIX-REPO`) with `clients`
+    concurrent HTTP clients, each blob as HEAD, POST, PUT (what skopeo sends for a new blob),
+    then the manifest: the server's push throughput without a client's start-up in it.
+    Returns the seconds it took."""
+    jobs = [(f"{prefix}-{repo}", tag, manifest) for repo, tags in repos.items() for tag, manifest in tags.items()]
+
+    def push(job):
+        repo, tag, manifest = job
+        Endpoint(host).push(repo, manifest, tag)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(push, jobs))
+    return time.perf_counter() - start
+
+
 def peak_rss_mib(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmHWM:"):
@@ -152,13 +172,14 @@ def main():
     moto = Moto() if args.s3 else None
     distribution, airlock = (S3Registry(moto), Served(moto)) if moto else (common.Registry(), Served())
     servers = {"docker-registry": (distribution.host, distribution.process.pid), "airlock serve": (airlock.host, airlock.process.pid)}
-    push_seconds = {}
+    push_seconds, http_push_seconds = {}, {}
     for name, (host, _) in servers.items():
         start = time.perf_counter()
         for repo, tag in images:
             subprocess.run(["skopeo", "--policy", policy, "copy", "-q", "--all", "--preserve-digests", "--dest-tls-verify=false",
                             f"oci:{layout}:{repo}-{tag}", f"docker://{host}/{repo}:{tag}"], check=True)
         push_seconds[name] = time.perf_counter() - start
+        http_push_seconds[name] = push_over_http(host, repos, "http")
         endpoint = Endpoint(host)
         endpoint.repo = "app0"
         endpoint.push_blob(mib)
@@ -188,6 +209,8 @@ def main():
         print(f"{case:18} {mine[case]:11.0f} r/s {theirs[case]:12.0f} r/s {mine[case] / theirs[case]:6.2f}x")
     print(f"{'push corpus':18} {push_seconds['airlock serve']:12.2f} s {push_seconds['docker-registry']:14.2f} s "
           f"{push_seconds['docker-registry'] / push_seconds['airlock serve']:6.2f}x throughput")
+    print(f"{'push, 4 clients':18} {http_push_seconds['airlock serve']:12.2f} s {http_push_seconds['docker-registry']:14.2f} s "
+          f"{http_push_seconds['docker-registry'] / http_push_seconds['airlock serve']:6.2f}x throughput")
     print(f"{'peak RSS':18} {mine['rss']:10.1f} MiB {theirs['rss']:12.1f} MiB")
 
 
