@@ -84,7 +84,8 @@ pub async fn open_store(registries: &Registries, reference: &Reference, access: 
     match reference {
         Reference::Registry(registry) => Arc::new(registries.store(registry, access).await),
         Reference::Layout(layout) => Arc::new(airlock_store::layout::LayoutStore::new(&layout.path)),
-        Reference::Root(root) => Arc::new(airlock_registry::RootStore::new(Arc::new(airlock_registry::Storage::new(&root.root)), &root.repository)),
+        // A folder, or `s3://BUCKET/PREFIX` with the `AWS_*` variables, as `serve --storage` takes it.
+        Reference::Root(root) => Arc::new(airlock_registry::RootStore::new(Arc::new(airlock_registry::Storage::open_or_failing(&root.root)), &root.repository)),
     }
 }
 

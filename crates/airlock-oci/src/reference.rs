@@ -194,7 +194,12 @@ impl FromStr for Reference {
             return Ok(Reference::Layout(LayoutRef { path: path.to_owned(), tag, digest }));
         }
         if let Some(rest) = input.strip_prefix("root://") {
-            let Some((root, name)) = rest.split_once("//") else {
+            // A serve root on S3 (`root://s3://BUCKET/PREFIX//REPO`): its own `//` is not the split.
+            let split = match rest.strip_prefix("s3://") {
+                Some(bucket_and_rest) => bucket_and_rest.split_once("//").map(|(bucket, name)| (&rest[..5 + bucket.len()], name)),
+                None => rest.split_once("//"),
+            };
+            let Some((root, name)) = split else {
                 return Err(error("expected `root://PATH//REPOSITORY[:tag|@digest]` (two slashes between the folder and the repository)".into()));
             };
             if root.is_empty() {
@@ -432,6 +437,10 @@ mod tests {
         let Reference::Root(root) = "root:///srv//a/b@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b".parse().unwrap() else { panic!() };
         assert_eq!((root.root.as_str(), root.repository.as_str()), ("/srv", "a/b"));
         check_err("root:///srv/app", "two slashes");
+        check("root://s3://images/registry//team/app:v1", "root://s3://images/registry//team/app:v1");
+        let Reference::Root(on_s3) = "root://s3://images//app@sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b".parse().unwrap() else { panic!() };
+        assert_eq!((on_s3.root.as_str(), on_s3.repository.as_str()), ("s3://images", "app"));
+        check_err("root://s3://images/app", "two slashes");
         check_err("root:///srv//App", "lowercase");
     }
 

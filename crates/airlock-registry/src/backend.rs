@@ -82,6 +82,71 @@ pub trait Backend: Send + Sync {
     async fn purge_temporaries(&self, age: Duration) -> io::Result<u64>;
 }
 
+/// A storage that could not be opened (a bad `s3://` location): every operation fails with
+/// why, so the error reaches the user where the storage is first used.
+pub(crate) struct Unavailable(pub String);
+
+impl Unavailable {
+    fn fail<T>(&self) -> io::Result<T> {
+        Err(io::Error::other(self.0.clone()))
+    }
+}
+
+#[async_trait]
+impl Backend for Unavailable {
+    async fn get(&self, _: &str) -> io::Result<Vec<u8>> {
+        self.fail()
+    }
+    async fn put(&self, _: &str, _: &[u8]) -> io::Result<()> {
+        self.fail()
+    }
+    async fn put_stream(&self, _: &str, _: ByteStream) -> io::Result<u64> {
+        self.fail()
+    }
+    async fn size(&self, _: &str) -> io::Result<u64> {
+        self.fail()
+    }
+    async fn age(&self, _: &str) -> io::Result<Duration> {
+        self.fail()
+    }
+    async fn delete(&self, _: &str) -> io::Result<()> {
+        self.fail()
+    }
+    async fn delete_prefix(&self, _: &str) -> io::Result<()> {
+        self.fail()
+    }
+    async fn list(&self, _: &str) -> io::Result<Vec<String>> {
+        self.fail()
+    }
+    async fn read(&self, _: &str, _: u64) -> io::Result<ByteStream> {
+        self.fail()
+    }
+    async fn create(&self, _: &str, _: &[u8]) -> io::Result<()> {
+        self.fail()
+    }
+    async fn upload_status(&self, _: &str) -> io::Result<(Vec<u8>, u64)> {
+        self.fail()
+    }
+    async fn discard(&self, _: &str) -> io::Result<()> {
+        self.fail()
+    }
+    async fn append(&self, _: &str, _: ByteStream) -> io::Result<u64> {
+        self.fail()
+    }
+    async fn create_new(&self, _: &str, _: &[u8]) -> io::Result<bool> {
+        self.fail()
+    }
+    async fn replace_if_unchanged(&self, _: &str, _: &[u8], _: &[u8]) -> io::Result<bool> {
+        self.fail()
+    }
+    async fn commit(&self, _: &str, _: &str) -> io::Result<()> {
+        self.fail()
+    }
+    async fn purge_temporaries(&self, _: Duration) -> io::Result<u64> {
+        self.fail()
+    }
+}
+
 /// Where a folder keeps what `create` recorded with an upload object.
 fn owner_key(key: &str) -> String {
     format!("{key}.owner")

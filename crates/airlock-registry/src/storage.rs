@@ -189,6 +189,16 @@ impl Storage {
         Ok(Storage::new(location))
     }
 
+    /// [`Storage::open`] for callers that cannot fail when opening (a store is opened, used
+    /// later): a location that cannot be opened gives a storage whose every operation fails
+    /// with the reason, naming the location.
+    pub fn open_or_failing(location: &str) -> Storage {
+        match Storage::open(location, &Default::default()) {
+            Ok(storage) => storage,
+            Err(reason) => Storage::with_backend(Arc::new(crate::backend::Unavailable(reason)), location),
+        }
+    }
+
     /// Storage over another backend; `name` says where, in messages.
     pub fn with_backend(backend: Arc<dyn Backend>, name: impl Into<PathBuf>) -> Self {
         Storage { backend: Arc::new(crate::metrics::Instrumented(backend)), root: name.into() }

@@ -56,6 +56,18 @@ fn skopeo_and_airlock_push_and_pull_through_serve_on_s3() {
     assert_eq!(airlock.run(&["digest", &served.at("other/hello:2")]).success().stdout.trim(), digest);
     let tags = airlock.run(&["tags", &served.at("team/hello"), "-o", "json"]).success().json();
     assert_eq!(tags["tags"], serde_json::json!(["1.0"]));
+    // The bucket as a serve root, without a server: `root://s3://BUCKET/PREFIX//REPO`.
+    let owned = moto.env();
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let direct = airlock.run_env(&["copy", &example, "root://s3://images/registry//direct/hello:2", "-o", "json"], &env).success().json();
+    assert_eq!(direct["digest"].as_str(), Some(digest.as_str()));
+    assert_eq!(airlock.run(&["digest", &served.at("direct/hello:2")]).success().stdout.trim(), digest, "what went into the bucket is served");
+    let out = crate::harness::tempdir();
+    airlock.run_env(&["copy", "root://s3://images/registry//team/hello:1.0", &format!("ocidir://{}:1.0", out.path().display())], &env).success();
+    assert_eq!(crate::harness::skopeo_digest(&format!("oci:{}:1.0", out.path().display())), digest);
+    let missing = airlock.run_env(&["copy", "root://s3://no-such-bucket/registry//team/hello:1.0", &format!("ocidir://{}:x", out.path().display())], &env);
+    assert_ne!(missing.status, 0);
+    assert!(missing.stderr.contains("no-such-bucket") || missing.stderr.contains("NoSuchBucket"), "{}", missing.stderr);
 }
 
 #[test]
