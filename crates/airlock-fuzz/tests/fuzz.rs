@@ -121,7 +121,7 @@ fn fixture() -> &'static Fixture {
         let digest = airlock_oci::digest_of(&bytes, None);
         let blob_len = bytes.len() as u64;
         runtime().block_on(storage.put_blob("r", &digest, futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(bytes))]))).unwrap();
-        let registry = airlock_registry::Registry { storage, auth: None, notifier: None, allow_delete: true };
+        let registry = airlock_registry::Registry { storage, auth: None, notifier: None, allow_delete: true, mirror: None, private_credential: None };
         Fixture { app: airlock_registry::router(Arc::new(registry)), blob: digest.to_string(), blob_len, _dir: dir }
     })
 }

@@ -76,6 +76,13 @@ struct RuntimeFile {
     run_args: Vec<String>,
 }
 
+impl RuntimeFile {
+    /// The runtime as written; podman when no command is named.
+    fn runtime(&self) -> Runtime {
+        Runtime { command: self.command.clone().unwrap_or_else(|| "podman".into()), args: self.args.clone(), build_args: self.build_args.clone(), run_args: self.run_args.clone() }
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct WatchFile {
@@ -361,6 +368,84 @@ fn state_location(state: Option<String>, password_env: Option<String>, base: &Pa
     }
 }
 
+/// Where a checked setting sits, for [`ConfigError`]s: the location, the key, the reason.
+type At<'a> = dyn Fn(Option<&serde_saphyr::Location>, String, String) -> ConfigError + 'a;
+
+/// Checks and converts the `gates:` of an import or a mirror; `key` names a key of the entry.
+fn convert_gates(entries: &[GateFile], base: &Path, key: &dyn Fn(&str) -> String, at: &At<'_>) -> Result<Vec<Gate>, ConfigError> {
+    let base = base.to_path_buf();
+    let mut gates: Vec<Gate> = Vec::new();
+    for (g, gate) in entries.iter().enumerate() {
+        let gkey = |k: &str| key(&format!("gates[{g}].{k}"));
+        let gate_name = gate.name.value.clone();
+        if gates.iter().any(|other| other.name == gate_name) {
+            return Err(at(Some(&gate.name.referenced), gkey("name"), format!("`{gate_name}` is used by an earlier gate")));
+        }
+        for needed in &gate.when {
+            if !gates.iter().any(|other| other.name == needed.value) {
+                return Err(at(Some(&needed.referenced), gkey("when"), format!("`{}` is not an earlier gate of this import", needed.value)));
+            }
+        }
+        let timeout = match &gate.timeout {
+            Some(t) => parse_duration(&t.value).map_err(|reason| at(Some(&t.referenced), gkey("timeout"), reason))?,
+            None => Duration::from_secs(30 * 60),
+        };
+        let mut kinds = Vec::new();
+        if let Some(policy) = &gate.policy {
+            if let Some(size) = &policy.max_size {
+                parse_size(size).map_err(|reason| at(None, gkey("policy.max_size"), reason))?;
+            }
+            if let Some(age) = &policy.max_age {
+                parse_duration(age).map_err(|reason| at(None, gkey("policy.max_age"), reason))?;
+            }
+            for platform in &policy.platforms {
+                platform.parse::<PlatformSpec>().map_err(|e| at(None, gkey("policy.platforms"), e.to_string()))?;
+            }
+            kinds.push(GateKind::Policy(policy.clone()));
+        }
+        if let Some(test) = &gate.test {
+            let dockerfile = base.join(&test.dockerfile);
+            if !dockerfile.is_file() {
+                return Err(at(Some(&gate.name.referenced), gkey("test.dockerfile"), format!("`{}` is not a file", dockerfile.display())));
+            }
+            let context = match &test.context {
+                Some(context) => base.join(context),
+                None => dockerfile.parent().map(Path::to_path_buf).unwrap_or_else(|| base.clone()),
+            };
+            kinds.push(GateKind::Test { dockerfile, context, command: test.command.clone(), build_args: test.build_args.clone() });
+        }
+        if let Some(command) = &gate.command {
+            if command.is_empty() {
+                return Err(at(Some(&gate.name.referenced), gkey("command"), "names no program".into()));
+            }
+            for arg in command {
+                check_template(arg).map_err(|reason| at(Some(&gate.name.referenced), gkey("command"), reason))?;
+            }
+            kinds.push(GateKind::Command(command.clone()));
+        }
+        if let Some(signature) = &gate.signature {
+            let key_path = base.join(&signature.key);
+            if !key_path.is_file() {
+                return Err(at(Some(&gate.name.referenced), gkey("signature.key"), format!("`{}` is not a file", key_path.display())));
+            }
+            kinds.push(GateKind::Signature { key: key_path });
+        }
+        if kinds.len() != 1 {
+            return Err(at(Some(&gate.name.referenced), gkey("name"), format!("gate `{gate_name}` needs exactly one of `policy`, `test`, `command`, `signature`")));
+        }
+        let when = gate.when.iter().map(|w| w.value.clone()).collect();
+        for name in &gate.env {
+            let valid = !name.value.is_empty() && !name.value.contains(['=', '\0']);
+            if !valid {
+                return Err(at(Some(&name.referenced), gkey("env"), format!("`{}` is not a variable name", name.value)));
+            }
+        }
+        let env = gate.env.iter().map(|e| e.value.clone()).collect();
+        gates.push(Gate { name: gate_name, when, timeout, env, kind: kinds.remove(0) });
+    }
+    Ok(gates)
+}
+
 /// [`load`] for text already read; `path` names the file and anchors relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let name = path.display().to_string();
@@ -409,75 +494,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             }
             None => DEFAULT_UNIQUE_TAG.to_owned(),
         };
-        let mut gates: Vec<Gate> = Vec::new();
-        for (g, gate) in entry.gates.iter().enumerate() {
-            let gkey = |k: &str| key(&format!("gates[{g}].{k}"));
-            let gate_name = gate.name.value.clone();
-            if gates.iter().any(|other| other.name == gate_name) {
-                return Err(at(Some(&gate.name.referenced), gkey("name"), format!("`{gate_name}` is used by an earlier gate")));
-            }
-            for needed in &gate.when {
-                if !gates.iter().any(|other| other.name == needed.value) {
-                    return Err(at(Some(&needed.referenced), gkey("when"), format!("`{}` is not an earlier gate of this import", needed.value)));
-                }
-            }
-            let timeout = match &gate.timeout {
-                Some(t) => parse_duration(&t.value).map_err(|reason| at(Some(&t.referenced), gkey("timeout"), reason))?,
-                None => Duration::from_secs(30 * 60),
-            };
-            let mut kinds = Vec::new();
-            if let Some(policy) = &gate.policy {
-                if let Some(size) = &policy.max_size {
-                    parse_size(size).map_err(|reason| at(None, gkey("policy.max_size"), reason))?;
-                }
-                if let Some(age) = &policy.max_age {
-                    parse_duration(age).map_err(|reason| at(None, gkey("policy.max_age"), reason))?;
-                }
-                for platform in &policy.platforms {
-                    platform.parse::<PlatformSpec>().map_err(|e| at(None, gkey("policy.platforms"), e.to_string()))?;
-                }
-                kinds.push(GateKind::Policy(policy.clone()));
-            }
-            if let Some(test) = &gate.test {
-                let dockerfile = base.join(&test.dockerfile);
-                if !dockerfile.is_file() {
-                    return Err(at(Some(&gate.name.referenced), gkey("test.dockerfile"), format!("`{}` is not a file", dockerfile.display())));
-                }
-                let context = match &test.context {
-                    Some(context) => base.join(context),
-                    None => dockerfile.parent().map(Path::to_path_buf).unwrap_or_else(|| base.clone()),
-                };
-                kinds.push(GateKind::Test { dockerfile, context, command: test.command.clone(), build_args: test.build_args.clone() });
-            }
-            if let Some(command) = &gate.command {
-                if command.is_empty() {
-                    return Err(at(Some(&gate.name.referenced), gkey("command"), "names no program".into()));
-                }
-                for arg in command {
-                    check_template(arg).map_err(|reason| at(Some(&gate.name.referenced), gkey("command"), reason))?;
-                }
-                kinds.push(GateKind::Command(command.clone()));
-            }
-            if let Some(signature) = &gate.signature {
-                let key_path = base.join(&signature.key);
-                if !key_path.is_file() {
-                    return Err(at(Some(&gate.name.referenced), gkey("signature.key"), format!("`{}` is not a file", key_path.display())));
-                }
-                kinds.push(GateKind::Signature { key: key_path });
-            }
-            if kinds.len() != 1 {
-                return Err(at(Some(&gate.name.referenced), gkey("name"), format!("gate `{gate_name}` needs exactly one of `policy`, `test`, `command`, `signature`")));
-            }
-            let when = gate.when.iter().map(|w| w.value.clone()).collect();
-            for name in &gate.env {
-                let valid = !name.value.is_empty() && !name.value.contains(['=', '\0']);
-                if !valid {
-                    return Err(at(Some(&name.referenced), gkey("env"), format!("`{}` is not a variable name", name.value)));
-                }
-            }
-            let env = gate.env.iter().map(|e| e.value.clone()).collect();
-            gates.push(Gate { name: gate_name, when, timeout, env, kind: kinds.remove(0) });
-        }
+        let gates = convert_gates(&entry.gates, &base, &key, &at)?;
         let mut dependents = Vec::new();
         for (d, dependent) in entry.dependents.iter().enumerate() {
             let action = match (&dependent.command, &dependent.webhook) {
@@ -538,12 +555,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if lease < Duration::from_secs(3) {
         return Err(at(file.lease.as_ref().map(|v| &v.referenced), "lease".into(), "a lease shorter than 3s would run out between renewals: make it longer".into()));
     }
-    let runtime = Runtime {
-        command: file.runtime.command.clone().unwrap_or_else(|| "podman".into()),
-        args: file.runtime.args.clone(),
-        build_args: file.runtime.build_args.clone(),
-        run_args: file.runtime.run_args.clone(),
-    };
+    let runtime = file.runtime.runtime();
     Ok(Config {
         path: path.to_path_buf(),
         registries: registries(&file.registries, &name)?,
@@ -650,6 +662,29 @@ mod tests {
     }
 
     #[test]
+    fn mirrors_are_read_beside_serves_own_keys() {
+        let path = Path::new("/etc/airlock/serve.yaml");
+        let yaml = "root: /srv\nstate: postgres://airlock@db/airlock\nmirrors:\n  - upstream: docker.io\n    allow: ['library/*']\n    gates:\n      - name: p\n        policy: {forbid_env: {X: [y]}}\n  - upstream: 127.0.0.1:5000\n    wait: 2s\n";
+        let config = parse_mirrors(yaml, path).unwrap().expect("mirrors");
+        assert_eq!(config.mirrors.iter().map(|m| m.prefix.as_str()).collect::<Vec<_>>(), ["docker.io", "127.0.0.1-5000"]);
+        assert_eq!((config.mirrors[0].gates.len(), config.mirrors[1].wait, config.mirrors[1].interval), (1, Duration::from_secs(2), Duration::from_secs(300)));
+        assert!(matches!(config.state, StateLocation::Postgres { .. }));
+        assert!(parse_mirrors("root: /srv\n", path).unwrap().is_none());
+        let error = |yaml: &str| parse_mirrors(yaml, path).unwrap_err().to_string();
+        assert!(error("mirrors:\n  - upstream: https://x.io\n").contains("mirrors[0].upstream: `https://x.io` is not a registry host"));
+        assert!(error("mirrors:\n  - upstream: a.io\n  - upstream: a.io\n").contains("served by an earlier mirror"));
+        assert!(error("mirrors:\n  - upstream: a.io\n    wait: soon\n").contains("mirrors[0].wait: `soon` is not a duration"));
+        assert!(error("mirrors:\n  - upstream: a.io\n    gates:\n      - name: g\n").contains("mirrors[0].gates[0].name: gate `g` needs exactly one of"));
+    }
+
+    #[test]
+    fn globs_match_whole_names() {
+        for (pattern, text, expected) in [("library/*", "library/node", true), ("library/*", "other/node", false), ("*", "a/b/c", true), ("a?c", "abc", true), ("a?c", "abbc", false), ("*-rc*", "1.0-rc1", true), ("", "", true), ("", "x", false)] {
+            assert_eq!(glob_matches(pattern, text), expected, "{pattern} {text}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_file_line_and_key() {
         let e = err(&MINIMAL.replace("    tags:", "    tagz:"));
         assert!(e.starts_with("airlock.yaml:4:5: unknown field `tagz`"), "{e}");
@@ -677,4 +712,178 @@ mod tests {
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert!(parse_size("big").is_err());
     }
+}
+
+/// The gated pull-through mirror of `airlock serve` (`mirrors:` in serve.yaml), with what it
+/// shares with `airlock.yaml`: registries, the container runtime, the run database and leases.
+#[derive(Debug, Clone)]
+pub struct MirrorConfig {
+    /// The file, for messages.
+    pub path: PathBuf,
+    /// The upstreams, in file order; the first serves requests that name none.
+    pub mirrors: Vec<Mirror>,
+    /// Registry settings (upstream credentials) with their secrets read.
+    pub registries: Vec<RegistryConfig>,
+    /// How `test` gates build and run containers.
+    pub runtime: Runtime,
+    /// Where runs and leases are recorded (shared with `airlock watch` when it names the same).
+    pub state: StateLocation,
+    /// How long an import's lease lasts without renewal.
+    pub lease: Duration,
+}
+
+/// One upstream a mirror serves.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// The upstream registry as clients name it (`docker.io`, `ghcr.io`, `127.0.0.1:5000`):
+    /// containerd's `?ns=`, and where imports come from.
+    pub upstream: String,
+    /// Where its promoted content lives in the registry (`docker.io/library/node`), and the
+    /// first path component that names this upstream in a request (`/v2/docker.io/...`).
+    pub prefix: String,
+    /// Repositories served (globs: `*` any characters, `?` one); empty: every one.
+    pub allow: Vec<String>,
+    /// Repositories never served, whatever `allow` says.
+    pub deny: Vec<String>,
+    /// Tags served (globs); empty: every one.
+    pub allow_tags: Vec<String>,
+    /// Tags never served.
+    pub deny_tags: Vec<String>,
+    /// Only these platforms of an index; empty: all.
+    pub platforms: Vec<PlatformSpec>,
+    /// The gates, in order, as an import's.
+    pub gates: Vec<Gate>,
+    /// How long a pull of something new waits for its gated import before a `404` that says
+    /// it is being checked.
+    pub wait: Duration,
+    /// How often a served tag is checked upstream (one `HEAD`, shared by every client).
+    pub interval: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServeMirrorsFile {
+    #[serde(default)]
+    mirrors: Vec<MirrorFile>,
+    #[serde(default)]
+    registries: BTreeMap<String, RegistryEntry>,
+    #[serde(default)]
+    runtime: RuntimeFile,
+    state: Option<String>,
+    state_password_env: Option<String>,
+    lease: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorFile {
+    upstream: Spanned<String>,
+    prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+    #[serde(default)]
+    allow_tags: Vec<String>,
+    #[serde(default)]
+    deny_tags: Vec<String>,
+    #[serde(default)]
+    platforms: Vec<Spanned<String>>,
+    #[serde(default)]
+    gates: Vec<GateFile>,
+    wait: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+}
+
+/// The `mirrors:` of serve.yaml `text` (`path` names it and anchors relative paths); `None`
+/// when it has none. The keys serve itself reads are checked by serve's own parser.
+pub fn parse_mirrors(text: &str, path: &Path) -> Result<Option<MirrorConfig>, ConfigError> {
+    let name = path.display().to_string();
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let file: ServeMirrorsFile = parse_yaml(text, &name)?;
+    if file.mirrors.is_empty() {
+        return Ok(None);
+    }
+    let at = |location: Option<&serde_saphyr::Location>, key: String, reason: String| ConfigError {
+        path: name.clone(),
+        location: location.filter(|l| l.line() > 0).map(|l| (l.line(), l.column())),
+        reason: format!("{key}: {reason}"),
+    };
+    let mut mirrors: Vec<Mirror> = Vec::new();
+    for (idx, entry) in file.mirrors.iter().enumerate() {
+        let key = |k: &str| format!("mirrors[{idx}].{k}");
+        let upstream = entry.upstream.value.trim().trim_end_matches('/').to_owned();
+        // The upstream must read as a registry host: `HOST/repo` parses with it as the host.
+        let probe = format!("{upstream}/probe").parse::<Reference>();
+        let is_host = matches!(&probe, Ok(Reference::Registry(r)) if r.registry == upstream || (upstream == "docker.io" && r.registry == "docker.io"));
+        if upstream.is_empty() || upstream.contains("://") || !is_host {
+            return Err(at(Some(&entry.upstream.referenced), key("upstream"), format!("`{upstream}` is not a registry host (`docker.io`, `ghcr.io`, `registry.example.com:5000`)")));
+        }
+        let prefix = match &entry.prefix {
+            Some(prefix) => prefix.value.trim_matches('/').to_owned(),
+            // `127.0.0.1:5000` → `127.0.0.1-5000`: a port's colon is no repository character.
+            None => upstream.replace(':', "-").to_ascii_lowercase(),
+        };
+        if airlock_oci::validate_repository(&prefix).is_err() {
+            return Err(at(entry.prefix.as_ref().map(|p| &p.referenced), key("prefix"), format!("`{prefix}` is not a repository path")));
+        }
+        if mirrors.iter().any(|m| m.prefix == prefix || m.upstream == upstream) {
+            return Err(at(Some(&entry.upstream.referenced), key("upstream"), format!("`{upstream}` (prefix `{prefix}`) is served by an earlier mirror")));
+        }
+        let platforms = entry
+            .platforms
+            .iter()
+            .map(|p| p.value.parse::<PlatformSpec>().map_err(|e| at(Some(&p.referenced), key("platforms"), e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let duration = |value: &Option<Spanned<String>>, k: &str, default: Duration| -> Result<Duration, ConfigError> {
+            value.as_ref().map_or(Ok(default), |v| parse_duration(&v.value).map_err(|reason| at(Some(&v.referenced), key(k), reason)))
+        };
+        mirrors.push(Mirror {
+            upstream,
+            prefix,
+            allow: entry.allow.clone(),
+            deny: entry.deny.clone(),
+            allow_tags: entry.allow_tags.clone(),
+            deny_tags: entry.deny_tags.clone(),
+            platforms,
+            gates: convert_gates(&entry.gates, &base, &key, &at)?,
+            wait: duration(&entry.wait, "wait", Duration::from_secs(5))?,
+            interval: duration(&entry.interval, "interval", Duration::from_secs(5 * 60))?,
+        });
+    }
+    let lease = match &file.lease {
+        Some(v) => parse_duration(&v.value).map_err(|reason| at(Some(&v.referenced), "lease".into(), reason))?,
+        None => Duration::from_secs(60),
+    };
+    Ok(Some(MirrorConfig {
+        path: path.to_path_buf(),
+        mirrors,
+        registries: registries(&file.registries, &name)?,
+        runtime: file.runtime.runtime(),
+        state: state_location(file.state, file.state_password_env, &base),
+        lease,
+    }))
+}
+
+/// Whether `text` matches the glob `pattern` (`*` any characters, `/` too; `?` one).
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // The classic two-pointer match with one backtrack point: linear, no recursion.
+    let (mut p, mut t, mut star, mut mark) = (0, 0, None, 0);
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == '*' {
+            star = Some(p);
+            mark = t;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            t = mark;
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
 }

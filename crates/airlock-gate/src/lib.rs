@@ -10,6 +10,7 @@
 pub mod config;
 pub mod gate_repo;
 pub mod gates;
+pub mod mirror;
 pub mod pipeline;
 pub mod policy;
 pub mod runs;

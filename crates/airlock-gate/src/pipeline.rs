@@ -64,11 +64,31 @@ pub struct Outcome {
     pub promoted_digest: Option<String>,
     /// Why it failed or was skipped.
     pub reason: Option<String>,
+    /// The run failed because upstream could not be asked (unreachable, 429, 5xx), not
+    /// because it lacks the tag: a mirror then says upstream is down.
+    #[serde(skip)]
+    pub upstream_unreachable: bool,
 }
 
 impl Outcome {
+    /// An `error` outcome of `import` for `reason`, before any tag was looked at.
+    pub fn failure(import: &str, reason: &str) -> Outcome {
+        let mut outcome = Outcome::new(import, "", "error");
+        outcome.reason = Some(reason.to_owned());
+        outcome
+    }
+
     fn new(import: &str, tag: &str, action: &'static str) -> Outcome {
-        Outcome { import: import.to_owned(), tag: tag.to_owned(), action, run_id: None, upstream_digest: None, promoted_digest: None, reason: None }
+        Outcome {
+            import: import.to_owned(),
+            tag: tag.to_owned(),
+            action,
+            run_id: None,
+            upstream_digest: None,
+            promoted_digest: None,
+            reason: None,
+            upstream_unreachable: false,
+        }
     }
 
     /// Whether the outcome counts as a failure for the exit code: a failed or broken run, an
@@ -105,6 +125,23 @@ impl Pipeline {
     /// stalled and another took the import over), the import stops where it is, which the
     /// promotion order makes safe: the stable tag is either untouched or complete.
     pub async fn import(&self, import: &Import, trigger: Trigger, force: bool) -> Vec<Outcome> {
+        self.holding_lease(import, self.import_locked(import, trigger, force)).await
+    }
+
+    /// Runs `import` for one upstream `reference`, a tag or a digest (a pull through the gated
+    /// mirror), under the import's lease as [`Pipeline::import`] does. A digest is promoted
+    /// under its unique tag only: no stable tag names it.
+    pub async fn import_reference(&self, import: &Import, reference: &str, trigger: Trigger, force: bool) -> Outcome {
+        let work = async {
+            let source = open_store(&self.registries, &import.source, Access::Pull).await;
+            vec![self.import_tag(import, source, reference, trigger, force).await]
+        };
+        let mut outcomes = self.holding_lease(import, work).await;
+        outcomes.pop().unwrap_or_else(|| Outcome::failure(&import.name, "nothing was run"))
+    }
+
+    /// Runs `work` holding the lease of `import`: `busy` when another process holds it.
+    async fn holding_lease(&self, import: &Import, work: impl std::future::Future<Output = Vec<Outcome>>) -> Vec<Outcome> {
         let holder = crate::runs::this_holder();
         let lease = self.config.lease;
         match self.runs.lock(&import.name, &holder, lease).await.map_err(|e| e.to_string()) {
@@ -114,21 +151,15 @@ impl Pipeline {
                 outcome.reason = Some(format!("another airlock ({other}) is running this import"));
                 return vec![outcome];
             }
-            Err(e) => {
-                let mut outcome = Outcome::new(&import.name, "", "error");
-                outcome.reason = Some(e);
-                return vec![outcome];
-            }
+            Err(e) => return vec![Outcome::failure(&import.name, &e)],
         }
         // Holding the lease, any run still marked running was left by a killed process.
         let _ = self.runs.reap(&import.name, "interrupted: the process running it stopped").await;
         let outcomes = tokio::select! {
-            outcomes = self.import_locked(import, trigger, force) => outcomes,
+            outcomes = work => outcomes,
             lost = self.keep_lease(&import.name, &holder, lease) => {
                 tracing::warn!(import = %import.name, "{lost}");
-                let mut outcome = Outcome::new(&import.name, "", "error");
-                outcome.reason = Some(lost);
-                vec![outcome]
+                vec![Outcome::failure(&import.name, &lost)]
             }
         };
         let _ = self.runs.unlock(&import.name, &holder).await;
@@ -177,7 +208,17 @@ impl Pipeline {
         let upstream = match source.resolve(tag).await {
             Ok(descriptor) => descriptor.digest().clone(),
             Err(e) => {
-                outcome.reason = Some(format!("cannot resolve {}:{tag}: {e}", import.source.repository_key()));
+                outcome.upstream_unreachable = !e.is_not_found();
+                let reason = format!("cannot resolve {}:{tag}: {e}", import.source.repository_key());
+                // A mirror's look upstream that fails is a run too: `runs` shows that clients
+                // are being served the last good digest because upstream is down.
+                if trigger == Trigger::Pull {
+                    if let Ok(run_id) = self.runs.start(&import.name, tag, trigger, None).await {
+                        let _ = self.runs.finish(&run_id, &RunEnd::not_promoted(Status::Error, &reason)).await;
+                        outcome.run_id = Some(run_id);
+                    }
+                }
+                outcome.reason = Some(reason);
                 return outcome;
             }
         };
@@ -264,18 +305,29 @@ impl Pipeline {
     async fn gated_promotion(&self, import: &Import, source: Arc<dyn Store>, tag: &str, upstream: &Digest, run_id: &str) -> Result<Promotion, Stop> {
         let staging = open_store(&self.registries, &import.staging, Access::Push).await;
         let target = open_store(&self.registries, &import.target, Access::Push).await;
+        // A digest reference (a mirror's pull by digest) names its unique tag by the digest and
+        // writes no stable tag.
+        let by_digest = airlock_oci::parse_digest(tag).ok();
+        let tag_name = match &by_digest {
+            Some(digest) => format!("{}-{}", digest.algorithm(), digest.digest().chars().take(12).collect::<String>()),
+            None => tag.to_owned(),
+        };
+        let upstream_reference = match &by_digest {
+            Some(digest) => import.source.with_digest(digest),
+            None => import.source.with_tag(tag),
+        };
         let variables = std::collections::BTreeMap::from([
-            ("tag", tag.to_owned()),
+            ("tag", tag_name.clone()),
             ("run_id", run_id.to_owned()),
             ("digest", upstream.digest().chars().take(12).collect::<String>()),
             ("date", airlock_oci::time::today()),
             ("import", import.name.clone()),
-            ("reference", import.source.with_tag(tag).to_string()),
+            ("reference", upstream_reference.to_string()),
             ("repository", import.source.repository_key()),
         ]);
         let unique_tag = gates::render(&import.unique_tag, &variables);
         airlock_oci::validate_tag(&unique_tag).map_err(|e| format!("the unique tag `{unique_tag}` from `{}` is not a valid tag: {e}", import.unique_tag))?;
-        if unique_tag == tag {
+        if unique_tag == tag_name {
             return Err(Stop::Error(format!("the unique tag template `{}` gives the stable tag itself", import.unique_tag)));
         }
 
@@ -377,15 +429,16 @@ impl Pipeline {
             .map_err(|e| format!("promotion failed while copying: {e}"))?;
         let report = serde_json::json!({
             "import": import.name, "run_id": run_id, "tag": tag, "unique_tag": unique_tag,
-            "upstream": import.source.with_tag(tag).to_string(), "upstream_digest": upstream.to_string(),
+            "upstream": upstream_reference.to_string(), "upstream_digest": upstream.to_string(),
             "candidate_digest": candidate_digest.to_string(), "platform": platform,
             "gates": records.iter().map(|r| serde_json::json!({"name": r.name, "kind": r.kind, "result": r.result, "duration_ms": r.duration_ms})).collect::<Vec<_>>(),
         });
         attach_report(target.as_ref(), &manifest, &report, run_id).await.map_err(|e| format!("cannot attach the gate report: {e}"))?;
-        for write in [&unique_tag, &tag.to_owned()] {
+        let writes: Vec<String> = if by_digest.is_some() { vec![unique_tag.clone()] } else { vec![unique_tag.clone(), tag.to_owned()] };
+        for write in &writes {
             target.put_manifest(&manifest, Some(write)).await.map_err(|e| format!("cannot tag {}:{write}: {e}", import.target.repository_key()))?;
         }
-        self.log(run_id, &format!("promoted {candidate_digest} as {0}:{unique_tag} and {0}:{tag}", import.target.repository_key())).await;
+        self.log(run_id, &format!("promoted {candidate_digest} as {}", writes.iter().map(|w| format!("{}:{w}", import.target.repository_key())).collect::<Vec<_>>().join(" and "))).await;
         Ok(Promotion { digest: candidate_digest, previous, unique_tag })
     }
 

@@ -46,6 +46,8 @@ pub enum Trigger {
     Rollback,
     /// A new commit in the repository of the gates' own files (`gate_repo`).
     Commit,
+    /// A pull through the gated mirror of `airlock serve`.
+    Pull,
 }
 
 impl Trigger {
@@ -57,6 +59,7 @@ impl Trigger {
             Trigger::Timer => "Timer",
             Trigger::Rollback => "Rollback",
             Trigger::Commit => "Commit",
+            Trigger::Pull => "Pull",
         }
     }
 }

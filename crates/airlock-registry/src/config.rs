@@ -53,6 +53,20 @@ pub struct ServeFile {
     /// How to reach the bucket of `storage` (endpoint, region, addressing); credentials come
     /// from the `AWS_*` variables.
     pub s3: Option<crate::s3::S3Settings>,
+    /// A gated pull-through mirror's upstreams, with the keys it shares with `airlock.yaml`
+    /// (`registries`, `runtime`, `state`, `state_password_env`, `lease`): read and checked by
+    /// the gate crate, which knows gates; here they are only allowed.
+    pub mirrors: Option<serde::de::IgnoredAny>,
+    #[doc(hidden)]
+    pub registries: Option<serde::de::IgnoredAny>,
+    #[doc(hidden)]
+    pub runtime: Option<serde::de::IgnoredAny>,
+    #[doc(hidden)]
+    pub state: Option<serde::de::IgnoredAny>,
+    #[doc(hidden)]
+    pub state_password_env: Option<serde::de::IgnoredAny>,
+    #[doc(hidden)]
+    pub lease: Option<serde::de::IgnoredAny>,
 }
 
 /// Certificate chain and key, PEM.

@@ -13,6 +13,7 @@ pub mod config;
 mod error;
 pub mod events;
 pub mod metrics;
+pub mod mirror;
 mod routes;
 pub mod s3;
 pub mod storage;
@@ -35,6 +36,11 @@ pub struct Registry {
     pub notifier: Option<events::Notifier>,
     /// Whether manifests, tags and blobs may be deleted (`UNSUPPORTED` otherwise).
     pub allow_delete: bool,
+    /// A gated pull-through mirror answering every request (`mirrors:`): pulls only.
+    pub mirror: Option<Arc<dyn mirror::Mirror>>,
+    /// When set, only requests carrying exactly this `Authorization` are answered (others get
+    /// a Basic challenge): the loopback listener a mirror stages and promotes through.
+    pub private_credential: Option<String>,
 }
 
 /// The registry's HTTP service.

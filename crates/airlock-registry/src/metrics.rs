@@ -61,6 +61,7 @@ impl Default for Metrics {
         registry.register("airlock_http_response_bytes", "Response body bytes declared, by route", bytes_sent.clone());
         registry.register("airlock_http_request_duration_seconds", "Time to the response head, by route", latency.clone());
         backend_metrics().register(&mut registry);
+        mirror_metrics().register(&mut registry);
         Metrics { registry, requests, bytes_sent, latency }
     }
 }
@@ -92,6 +93,37 @@ pub fn backend_metrics() -> &'static BackendMetrics {
         calls: Family::default(),
         latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
     })
+}
+
+/// A gated pull-through mirror's counters (zero when serve is no mirror).
+#[derive(Default)]
+pub struct MirrorMetrics {
+    /// Manifest requests answered from what the gates promoted.
+    pub hits: Counter,
+    /// Manifest requests for something not promoted yet (an import starts or is waited for).
+    pub misses: Counter,
+    /// Gated imports started by pulls (and by the freshness check of a pulled tag).
+    pub imports: Counter,
+    /// Pulls answered that a gate refused the content.
+    pub refusals: Counter,
+    /// Upstream failures met (unreachable, 429, 5xx).
+    pub upstream_errors: Counter,
+}
+
+impl MirrorMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register("airlock_mirror_hits", "Manifest pulls served from promoted content", self.hits.clone());
+        registry.register("airlock_mirror_misses", "Manifest pulls of content not promoted yet", self.misses.clone());
+        registry.register("airlock_mirror_imports", "Gated imports started by the mirror", self.imports.clone());
+        registry.register("airlock_mirror_refusals", "Pulls of content a gate refused", self.refusals.clone());
+        registry.register("airlock_mirror_upstream_errors", "Upstream failures met by the mirror", self.upstream_errors.clone());
+    }
+}
+
+/// The process's mirror counters.
+pub fn mirror_metrics() -> &'static MirrorMetrics {
+    static METRICS: OnceLock<MirrorMetrics> = OnceLock::new();
+    METRICS.get_or_init(MirrorMetrics::default)
 }
 
 /// The route kind of a path: a label with few values, whatever the repository names.

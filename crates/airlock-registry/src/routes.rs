@@ -79,6 +79,20 @@ fn client_of(request: &Request) -> Option<std::net::IpAddr> {
     request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())
 }
 
+/// On a private listener, the `401` (a Basic challenge) for anything but its one credential,
+/// compared in time that does not depend on where it differs.
+fn private_refusal(registry: &Registry, headers: &HeaderMap) -> Option<Response> {
+    let expected = registry.private_credential.as_deref()?;
+    let given = authorization(headers).unwrap_or("").as_bytes();
+    let same = given.len() == expected.len() && given.iter().zip(expected.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if same {
+        return None;
+    }
+    let mut response = RegistryError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required").into_response();
+    response.headers_mut().insert("www-authenticate", HeaderValue::from_static("Basic realm=\"airlock mirror\""));
+    Some(response)
+}
+
 /// A `429` for a client that failed to log in too often.
 fn throttled(wait: std::time::Duration) -> Response {
     let mut response = RegistryError::new(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "too many failed logins: try again later").into_response();
@@ -87,6 +101,9 @@ fn throttled(wait: std::time::Duration) -> Response {
 }
 
 async fn base(State(registry): State<Arc<Registry>>, request: Request) -> Response {
+    if let Some(refused) = private_refusal(&registry, request.headers()) {
+        return refused;
+    }
     if let Some(auth) = &registry.auth {
         let caller = auth.identify(authorization(request.headers()), client_of(&request));
         if let Caller::Throttled(wait) = caller {
@@ -294,6 +311,13 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
     if let Some(refused) = invalid_reference(&resource, &method) {
         return refused.into_response();
     }
+    if let Some(refused) = private_refusal(&registry, request.headers()) {
+        return refused;
+    }
+    let mirror = registry.mirror.as_ref();
+    if mirror.is_some() && !matches!(method, Method::GET | Method::HEAD) {
+        return RegistryError::unsupported("this registry is a gated mirror: it serves pulls only").into_response();
+    }
     let query: HashMap<String, String> = request
         .uri()
         .query()
@@ -348,6 +372,26 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
             }
         }
     }
+    // A mirror maps the client's repository (checked by the rules as the client named it) to
+    // where it keeps what the gates promoted, and may import a manifest before it is read.
+    let name = match mirror {
+        Some(mirror) => {
+            let repository = match mirror.route(&name, query.get("ns").map(String::as_str)) {
+                Ok(repository) => repository,
+                Err(message) => return RegistryError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message).into_response(),
+            };
+            if let Resource::Manifest(reference) = &resource {
+                match mirror.manifest(storage, &repository, reference).await {
+                    crate::mirror::Answer::Serve => crate::metrics::mirror_metrics().hits.inc(),
+                    crate::mirror::Answer::Unknown(message) => {
+                        return RegistryError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message).into_response();
+                    }
+                };
+            }
+            repository
+        }
+        None => name,
+    };
     let result = match (resource, method) {
         (Resource::Manifest(reference), Method::GET) => get_manifest(storage, &name, &reference, request.headers(), true).await,
         (Resource::Manifest(reference), Method::HEAD) => get_manifest(storage, &name, &reference, request.headers(), false).await,

@@ -74,7 +74,9 @@ pub enum StorageError {
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// A registry's storage.
+/// A registry's storage. Clones share the backend (a mirror's private listener serves the
+/// same content as the public one).
+#[derive(Clone)]
 pub struct Storage {
     backend: Arc<dyn Backend>,
     root: PathBuf,

@@ -94,6 +94,8 @@ fn moto() -> &'static Moto {
         let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).map(|d| d.join("moto_server")).find(|p| p.is_file());
         let server = found.unwrap_or_else(|| panic!("`moto_server` is not installed; the S3 spec tests need it: `pip install 'moto[server]'` (README's test command installs it)"));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        // Never waited for: the shell ends after this process does, when its stdin closes.
+        #[allow(clippy::zombie_processes)]
         let mut child = std::process::Command::new("sh")
             .args(["-c", "\"$0\" -H 127.0.0.1 -p \"$1\" >/dev/null 2>&1 & server=$!; cat >/dev/null; kill $server; wait $server", server.to_str().unwrap(), &port.to_string()])
             .stdin(std::process::Stdio::piped())
@@ -145,7 +147,7 @@ impl Registry {
     }
 
     fn over(storage: Storage, allow_delete: bool, dir: tempfile::TempDir) -> Registry {
-        let served = Arc::new(Served { storage, auth: None, notifier: None, allow_delete });
+        let served = Arc::new(Served { storage, auth: None, notifier: None, allow_delete, mirror: None, private_credential: None });
         Registry { app: router(served.clone()), served, _dir: dir }
     }
 
@@ -638,7 +640,7 @@ fn guarded(token: bool) -> Registry {
     ))
     .unwrap();
     let auth = airlock_registry::auth::Auth::load(&file, dir.path()).unwrap();
-    let served = Arc::new(Served { storage: Storage::new(dir.path().join("data")), auth: Some(auth), notifier: None, allow_delete: true });
+    let served = Arc::new(Served { storage: Storage::new(dir.path().join("data")), auth: Some(auth), notifier: None, allow_delete: true, mirror: None, private_credential: None });
     Registry { app: router(served.clone()), served, _dir: dir }
 }
 

@@ -685,7 +685,7 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
             .map_err(|e| Failure { error: anyhow::anyhow!(e), hint: Some("see `airlock serve --help`".into()), exit_code: 2 })?,
         None => airlock_registry::Storage::new(&root),
     };
-    let registry = std::sync::Arc::new(airlock_registry::Registry { storage, auth, notifier, allow_delete });
+
     let tls_files = match (&args.tls_cert, &args.tls_key, &file.tls) {
         (Some(cert), Some(key), _) => Some((cert.clone(), key.clone())),
         (_, _, Some(tls)) => Some((tls.certificate.clone(), tls.key.clone())),
@@ -698,8 +698,42 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let mirrors = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+            airlock_gate::config::parse_mirrors(&text, path).map_err(|e| Failure { error: anyhow::anyhow!("{e}"), hint: Some("see the serve.yaml section of README.md".into()), exit_code: 2 })?
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
+    let mirror: Option<std::sync::Arc<dyn airlock_registry::mirror::Mirror>> = match mirrors {
+        Some(config) => {
+            // The mirror stages and promotes through a private listener on loopback over the
+            // same storage, which answers only the credential the mirror holds.
+            let private = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on loopback for the mirror")?;
+            let private_address = private.local_addr().context("cannot read the bound address")?.to_string();
+            let mirror = airlock_gate::mirror::GatedMirror::start(config, &private_address)
+                .await
+                .map_err(|e| Failure { error: anyhow::anyhow!("cannot start the mirror: {e}"), hint: None, exit_code: 1 })?;
+            let inner = airlock_registry::Registry {
+                storage: storage.clone(),
+                auth: None,
+                notifier: None,
+                allow_delete: false,
+                mirror: None,
+                private_credential: Some(mirror.credential()),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = airlock_registry::serve(private, std::sync::Arc::new(inner), None, std::future::pending()).await {
+                    tracing::error!("the mirror's private listener stopped: {e}");
+                }
+            });
+            Some(std::sync::Arc::new(mirror))
+        }
+        None => None,
+    };
+    let registry = std::sync::Arc::new(airlock_registry::Registry { storage, auth, notifier, allow_delete, mirror, private_credential: None });
     if !address.ip().is_loopback() && registry.auth.is_none() {
         output::note(&format!(
             "warning: serving {address} beyond this machine without authentication: anyone who reaches it may push and delete; \

@@ -53,7 +53,7 @@ pub async fn demo(global: &Global, args: &DemoArgs) -> Result<ExitCode> {
         }
     };
     let root = dir.join("registry");
-    let served = Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth: None, notifier: None, allow_delete: true });
+    let served = Arc::new(airlock_registry::Registry { storage: airlock_registry::Storage::new(&root), auth: None, notifier: None, allow_delete: true, mirror: None, private_credential: None });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("cannot listen on 127.0.0.1")?;
     let address = listener.local_addr().context("cannot read the bound address")?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -23,14 +23,20 @@ impl Upstream {
     /// Publishes `upstream/node:15-alpine` with `BACKGROUND_COLOR=color` to `served`; returns
     /// its digest.
     pub(crate) fn publish(&self, airlock: &Airlock, served: &Served, color: &str) -> String {
+        self.publish_to(airlock, &served.at("upstream/node:15-alpine"), color)
+    }
+
+    /// Publishes the image with `BACKGROUND_COLOR=color` as `target` (a full reference); returns
+    /// its digest.
+    pub(crate) fn publish_to(&self, airlock: &Airlock, target: &str, color: &str) -> String {
         let umoci = require("umoci", "umoci");
         let mut command = Command::new(umoci);
         command.args(["config", "--image", &format!("{}:1.0", self.layout.display()), "--tag", color]);
         command.args(["--config.env", "NODE_VERSION=15-alpine", "--config.env", &format!("BACKGROUND_COLOR={color}")]);
         run_command(command, None).success();
         let source = format!("ocidir://{}:{color}", self.layout.display());
-        airlock.run(&["copy", &source, &served.at("upstream/node:15-alpine"), "--force"]).success();
-        airlock.run(&["digest", &served.at("upstream/node:15-alpine")]).success().stdout.trim().to_owned()
+        airlock.run(&["copy", &source, target, "--force"]).success();
+        airlock.run(&["digest", target]).success().stdout.trim().to_owned()
     }
 }
 

@@ -11,6 +11,7 @@ mod faults;
 mod gate;
 mod hostile;
 mod layout;
+mod mirror;
 mod postgres;
 mod readme;
 mod s3;

@@ -69,12 +69,22 @@ struct ProxyState {
     client: reqwest::Client,
     faults: Mutex<Vec<Fault>>,
     log: Mutex<Vec<Logged>>,
+    /// The `User-Agent` of every request, in order (who asked).
+    agents: Mutex<Vec<String>>,
     blob_bytes_sent: std::sync::atomic::AtomicU64,
 }
 
 pub struct FaultProxy {
     pub port: u16,
     state: Arc<ProxyState>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    /// Stops taking connections (ones already open finish their requests).
+    fn drop(&mut self) {
+        self.server.abort();
+    }
 }
 
 impl FaultProxy {
@@ -88,11 +98,14 @@ impl FaultProxy {
             client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client"),
             faults: Mutex::new(Vec::new()),
             log: Mutex::new(Vec::new()),
+            agents: Mutex::new(Vec::new()),
             blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
         });
         let router = axum::Router::new().fallback(forward).with_state(state.clone());
-        runtime().spawn(async move { axum::serve(listener, router).await });
-        FaultProxy { port, state }
+        let server = runtime().spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        FaultProxy { port, state, server }
     }
 
     pub fn host(&self) -> String {
@@ -112,6 +125,11 @@ impl FaultProxy {
     }
 
     /// Bytes of blob bodies passed to clients so far.
+    /// The `User-Agent` of every request so far.
+    pub fn user_agents(&self) -> Vec<String> {
+        self.state.agents.lock().unwrap().clone()
+    }
+
     pub fn blob_bytes_sent(&self) -> u64 {
         self.state.blob_bytes_sent.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -145,6 +163,8 @@ async fn forward(State(state): State<Arc<ProxyState>>, request: Request) -> Resp
 
 async fn forward_inner(state: &ProxyState, shared: Arc<ProxyState>, request: Request) -> Response {
     let arrived = Instant::now();
+    let agent = request.headers().get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    state.agents.lock().unwrap().push(agent);
     let method = request.method().clone();
     let path = request.uri().path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into());
     let range = request.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
