@@ -109,6 +109,21 @@ pub async fn open_store(registries: &Registries, reference: &Reference, access: 
     }
 }
 
+/// The lease of promoting `reference` (a tag or a digest) into `target`: named by the target
+/// repository's path and the reference, without the registry's host, so that every process
+/// promoting into one repository and tag takes the same lease whatever it calls the import
+/// or the registry (`airlock watch` through a serve's public address, the gated mirror of that
+/// serve through its private one). Two registries with one path merely take turns.
+pub fn lease_key(target: &Reference, reference: &str) -> String {
+    let repository = match target {
+        Reference::Registry(r) => r.repository.clone(),
+        Reference::Root(r) => r.repository.clone(),
+        Reference::Layout(l) => l.path.clone(),
+    };
+    let separator = if airlock_oci::parse_digest(reference).is_ok() { '@' } else { ':' };
+    format!("{repository}{separator}{reference}")
+}
+
 fn copy_options(platforms: Vec<airlock_oci::PlatformSpec>) -> CopyOptions {
     let mut options = CopyOptions::new();
     options.platforms = platforms;
@@ -125,59 +140,58 @@ impl Pipeline {
     /// stalled and another took the import over), the import stops where it is, which the
     /// promotion order makes safe: the stable tag is either untouched or complete.
     pub async fn import(&self, import: &Import, trigger: Trigger, force: bool) -> Vec<Outcome> {
-        self.holding_lease(import, self.import_locked(import, trigger, force)).await
+        self.import_locked(import, trigger, force).await
     }
 
     /// Runs `import` for one upstream `reference`, a tag or a digest (a pull through the gated
-    /// mirror), under the import's lease as [`Pipeline::import`] does. A digest is promoted
-    /// under its unique tag only: no stable tag names it.
+    /// mirror), under its lease as [`Pipeline::import`] does. A digest is promoted under its
+    /// unique tag only: no stable tag names it.
     pub async fn import_reference(&self, import: &Import, reference: &str, trigger: Trigger, force: bool) -> Outcome {
-        let work = async {
-            let source = open_store(&self.registries, &import.source, Access::Pull).await;
-            vec![self.import_tag(import, source, reference, trigger, force).await]
-        };
-        let mut outcomes = self.holding_lease(import, work).await;
-        outcomes.pop().unwrap_or_else(|| Outcome::failure(&import.name, "nothing was run"))
+        let source = open_store(&self.registries, &import.source, Access::Pull).await;
+        self.import_tag(import, source, reference, trigger, force).await
     }
 
-    /// Runs `work` holding the lease of `import`: `busy` when another process holds it.
-    async fn holding_lease(&self, import: &Import, work: impl std::future::Future<Output = Vec<Outcome>>) -> Vec<Outcome> {
+    /// Runs `work` for `tag` of `import` holding its lease: `busy` when another process holds
+    /// it.
+    async fn holding_lease(&self, import: &Import, tag: &str, work: impl std::future::Future<Output = Outcome>) -> Outcome {
         let holder = crate::runs::this_holder();
         let lease = self.config.lease;
-        match self.runs.lock(&import.name, &holder, lease).await.map_err(|e| e.to_string()) {
+        let key = lease_key(&import.target, tag);
+        match self.runs.lock(&key, &holder, lease).await.map_err(|e| e.to_string()) {
             Ok(Ok(())) => {}
             Ok(Err(other)) => {
-                let mut outcome = Outcome::new(&import.name, "", "busy");
-                outcome.reason = Some(format!("another airlock ({other}) is running this import"));
-                return vec![outcome];
+                let mut outcome = Outcome::new(&import.name, tag, "busy");
+                outcome.reason = Some(format!("another airlock ({other}) is promoting {key}"));
+                return outcome;
             }
-            Err(e) => return vec![Outcome::failure(&import.name, &e)],
+            Err(e) => return Outcome::failure(&import.name, &e),
         }
-        // Holding the lease, any run still marked running was left by a killed process.
-        let _ = self.runs.reap(&import.name, "interrupted: the process running it stopped").await;
-        let outcomes = tokio::select! {
-            outcomes = work => outcomes,
-            lost = self.keep_lease(&import.name, &holder, lease) => {
+        // Holding the lease, any run of this tag still marked running was left by a killed
+        // process.
+        let _ = self.runs.reap(&import.name, tag, "interrupted: the process running it stopped").await;
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            lost = self.keep_lease(&key, &holder, lease) => {
                 tracing::warn!(import = %import.name, "{lost}");
-                vec![Outcome::failure(&import.name, &lost)]
+                Outcome::failure(&import.name, &lost)
             }
         };
-        let _ = self.runs.unlock(&import.name, &holder).await;
-        outcomes
+        let _ = self.runs.unlock(&key, &holder).await;
+        outcome
     }
 
-    /// Renews the lease of `import` until it is lost; returns why.
-    async fn keep_lease(&self, import: &str, holder: &str, lease: Duration) -> String {
+    /// Renews the lease `key` until it is lost; returns why.
+    async fn keep_lease(&self, key: &str, holder: &str, lease: Duration) -> String {
         let mut renewed = Instant::now();
         loop {
             tokio::time::sleep(lease / 3).await;
-            match self.runs.renew(import, holder, lease).await {
+            match self.runs.renew(key, holder, lease).await {
                 Ok(true) => renewed = Instant::now(),
-                Ok(false) => return format!("stopped: the lease of import `{import}` was taken over by another airlock (this one did not renew it within {}s)", lease.as_secs()),
+                Ok(false) => return format!("stopped: the lease of `{key}` was taken over by another airlock (this one did not renew it within {}s)", lease.as_secs()),
                 Err(e) if renewed.elapsed() + lease / 3 >= lease => {
-                    return format!("stopped: cannot renew the lease of import `{import}` before it runs out ({e}); another airlock may take it over")
+                    return format!("stopped: cannot renew the lease of `{key}` before it runs out ({e}); another airlock may take it over")
                 }
-                Err(e) => tracing::warn!(import, "cannot renew the lease (trying again): {e}"),
+                Err(e) => tracing::warn!(lease = key, "cannot renew the lease (trying again): {e}"),
             }
         }
     }
@@ -204,6 +218,10 @@ impl Pipeline {
     }
 
     async fn import_tag(&self, import: &Import, source: Arc<dyn Store>, tag: &str, trigger: Trigger, force: bool) -> Outcome {
+        self.holding_lease(import, tag, self.import_tag_leased(import, source, tag, trigger, force)).await
+    }
+
+    async fn import_tag_leased(&self, import: &Import, source: Arc<dyn Store>, tag: &str, trigger: Trigger, force: bool) -> Outcome {
         let mut outcome = Outcome::new(&import.name, tag, "error");
         let upstream = match source.resolve(tag).await {
             Ok(descriptor) => descriptor.digest().clone(),
@@ -636,4 +654,20 @@ async fn image_facts(store: &dyn Store, manifest: &Manifest) -> Result<Vec<Image
     }
     facts.sort_by(|a, b| a.platform.cmp(&b.platform));
     Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lease_key;
+
+    #[test]
+    fn one_lease_per_target_repository_and_tag_whatever_the_host() {
+        let key = |target: &str, reference: &str| lease_key(&target.parse().unwrap(), reference);
+        // airlock watch through the serve's public address and the mirror through its private one.
+        assert_eq!(key("registry.example.com/docker.io/library/node", "15"), key("127.0.0.1:40000/docker.io/library/node", "15"));
+        assert_eq!(key("root:///srv/airlock//docker.io/library/node", "15"), "docker.io/library/node:15");
+        assert_ne!(key("r.example.com/a", "1"), key("r.example.com/a", "2"));
+        let digest = "sha256:6c3c624b58dbbcd3c0dd82b4c53f04194d1247c6eebdaab7c610cf7d66709b3b";
+        assert_eq!(key("r.example.com/a", digest), format!("a@{digest}"));
+    }
 }

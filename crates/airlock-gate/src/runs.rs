@@ -189,7 +189,8 @@ impl std::fmt::Display for StateLocation {
 /// so several processes may share a store.
 #[async_trait::async_trait]
 pub trait RunStore: Send + Sync {
-    /// Takes the lease of `import` for `holder` (`host:pid`) for `lease`. A lease that ran out,
+    /// Takes the lease `import` (a key: the pipeline's are a target repository and tag) for
+    /// `holder` (`host:pid`) for `lease`. A lease that ran out,
     /// or whose holder is a dead process of this host, is taken over. Returns the holder in the
     /// way when the lease is held by someone else.
     async fn lock(&self, import: &str, holder: &str, lease: Duration) -> Result<Result<(), String>>;
@@ -223,10 +224,10 @@ pub trait RunStore: Send + Sync {
     /// Successful runs of `import`/`tag` (imports and rollbacks), newest first: the digests the
     /// stable tag has pointed at.
     async fn promotions(&self, import: &str, tag: &str) -> Result<Vec<Run>>;
-    /// Marks runs of `import` left `Running` as errors. Called by the lease holder: any run
-    /// still marked running was left by a process that is gone (killed), so the table does
-    /// not claim work that is not happening.
-    async fn reap(&self, import: &str, reason: &str) -> Result<usize>;
+    /// Marks runs of `import`/`tag` left `Running` as errors. Called by the lease holder: any
+    /// such run still marked running was left by a process that is gone (killed), so the
+    /// table does not claim work that is not happening.
+    async fn reap(&self, import: &str, tag: &str, reason: &str) -> Result<usize>;
     /// Whether the store answers (for health checks).
     async fn ping(&self) -> Result<()>;
 }

@@ -330,8 +330,10 @@ impl RunStore for PostgresRuns {
         Ok(self.query(&sql, &[&import, &tag]).await?.iter().map(run).collect())
     }
 
-    async fn reap(&self, import: &str, reason: &str) -> Result<usize> {
-        let reaped = self.execute("UPDATE airlock_runs SET status = 'Error', reason = $1 WHERE import = $2 AND status = 'Running'", &[&reason, &import]).await?;
+    async fn reap(&self, import: &str, tag: &str, reason: &str) -> Result<usize> {
+        let reaped = self
+            .execute("UPDATE airlock_runs SET status = 'Error', reason = $1 WHERE import = $2 AND tag = $3 AND status = 'Running'", &[&reason, &import, &tag])
+            .await?;
         Ok(reaped as usize)
     }
 

@@ -231,8 +231,10 @@ impl RunStore for SqliteRuns {
         )
     }
 
-    async fn reap(&self, import: &str, reason: &str) -> Result<usize> {
-        self.with(|connection| connection.execute("UPDATE runs SET status = 'Error', reason = ?1 WHERE import = ?2 AND status = 'Running'", params![reason, import]))
+    async fn reap(&self, import: &str, tag: &str, reason: &str) -> Result<usize> {
+        self.with(|connection| {
+            connection.execute("UPDATE runs SET status = 'Error', reason = ?1 WHERE import = ?2 AND tag = ?3 AND status = 'Running'", params![reason, import, tag])
+        })
     }
 
     async fn ping(&self) -> Result<()> {
