@@ -22,6 +22,9 @@
 //! s3:                                     # credentials: the AWS_* variables, never this file
 //!   endpoint: https://minio.example.com:9000
 //!   region: us-east-1
+//! mirrors:                                # a gated pull-through mirror (read by airlock-gate)
+//!   - upstream: docker.io
+//!     gates: [{name: no-red, policy: {forbid_env: {BACKGROUND_COLOR: [red]}}}]
 //! ```
 
 use std::path::{Path, PathBuf};

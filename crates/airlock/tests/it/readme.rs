@@ -66,4 +66,22 @@ fn the_readme_examples_work_as_written() {
     let report = airlock.run_env(&["sync", "-f", file.to_str().unwrap(), "-o", "json"], &[("DOCKERHUB_TOKEN", "unused-here")]).success().json();
     assert_eq!(report["summary"]["failed"], 0, "{report}");
     assert!(report["summary"]["copied"].as_u64().unwrap() + report["summary"]["up_to_date"].as_u64().unwrap() == 3, "semver >=3.18, latest 3: {report}");
+
+    // The gated mirror's serve.yaml, as written (its root, listener and state moved here): it
+    // starts, serves docker.io's (here: the public registry's) alpine through the gate, and
+    // leaves out what `allow` does not name.
+    let yaml = block(&readme, "A gated pull-through mirror", "yaml").join("\n");
+    // Both public names play one registry here; the second mirror keeps a name of its own.
+    let yaml = substitute(&yaml.replace("upstream: ghcr.io", "upstream: ghcr.example.com"))
+        .replace("/var/lib/airlock/runs", &work.path().join("runs").display().to_string())
+        .replace("/var/lib/airlock", &work.path().join("root").display().to_string())
+        .replace("0.0.0.0:5000", "127.0.0.1:0");
+    let file = work.path().join("serve.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let token = [("DOCKERHUB_TOKEN".to_owned(), "unused-here".to_owned())];
+    let served = crate::harness::Served::start_with_env(&work.path().join("root"), &["-f", file.to_str().unwrap()], &token);
+    let manifest = crate::harness::http_get(&served.url("/v2/library/alpine/manifests/3.20"));
+    assert_eq!(manifest.0, 200, "{}", manifest.1);
+    let outside = crate::harness::http_get(&served.url("/v2/org/app/manifests/v2"));
+    assert!(outside.0 == 404 && outside.1.contains("leave it out"), "{outside:?}");
 }
