@@ -616,7 +616,7 @@ pub struct SyncArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A serve.yaml: `root`, `listen` and `auth` (htpasswd, token, per-repository rules).
+    /// A serve.yaml: `root`, `listen`, `auth` (htpasswd, token, per-repository rules), `storage`, and `mirrors` (a gated pull-through mirror: pulls of upstream images are served only once their gates passed).
     /// (`-f/--file` as every command names its file; `-c/--config` is kept as an alias.)
     #[arg(short = 'f', long = "file", visible_short_alias = 'c', visible_alias = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
