@@ -70,6 +70,9 @@ pub struct S3Backend {
     redirect: bool,
     /// The raw `ListMultipartUploads` call gc needs.
     uploads: UploadLister,
+    /// Above this size a commit streams the object through a new multipart upload instead of
+    /// one `CopyObject` (S3's limit; lowered by tests to prove the path without 5 GiB).
+    single_copy_limit: u64,
 }
 
 /// How long a presigned blob URL is good for.
@@ -165,7 +168,15 @@ impl S3Backend {
         let store = builder.build().map_err(|e| format!("cannot use `{url}`: {e}"))?;
         let prefix = prefix.trim_matches('/').to_owned();
         let name = format!("s3://{bucket}/{}", rest.split_once('/').map_or("", |(_, p)| p));
-        Ok(S3Backend { store: Arc::new(store), prefix, name, redirect: settings.redirect, uploads })
+        Ok(S3Backend { store: Arc::new(store), prefix, name, redirect: settings.redirect, uploads, single_copy_limit: SINGLE_COPY_LIMIT })
+    }
+
+    /// The same backend committing objects above `bytes` as it commits those above S3's 5 GiB
+    /// copy limit (streamed through a multipart upload), so that path is tested with small
+    /// blobs.
+    pub fn with_single_copy_limit(mut self, bytes: u64) -> S3Backend {
+        self.single_copy_limit = bytes;
+        self
     }
 
     /// Where the backend is, for messages.
@@ -499,7 +510,7 @@ impl Backend for S3Backend {
         let target = self.path(to)?;
         if self.store.head(&target).await.is_err() {
             let size = self.store.head(&source).await.map_err(map)?.size;
-            if size <= SINGLE_COPY_LIMIT {
+            if size <= self.single_copy_limit {
                 self.store.copy(&source, &target).await.map_err(map)?;
             } else {
                 // Above one copy's limit: streamed through a new multipart upload.

@@ -117,13 +117,42 @@ fn moto() -> &'static Moto {
 
 /// A fresh bucket on moto, as storage.
 async fn s3_storage() -> Storage {
+    Storage::with_backend(Arc::new(s3_backend().await), "s3")
+}
+
+/// A fresh bucket on moto.
+async fn s3_backend() -> airlock_registry::s3::S3Backend {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let moto = moto();
     let bucket = format!("spec-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let created = reqwest::Client::new().put(format!("{}/{bucket}", moto.endpoint)).send().await.expect("moto answers");
     assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
     let settings = airlock_registry::s3::S3Settings { endpoint: Some(moto.endpoint.clone()), allow_http: true, ..Default::default() };
-    Storage::open(&format!("s3://{bucket}/registry"), &settings).unwrap()
+    airlock_registry::s3::S3Backend::open(&format!("s3://{bucket}/registry"), &settings).unwrap()
+}
+
+/// A blob above S3's single-copy limit (5 GiB; lowered here to 1 MiB) commits through a
+/// streamed multipart copy, in chunks and monolithic, and reads back with its digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_s3_blobs_above_the_single_copy_limit_commit_streamed() {
+    let backend = s3_backend().await.with_single_copy_limit(1024 * 1024);
+    let registry = Registry::over(Storage::with_backend(Arc::new(backend), "s3"), true, tempfile::tempdir().unwrap());
+    let blob: Vec<u8> = (0..(11 * 1024 * 1024 + 77)).map(|i: usize| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let digest = sha256(&blob);
+    let start = registry.call("POST", "/v2/big/blobs/uploads/", &[], vec![]).await;
+    let mut location = start.header("location").to_owned();
+    let mut offset = 0;
+    for chunk in blob.chunks(9 * 1024 * 1024) {
+        let range = format!("{offset}-{}", offset + chunk.len() - 1);
+        let patched = registry.call("PATCH", &location, &[("content-range", range.as_str())], chunk.to_vec()).await;
+        assert_eq!(patched.status, StatusCode::ACCEPTED);
+        location = patched.header("location").to_owned();
+        offset += chunk.len();
+    }
+    let done = registry.call("PUT", &format!("{location}?digest={digest}"), &[], vec![]).await;
+    assert_eq!(done.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&done.body));
+    let fetched = registry.call("GET", &format!("/v2/big/blobs/{digest}"), &[], vec![]).await;
+    assert_eq!(sha256(&fetched.body), digest);
 }
 
 fn sha256(bytes: &[u8]) -> String {
