@@ -120,6 +120,11 @@ impl GatedMirror {
         Ok(GatedMirror(Arc::new(Shared { config, pipeline: Arc::new(pipeline), address: address.to_owned(), credential, tags: Mutex::new(HashMap::new()) })))
     }
 
+    /// The pipeline the mirror imports with (its runs, for the web page).
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.0.pipeline.clone()
+    }
+
     /// The `Authorization` the private listener must answer (and only it).
     pub fn credential(&self) -> String {
         self.0.credential.clone()

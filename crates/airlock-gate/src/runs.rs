@@ -230,6 +230,52 @@ pub trait RunStore: Send + Sync {
     async fn reap(&self, import: &str, tag: &str, reason: &str) -> Result<usize>;
     /// Whether the store answers (for health checks).
     async fn ping(&self) -> Result<()>;
+    /// A page of runs, newest first, and how many match in all (the web page's paged table).
+    async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)>;
+}
+
+/// Which runs a [`RunStore::page`] shows; every field that is set must match.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Runs of these imports only (the ones a caller may see).
+    pub imports: Option<Vec<String>>,
+    /// Of this import.
+    pub import: Option<String>,
+    /// With this status, as the table shows it (`Failed`).
+    pub status: Option<String>,
+    /// With this trigger, as the table shows it (`Image Update`).
+    pub trigger: Option<String>,
+}
+
+impl RunFilter {
+    /// The filter as SQL conditions with numbered parameters from `first` (`?N` for SQLite,
+    /// `$N` for PostgreSQL), and the values in order.
+    fn conditions(&self, marker: char, first: usize) -> (String, Vec<String>) {
+        let mut conditions = vec!["1 = 1".to_owned()];
+        let mut values = Vec::new();
+        let add = |column: &str, value: &str, values: &mut Vec<String>| {
+            values.push(value.to_owned());
+            format!("{column} = {marker}{}", first + values.len() - 1)
+        };
+        if let Some(import) = &self.import {
+            conditions.push(add("import", import, &mut values));
+        }
+        if let Some(status) = &self.status {
+            conditions.push(add("status", status, &mut values));
+        }
+        if let Some(trigger) = &self.trigger {
+            conditions.push(add("trigger", trigger, &mut values));
+        }
+        if let Some(imports) = &self.imports {
+            if imports.is_empty() {
+                conditions.push("1 = 0".into());
+            } else {
+                let placeholders: Vec<String> = imports.iter().map(|i| add("", i, &mut values).trim_start_matches(" = ").to_owned()).collect();
+                conditions.push(format!("import IN ({})", placeholders.join(", ")));
+            }
+        }
+        (conditions.join(" AND "), values)
+    }
 }
 
 /// How a run ended: what [`RunStore::finish`] records.

@@ -35,10 +35,12 @@ async fn healthz(runs: crate::runs::Runs) -> (axum::http::StatusCode, String) {
     }
 }
 
-/// Watches until `shutdown` resolves; each finished tag is handed to `report`.
+/// Watches until `shutdown` resolves; each finished tag is handed to `report`. With a
+/// `listener`, registry notifications (and `page`, a web page's routes) are served on it.
 pub async fn watch(
     pipeline: Arc<Pipeline>,
     listener: Option<tokio::net::TcpListener>,
+    page: Option<axum::Router>,
     report: impl Fn(&Outcome) + Send + Sync,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
@@ -47,7 +49,11 @@ pub async fn watch(
         let imports: Arc<Vec<Import>> = Arc::new(pipeline.config.imports.clone());
         let runs = pipeline.runs.clone();
         let health = axum::Router::new().route("/healthz", axum::routing::get(move || healthz(runs.clone())));
-        let app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state((imports, notified_tx.clone())).merge(health);
+        let mut app = axum::Router::new().route("/events", axum::routing::post(receive)).with_state((imports, notified_tx.clone())).merge(health);
+        // The web page, when the caller serves one beside the notifications.
+        if let Some(page) = page {
+            app = app.merge(page);
+        }
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("the notification listener stopped: {e}");

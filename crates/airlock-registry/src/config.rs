@@ -22,6 +22,8 @@
 //! s3:                                     # credentials: the AWS_* variables, never this file
 //!   endpoint: https://minio.example.com:9000
 //!   region: us-east-1
+//! ui:
+//!   gate_file: /etc/airlock/airlock.yaml  # /ui/ shows its imports and runs besides the registry
 //! mirrors:                                # a gated pull-through mirror (read by airlock-gate)
 //!   - upstream: docker.io
 //!     gates: [{name: no-red, policy: {forbid_env: {BACKGROUND_COLOR: [red]}}}]
@@ -56,6 +58,8 @@ pub struct ServeFile {
     /// How to reach the bucket of `storage` (endpoint, region, addressing); credentials come
     /// from the `AWS_*` variables.
     pub s3: Option<crate::s3::S3Settings>,
+    /// The web page at `/ui/`.
+    pub ui: Option<UiFile>,
     /// A gated pull-through mirror's upstreams, with the keys it shares with `airlock.yaml`
     /// (`registries`, `runtime`, `state`, `state_password_env`, `lease`): read and checked by
     /// the gate crate, which knows gates; here they are only allowed.
@@ -70,6 +74,15 @@ pub struct ServeFile {
     pub state_password_env: Option<serde::de::IgnoredAny>,
     #[doc(hidden)]
     pub lease: Option<serde::de::IgnoredAny>,
+}
+
+/// The web page (`/ui/`): the registry's repositories always; imports and runs when a gate
+/// file is named.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiFile {
+    /// The airlock.yaml whose imports and runs the page shows (and runs, and rolls back).
+    pub gate_file: Option<PathBuf>,
 }
 
 /// Certificate chain and key, PEM.

@@ -56,7 +56,16 @@ pub async fn serve(
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let router = routes::router(registry);
+    serve_router(listener, routes::router(registry), tls, shutdown).await
+}
+
+/// [`serve`] for a router the caller built around [`router`] (with the web page beside it).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     match tls {
         Some(config) => tls::serve_tls(listener, router, config, shutdown).await,
         // The client's address feeds the failed-login back-off.

@@ -124,7 +124,7 @@ async fn dispatch(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Copy(args) => copy(global, args).await,
         Command::Sync(args) => return crate::sync::sync(global, args).await,
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(global, args).await,
         Command::Gc(args) => gc(global, args).await,
         Command::Inspect(args) => inspect(global, args).await,
         Command::Tags(args) => tags(global, args).await,
@@ -660,7 +660,7 @@ async fn logout(global: &Global, args: &LogoutArgs) -> Result<()> {
     Ok(())
 }
 
-async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
+async fn serve(global: &Global, args: &crate::args::ServeArgs) -> Result<()> {
     let mut file = match &args.config {
         Some(path) => airlock_registry::config::load(path).map_err(|e| Failure { error: anyhow::anyhow!(e), hint: None, exit_code: 2 })?,
         None => airlock_registry::config::ServeFile::default(),
@@ -707,6 +707,7 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
     };
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
+    let mut mirror_pipeline = None;
     let mirror: Option<std::sync::Arc<dyn airlock_registry::mirror::Mirror>> = match mirrors {
         Some(config) => {
             // The mirror stages and promotes through a private listener on loopback over the
@@ -729,6 +730,7 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
                     tracing::error!("the mirror's private listener stopped: {e}");
                 }
             });
+            mirror_pipeline = Some(mirror.pipeline());
             Some(std::sync::Arc::new(mirror))
         }
         None => None,
@@ -740,8 +742,18 @@ async fn serve(args: &crate::args::ServeArgs) -> Result<()> {
              add `auth:` to serve.yaml or `--htpasswd FILE`"
         ));
     }
+    // The web page: the registry always; imports and runs of `ui.gate_file` (else the mirror's).
+    let ui_pipeline = match file.ui.as_ref().and_then(|ui| ui.gate_file.as_ref()) {
+        Some(path) => {
+            let config = airlock_gate::config::load(path).map_err(|e| Failure { error: anyhow::anyhow!("{e}"), hint: Some("see the airlock.yaml section of README.md".into()), exit_code: 2 })?;
+            Some(std::sync::Arc::new(crate::gate::pipeline(global, config, false).await?))
+        }
+        None => mirror_pipeline,
+    };
+    let page = airlock_ui::router(airlock_ui::Ui::new(Some(registry.clone()), ui_pipeline, false));
+    let app = airlock_registry::router(registry).merge(page);
     output::data(&format!("listening on {scheme}://{address}"));
-    airlock_registry::serve(listener, registry, tls, shutdown_signal()).await.context("the registry stopped")?;
+    airlock_registry::serve_router(listener, app, tls, shutdown_signal()).await.context("the registry stopped")?;
     Ok(())
 }
 

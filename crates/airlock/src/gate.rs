@@ -199,7 +199,7 @@ pub async fn watch(global: &Global, args: &WatchArgs) -> Result<()> {
         Some(address) => {
             let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| anyhow::anyhow!("cannot listen on `{address}`: {e}"))?;
             let bound = listener.local_addr().map_err(|e| anyhow::anyhow!("{e}"))?;
-            output::data(&format!("accepting registry notifications on http://{bound}/events"));
+            output::data(&format!("accepting registry notifications on http://{bound}/events; the web page is http://{bound}/ui/"));
             Some(listener)
         }
         None => None,
@@ -225,7 +225,9 @@ pub async fn watch(global: &Global, args: &WatchArgs) -> Result<()> {
             ));
         }
     };
-    airlock_gate::watch::watch(pipeline, listener, report, crate::commands::shutdown_signal()).await;
+    // The web page beside the notifications, read-only: a watch has no users to allow actions.
+    let page = airlock_ui::router(airlock_ui::Ui::new(None, Some(pipeline.clone()), true));
+    airlock_gate::watch::watch(pipeline, listener, Some(page), report, crate::commands::shutdown_signal()).await;
     Ok(())
 }
 

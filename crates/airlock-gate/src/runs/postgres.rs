@@ -14,7 +14,7 @@ use airlock_oci::time::now;
 use tokio::sync::Mutex;
 use tokio_postgres::{Client, Row};
 
-use super::{log_line, random_prefix, run_id, DbError, GateRecord, Result, Run, RunEnd, RunStore, Trigger, COLUMNS};
+use super::{log_line, random_prefix, run_id, DbError, GateRecord, Result, Run, RunEnd, RunFilter, RunStore, Trigger, COLUMNS};
 
 /// How long connecting may take before the database counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -339,6 +339,19 @@ impl RunStore for PostgresRuns {
 
     async fn ping(&self) -> Result<()> {
         self.query_opt("SELECT 1", &[]).await.map(drop)
+    }
+
+    async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)> {
+        let (conditions, values) = filter.conditions('$', 1);
+        let n = values.len();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values.iter().map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let total: i64 = self.query_opt(&format!("SELECT COUNT(*) FROM airlock_runs WHERE {conditions}"), &params).await?.map(|row| row.get(0)).unwrap_or(0);
+        let (limit, offset) = (limit as i64, offset as i64);
+        params.push(&limit);
+        params.push(&offset);
+        let sql = format!("SELECT {COLUMNS} FROM airlock_runs WHERE {conditions} ORDER BY sequence DESC LIMIT ${} OFFSET ${}", n + 1, n + 2);
+        let rows = self.query(&sql, &params).await?;
+        Ok((rows.iter().map(run).collect(), total.max(0) as usize))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use airlock_oci::time::now;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{holder_alive, log_line, random_prefix, run_id, DbError, GateRecord, Result, Run, RunEnd, RunStore, Trigger, COLUMNS};
+use super::{holder_alive, log_line, random_prefix, run_id, DbError, GateRecord, Result, Run, RunEnd, RunFilter, RunStore, Trigger, COLUMNS};
 
 /// The open file. A connection is used by one thread at a time.
 pub(super) struct SqliteRuns {
@@ -240,11 +240,25 @@ impl RunStore for SqliteRuns {
     async fn ping(&self) -> Result<()> {
         self.with(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
     }
+
+    async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)> {
+        let (conditions, values) = filter.conditions('?', 1);
+        let n = values.len();
+        self.with(|connection| {
+            let total: i64 = connection.query_row(&format!("SELECT COUNT(*) FROM runs WHERE {conditions}"), rusqlite::params_from_iter(values.iter()), |row| row.get(0))?;
+            let sql = format!("SELECT {COLUMNS} FROM runs WHERE {conditions} ORDER BY sequence DESC LIMIT ?{} OFFSET ?{}", n + 1, n + 2);
+            let mut all: Vec<rusqlite::types::Value> = values.iter().map(|v| rusqlite::types::Value::Text(v.clone())).collect();
+            all.push(rusqlite::types::Value::Integer(limit as i64));
+            all.push(rusqlite::types::Value::Integer(offset as i64));
+            let runs = connection.prepare(&sql)?.query_map(rusqlite::params_from_iter(all.iter()), row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((runs, total.max(0) as usize))
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{hostname, this_holder, Status};
+    use super::super::{hostname, this_holder, RunFilter, Status};
     use super::*;
 
     fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -281,6 +295,33 @@ mod tests {
             assert!(runs.rejected_by_gate(&second).await.unwrap());
             let (log, gates) = runs.logs(&first).await.unwrap();
             assert_eq!((log.as_str(), gates[0].result.as_str()), ("copied\n", "passed"));
+        });
+    }
+
+    #[test]
+    fn pages_filter_and_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = SqliteRuns::open(dir.path()).unwrap();
+        block_on(async {
+            for n in 0..30 {
+                let import = if n % 3 == 0 { "node" } else { "redis" };
+                let id = runs.start(import, "1", if n % 2 == 0 { Trigger::Manual } else { Trigger::Timer }, None).await.unwrap();
+                let status = if n % 5 == 0 { Status::Failed } else { Status::Succeeded };
+                runs.finish(&id, &RunEnd::not_promoted(status, "x")).await.unwrap();
+            }
+            let all = RunFilter::default();
+            let (page, total) = runs.page(&all, 0, 10).await.unwrap();
+            assert_eq!((page.len(), total), (10, 30));
+            let (last, _) = runs.page(&all, 25, 10).await.unwrap();
+            assert_eq!(last.len(), 5);
+            let node = RunFilter { import: Some("node".into()), ..Default::default() };
+            assert_eq!(runs.page(&node, 0, 100).await.unwrap().1, 10);
+            let failed_timer = RunFilter { status: Some("Failed".into()), trigger: Some("Timer".into()), ..Default::default() };
+            assert_eq!(runs.page(&failed_timer, 0, 100).await.unwrap().1, 3, "n = 5, 15, 25");
+            let visible = RunFilter { imports: Some(vec!["redis".into()]), ..Default::default() };
+            assert_eq!(runs.page(&visible, 0, 100).await.unwrap().1, 20);
+            let none = RunFilter { imports: Some(Vec::new()), ..Default::default() };
+            assert_eq!(runs.page(&none, 0, 100).await.unwrap().1, 0);
         });
     }
 
