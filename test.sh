@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs airlock's whole test suite. On a fresh Debian machine it first installs what the tests
 # start for real (docker-registry, skopeo, umoci, htpasswd, openssl, podman, runc, a static
-# busybox, git, util-linux's `script` (a pseudo-terminal), PostgreSQL's server, the oras Python SDK, moto's S3 server, the Helm engine from helm-python-sdk), and only what is missing.
+# busybox, git, util-linux's `script` (a pseudo-terminal), PostgreSQL's server, Chromium and its WebDriver, the oras Python SDK, moto's S3 server, the Helm engine from helm-python-sdk), and only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/airlock-target}"
@@ -17,6 +17,8 @@ declare -A packages=(
   [runc]=runc
   [git]=git
   [script]=bsdutils
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 missing=()
 for command in "${!packages[@]}"; do

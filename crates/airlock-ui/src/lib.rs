@@ -113,6 +113,7 @@ impl Ui {
         context["auth"] = serde_json::json!(self.auth().is_some());
         context["has_gates"] = serde_json::json!(self.pipeline.is_some());
         context["has_registry"] = serde_json::json!(self.registry.is_some());
+        context["csrf"] = serde_json::json!(self.csrf(caller));
         match self.templates.get_template(name).and_then(|t| t.render(&context)) {
             Ok(html) => html_response(StatusCode::OK, html),
             Err(e) => {
@@ -307,8 +308,9 @@ async fn login(State(ui): State<Arc<Ui>>, headers: HeaderMap, Form(form): Form<L
     }
 }
 
-async fn logout(headers: HeaderMap) -> Response {
-    if let Some(refused) = cross_site(&headers) {
+async fn logout(State(ui): State<Arc<Ui>>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    let caller = ui.caller(&headers);
+    if let Some(refused) = check_action(&ui, &caller, &headers, &form) {
         return refused;
     }
     let mut response = Redirect::to("/ui/").into_response();
@@ -383,7 +385,7 @@ async fn imports(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
             });
         }
         let interval = import.interval.unwrap_or(pipeline.config.interval);
-        let mut schedule = format!("every {} while `airlock watch` runs", human(interval));
+        let mut schedule = format!("every {} while airlock watch runs", human(interval));
         if let Some(timer) = import.timer {
             schedule.push_str(&format!("; the gates again every {}", human(timer)));
         }

@@ -29,7 +29,7 @@ pub fn svg(runs: &[&Run]) -> String {
     let step = 24.0;
     let width = 16.0 + step * shown.len() as f64;
     let mut out = format!(
-        "<svg class=\"timeline\" viewBox=\"0 0 {width} 56\" role=\"img\" aria-label=\"Upstream digests over time, oldest first: {} runs\" xmlns=\"http://www.w3.org/2000/svg\">",
+        "<svg class=\"timeline\" width=\"{width}\" height=\"56\" viewBox=\"0 0 {width} 56\" role=\"img\" aria-label=\"Upstream digests over time, oldest first: {} runs\" xmlns=\"http://www.w3.org/2000/svg\">",
         shown.len()
     );
     out.push_str("<line x1=\"8\" y1=\"24\" x2=\"");

@@ -17,3 +17,4 @@ mod readme;
 mod s3;
 mod serve;
 mod sync;
+mod ui;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod browser;
 pub mod moto;
 pub mod postgres;
 pub mod proxy;
@@ -178,7 +179,7 @@ impl Airlock {
         (run, kib)
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_airlock"));
         command
             .args(args)
