@@ -104,13 +104,7 @@ fn content_and_upload_sessions_survive_a_kill() {
 /// A registry with users alice and bob (bcrypt, via `htpasswd -B`) and rules, in token or basic mode.
 fn guarded(root: &std::path::Path, token: bool, extra: &[&str]) -> Served {
     let htpasswd = root.join("htpasswd");
-    let mut lines = String::new();
-    for (user, password) in [("alice", "alice-Secret-1"), ("bob", "bob-Secret-2")] {
-        let out = std::process::Command::new(crate::harness::require("htpasswd", "apache2-utils")).args(["-Bbn", user, password]).output().unwrap();
-        lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
-        lines.push('\n');
-    }
-    std::fs::write(&htpasswd, lines).unwrap();
+    crate::harness::write_htpasswd(&htpasswd, &[("alice", "alice-Secret-1"), ("bob", "bob-Secret-2")]);
     let config = root.join("serve.yaml");
     std::fs::write(
         &config,

@@ -17,13 +17,7 @@ const BOB: (&str, &str) = ("bob", "bob-Secret-2");
 /// the imports of `gate_file`.
 fn serve_yaml(dir: &Path, gate_file: &Path) -> PathBuf {
     let htpasswd = dir.join("htpasswd");
-    let mut lines = String::new();
-    for (user, password) in [ALICE, BOB] {
-        let out = std::process::Command::new(require("htpasswd", "apache2-utils")).args(["-Bbn", user, password]).output().unwrap();
-        lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
-        lines.push('\n');
-    }
-    std::fs::write(&htpasswd, lines).unwrap();
+    crate::harness::write_htpasswd(&htpasswd, &[ALICE, BOB]);
     let config = dir.join("serve.yaml");
     std::fs::write(
         &config,

@@ -346,6 +346,17 @@ pub fn http_get_bytes(url: &str) -> Vec<u8> {
     })
 }
 
+/// Writes an htpasswd file of bcrypt entries (`htpasswd -B`) for `users`.
+pub fn write_htpasswd(path: &Path, users: &[(&str, &str)]) {
+    let mut lines = String::new();
+    for (user, password) in users {
+        let out = Command::new(require("htpasswd", "apache2-utils")).args(["-Bbn", user, password]).output().unwrap();
+        lines.push_str(String::from_utf8_lossy(&out.stdout).trim());
+        lines.push('\n');
+    }
+    std::fs::write(path, lines).unwrap();
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
