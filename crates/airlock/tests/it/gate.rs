@@ -354,6 +354,12 @@ fn a_push_notification_from_airlock_serve_triggers_the_import() {
     assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == first), "the first look promotes");
     let second = upstream.publish(&airlock, &served, "Green");
     assert!(eventually(20, || airlock.run(&["digest", &stable]).stdout.trim() == second), "the push notification triggered a run");
+    // The watch's listener serves the web page too, read-only: a watch has no users.
+    let (status, page) = crate::harness::http_get(&format!("http://127.0.0.1:{port}/ui/runs"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Image Update") && page.contains("node"), "{page}");
+    let (_, imports) = crate::harness::http_get(&format!("http://127.0.0.1:{port}/ui/"));
+    assert!(imports.contains(&second) && !imports.contains("Run now"), "{imports}");
 }
 
 #[test]

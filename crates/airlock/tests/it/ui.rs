@@ -171,6 +171,15 @@ fn the_web_page_shows_imports_runs_and_the_registry_and_rolls_back_for_those_all
     assert!(eventually(20, || !table().contains("Running") && table().lines().count() == 7), "and ends: {}", table());
     assert_eq!(browser.script("return window.airlockMarker;"), "kept", "the page was not reloaded");
 
+    // "Run now" (alice may push): the import runs again (forced) and the page follows it.
+    browser.go(&served.url("/ui/"));
+    browser.click("form[action='/ui/imports/node/run'] button");
+    assert!(eventually(10, || browser.current_url().contains("/ui/runs?import=node")), "{}", browser.current_url());
+    browser.script("window.airlockMarker = 'kept';");
+    assert!(eventually(30, || !table().contains("Running") && table().lines().count() == 8), "the run from the page ends: {}", table());
+    assert!(table().lines().next().unwrap_or_default().contains("Manual"), "{}", table());
+    assert_eq!(browser.script("return window.airlockMarker;"), "kept", "the page was not reloaded");
+
     // Every page's structure, by a parser.
     let pages: Vec<String> = ["imports", "runs", "run-refused", "run-promoted", "registry", "manifest"].iter().map(|p| out.join(format!("{p}.html")).display().to_string()).collect();
     let mut check = std::process::Command::new(require("python3", "python3"));
