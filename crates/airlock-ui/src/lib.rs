@@ -290,7 +290,11 @@ async fn login(State(ui): State<Arc<Ui>>, headers: HeaderMap, Form(form): Form<L
             let user_hex = hex::encode(user.as_bytes());
             let mac = ui.sign(&format!("session|{user_hex}|{expiry}"));
             let mut response = Redirect::to(safe_next(&form.next)).into_response();
-            let cookie = format!("{COOKIE}={user_hex}.{expiry}.{mac}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}", SESSION.as_secs());
+            // Over HTTPS (serve's TLS marks its connections as a proxy would) the cookie is never
+            // sent in the clear.
+            let https = headers.get("x-forwarded-proto").is_some_and(|v| v == "https");
+            let secure = if https { "; Secure" } else { "" };
+            let cookie = format!("{COOKIE}={user_hex}.{expiry}.{mac}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}", SESSION.as_secs());
             response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("a cookie of hex digits"));
             response
         }
