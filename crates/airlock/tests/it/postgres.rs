@@ -88,6 +88,14 @@ fn watchers_on_one_postgres_import_a_change_once_and_take_over_a_killed_nodes_im
     assert_eq!(finished.len(), 1, "{seen_one:?}");
     let logs = airlock.run_env(&["runs", "logs", finished[0]["run_id"].as_str().unwrap(), "-f", two.to_str().unwrap()], &[(PASSWORD_ENV, &password)]).success().stdout;
     assert!(logs.contains("checked on two"), "the surviving node ran the gate: {logs}");
+
+    // The web page reads the same database: the killed run, filtered by status.
+    let serve_yaml = dir.path().join("serve.yaml");
+    std::fs::write(&serve_yaml, format!("ui:\n  gate_file: {}\n", two.display())).unwrap();
+    let page = Served::start_with_env(&dir.path().join("page-root"), &["-f", serve_yaml.to_str().unwrap()], &[(PASSWORD_ENV.to_owned(), password.clone())]);
+    let (status, html) = crate::harness::http_get(&page.url("/ui/runs?status=Error"));
+    assert_eq!(status, 200, "{html}");
+    assert!(html.contains(&taken) && html.contains("1 runs"), "{html}");
 }
 
 #[test]
