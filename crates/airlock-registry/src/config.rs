@@ -24,6 +24,7 @@
 //!   region: us-east-1
 //! ui:
 //!   gate_file: /etc/airlock/airlock.yaml  # /ui/ shows its imports and runs besides the registry
+//!   session_key_env: AIRLOCK_UI_KEY       # replicas share sign-ins
 //! mirrors:                                # a gated pull-through mirror (read by airlock-gate)
 //!   - upstream: docker.io
 //!     gates: [{name: no-red, policy: {forbid_env: {BACKGROUND_COLOR: [red]}}}]
@@ -83,6 +84,10 @@ pub struct ServeFile {
 pub struct UiFile {
     /// The airlock.yaml whose imports and runs the page shows (and runs, and rolls back).
     pub gate_file: Option<PathBuf>,
+    /// The variable holding the key that signs sign-ins and form tokens (at least 32
+    /// characters), so that replicas behind one load balancer accept each other's sessions and
+    /// a restart keeps them; without it each process makes its own.
+    pub session_key_env: Option<String>,
 }
 
 /// Certificate chain and key, PEM.

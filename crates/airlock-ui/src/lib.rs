@@ -53,10 +53,18 @@ pub struct Ui {
 }
 
 impl Ui {
-    /// The web page over `registry` and/or `pipeline`; `read_only` offers no actions.
+    /// The web page over `registry` and/or `pipeline`; `read_only` offers no actions. Sessions
+    /// are signed with a key made now.
     pub fn new(registry: Option<Arc<airlock_registry::Registry>>, pipeline: Option<Arc<Pipeline>>, read_only: bool) -> Arc<Ui> {
         let rng = ring::rand::SystemRandom::new();
         let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).expect("the system's randomness");
+        Arc::new(Ui { registry, pipeline, read_only, key, templates: templates() })
+    }
+
+    /// [`Ui::new`] signing sessions with `secret` (from configuration: every replica given the
+    /// same one accepts the others' sign-ins, and a restart keeps them).
+    pub fn with_key(registry: Option<Arc<airlock_registry::Registry>>, pipeline: Option<Arc<Pipeline>>, read_only: bool, secret: &[u8]) -> Arc<Ui> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
         Arc::new(Ui { registry, pipeline, read_only, key, templates: templates() })
     }
 

@@ -750,7 +750,21 @@ async fn serve(global: &Global, args: &crate::args::ServeArgs) -> Result<()> {
         }
         None => mirror_pipeline,
     };
-    let page = airlock_ui::router(airlock_ui::Ui::new(Some(registry.clone()), ui_pipeline, false));
+    let ui = match file.ui.as_ref().and_then(|ui| ui.session_key_env.as_ref()) {
+        Some(variable) => {
+            let secret = std::env::var(variable).unwrap_or_default();
+            if secret.len() < 32 {
+                return Err(Failure {
+                    error: anyhow::anyhow!("`ui.session_key_env` names `{variable}`, which is unset or shorter than 32 characters"),
+                    hint: Some(format!("set {variable} to the same random secret on every replica (openssl rand -hex 32)")),
+                    exit_code: 2,
+                });
+            }
+            airlock_ui::Ui::with_key(Some(registry.clone()), ui_pipeline, false, secret.as_bytes())
+        }
+        None => airlock_ui::Ui::new(Some(registry.clone()), ui_pipeline, false),
+    };
+    let page = airlock_ui::router(ui);
     let app = airlock_registry::router(registry).merge(page);
     output::data(&format!("listening on {scheme}://{address}"));
     airlock_registry::serve_router(listener, app, tls, shutdown_signal()).await.context("the registry stopped")?;

@@ -22,7 +22,7 @@ fn serve_yaml(dir: &Path, gate_file: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "auth:\n  htpasswd: {}\n  rules:\n    - repositories: 'base/*'\n      users: {{alice: [pull, push], bob: [pull]}}\n    - repositories: '*'\n      users: {{alice: [pull, push]}}\nui:\n  gate_file: {}\n",
+            "auth:\n  htpasswd: {}\n  rules:\n    - repositories: 'base/*'\n      users: {{alice: [pull, push], bob: [pull]}}\n    - repositories: '*'\n      users: {{alice: [pull, push]}}\nui:\n  gate_file: {}\n  session_key_env: AIRLOCK_TEST_UI_KEY\n",
             htpasswd.display(),
             gate_file.display()
         ),
@@ -88,7 +88,10 @@ fn the_web_page_shows_imports_runs_and_the_registry_and_rolls_back_for_those_all
     let first = runs.last().unwrap()["run_id"].as_str().unwrap().to_owned();
 
     let config = serve_yaml(dir.path(), &gate_file);
-    let served = Served::start_with(&root, &["-f", config.to_str().unwrap()]);
+    let key = [("AIRLOCK_TEST_UI_KEY".to_owned(), "0123456789abcdef0123456789abcdef-shared".to_owned())];
+    let served = Served::start_with_env(&root, &["-f", config.to_str().unwrap()], &key);
+    // A second replica with the same key accepts the first one's sign-ins.
+    let replica = Served::start_with_env(&dir.path().join("replica-root"), &["-f", config.to_str().unwrap()], &key);
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
     std::fs::create_dir_all(&out).unwrap();
     let browser = Browser::start();
@@ -118,6 +121,13 @@ fn the_web_page_shows_imports_runs_and_the_registry_and_rolls_back_for_those_all
         (answer.status().as_u16(), answer.text().await.unwrap())
     });
     assert_eq!(refused.0, 403, "{}", refused.1);
+    let on_replica = crate::harness::proxy::runtime().block_on(async {
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let login = client.post(served.url("/ui/login")).form(&[("username", BOB.0), ("password", BOB.1), ("next", "/ui/")]).send().await.unwrap();
+        let session = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+        client.get(replica.url("/ui/")).header("cookie", &session).send().await.unwrap().text().await.unwrap()
+    });
+    assert!(on_replica.contains("signed in as bob"), "{on_replica}");
     assert!(refused.1.contains("needs push on"), "{}", refused.1);
     assert_eq!(digest(), green, "nothing moved");
 
