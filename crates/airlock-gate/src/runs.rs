@@ -232,6 +232,11 @@ pub trait RunStore: Send + Sync {
     async fn ping(&self) -> Result<()>;
     /// A page of runs, newest first, and how many match in all (the web page's paged table).
     async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)>;
+    /// Records when a watch loop looks at `import` next (seconds since the epoch), for the
+    /// web page of any process sharing the store.
+    async fn set_next_look(&self, import: &str, at: u64) -> Result<()>;
+    /// The next looks recorded, by import.
+    async fn next_looks(&self) -> Result<std::collections::HashMap<String, u64>>;
 }
 
 /// Which runs a [`RunStore::page`] shows; every field that is set must match.

@@ -113,6 +113,12 @@ pub async fn watch(
                 Err(reason) => tracing::warn!(import = %import.name, "cannot read the gates' repository: {reason}"),
             }
         }
+        // When each import is looked at next, for the web page of any process sharing the store.
+        let clock = airlock_oci::time::now();
+        for (idx, import) in pipeline.config.imports.iter().enumerate() {
+            let next = next_timer[idx].map_or(next_poll[idx], |timer| timer.min(next_poll[idx]));
+            let _ = pipeline.runs.set_next_look(&import.name, clock + next.saturating_duration_since(Instant::now()).as_secs()).await;
+        }
         let wake = next_poll.iter().chain(next_timer.iter().flatten()).min().copied().unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
             () = &mut shutdown => break,

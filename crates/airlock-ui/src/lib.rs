@@ -376,6 +376,7 @@ struct TagView {
 async fn imports(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
     let caller = ui.caller(&headers);
     let Some(pipeline) = &ui.pipeline else { return Redirect::to("/ui/registry").into_response() };
+    let next_looks = pipeline.runs.next_looks().await.unwrap_or_default();
     let mut views = Vec::new();
     for import in ui.visible_imports(&caller) {
         let runs = pipeline.runs.list(Some(&import.name), 200).await.unwrap_or_default();
@@ -397,7 +398,12 @@ async fn imports(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
             });
         }
         let interval = import.interval.unwrap_or(pipeline.config.interval);
-        let mut schedule = format!("every {} while airlock watch runs", human(interval));
+        // The watch loop records its next look in the run database; without one running, the
+        // interval is all there is to say.
+        let mut schedule = match next_looks.get(&import.name) {
+            Some(at) if *at + 60 >= airlock_oci::time::now() => format!("{} (every {})", when(*at), human(interval)),
+            _ => format!("every {} while airlock watch runs", human(interval)),
+        };
         if let Some(timer) = import.timer {
             schedule.push_str(&format!("; the gates again every {}", human(timer)));
         }

@@ -56,6 +56,10 @@ const SCHEMA: &str = "
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    CREATE TABLE IF NOT EXISTS airlock_schedule (
+        import TEXT PRIMARY KEY,
+        next_look BIGINT NOT NULL
+    );
     CREATE TABLE IF NOT EXISTS airlock_leases (
         import TEXT PRIMARY KEY,
         holder TEXT NOT NULL,
@@ -339,6 +343,20 @@ impl RunStore for PostgresRuns {
 
     async fn ping(&self) -> Result<()> {
         self.query_opt("SELECT 1", &[]).await.map(drop)
+    }
+
+    async fn set_next_look(&self, import: &str, at: u64) -> Result<()> {
+        self.execute(
+            "INSERT INTO airlock_schedule (import, next_look) VALUES ($1, $2) ON CONFLICT (import) DO UPDATE SET next_look = EXCLUDED.next_look",
+            &[&import, &(at as i64)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn next_looks(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let rows = self.query("SELECT import, next_look FROM airlock_schedule", &[]).await?;
+        Ok(rows.iter().map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1).max(0) as u64)).collect())
     }
 
     async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)> {

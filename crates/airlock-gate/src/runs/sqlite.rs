@@ -82,6 +82,10 @@ impl SqliteRuns {
                      key TEXT PRIMARY KEY,
                      value TEXT NOT NULL
                  );
+                 CREATE TABLE IF NOT EXISTS schedule (
+                     import TEXT PRIMARY KEY,
+                     next_look INTEGER NOT NULL
+                 );
                  -- `acquired`: when the lease was taken or last renewed.
                  CREATE TABLE IF NOT EXISTS locks (
                      import TEXT PRIMARY KEY,
@@ -239,6 +243,14 @@ impl RunStore for SqliteRuns {
 
     async fn ping(&self) -> Result<()> {
         self.with(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    async fn set_next_look(&self, import: &str, at: u64) -> Result<()> {
+        self.with(|connection| connection.execute("INSERT OR REPLACE INTO schedule (import, next_look) VALUES (?1, ?2)", params![import, at])).map(drop)
+    }
+
+    async fn next_looks(&self) -> Result<std::collections::HashMap<String, u64>> {
+        self.with(|connection| connection.prepare("SELECT import, next_look FROM schedule")?.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect())
     }
 
     async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)> {

@@ -360,6 +360,7 @@ fn a_push_notification_from_airlock_serve_triggers_the_import() {
     assert!(page.contains("Image Update") && page.contains("node"), "{page}");
     let (_, imports) = crate::harness::http_get(&format!("http://127.0.0.1:{port}/ui/"));
     assert!(imports.contains(&second) && !imports.contains("Run now"), "{imports}");
+    assert!(imports.contains(" UTC (every 1h)"), "the watch's next look: {imports}");
 }
 
 #[test]
