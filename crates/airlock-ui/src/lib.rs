@@ -3,8 +3,8 @@
 //! Served at `/ui/` beside `/v2/` by `airlock serve` (with `ui: {gate_file: airlock.yaml}` in
 //! serve.yaml for the imports and runs) and by `airlock watch --listen` (imports and runs).
 //! Pages are rendered on the server (minijinja, auto-escaped) and read well without script;
-//! one small script (`/ui/static/app.js`) swaps in the runs table when a server-sent event
-//! says a run started or ended. Assets are compiled into the binary; nothing comes from a CDN.
+//! one small script (`/ui/static/app.js`) swaps in the parts marked `data-live` (the runs
+//! table, the imports) when a server-sent event says a run started or ended. Assets are compiled into the binary; nothing comes from a CDN.
 //!
 //! Access follows the registry's users and rules: a signed-in user (a form checked against
 //! the htpasswd users, then an HMAC-signed, `HttpOnly`, `SameSite=Strict` cookie) or anonymous
@@ -429,8 +429,6 @@ struct RunsQuery {
     trigger: String,
     #[serde(default)]
     page: Option<usize>,
-    #[serde(default)]
-    fragment: Option<String>,
 }
 
 fn run_rows(runs: &[Run]) -> Vec<serde_json::Value> {
@@ -460,10 +458,6 @@ async fn runs(State(ui): State<Arc<Ui>>, headers: HeaderMap, Query(query): Query
         Err(e) => return ui.message(StatusCode::SERVICE_UNAVAILABLE, &caller, "Run database unavailable", &e.to_string()),
     };
     let rows = run_rows(&rows);
-    if query.fragment.is_some() {
-        let html = ui.templates.get_template("runs_rows.html").and_then(|t| t.render(serde_json::json!({"runs": rows}))).unwrap_or_default();
-        return html_response(StatusCode::OK, html);
-    }
     let pages = total.div_ceil(PAGE_SIZE).max(1);
     let link = |p: usize| {
         let mut pairs: Vec<String> = Vec::new();

@@ -181,12 +181,20 @@ fn the_web_page_shows_imports_runs_and_the_registry_and_rolls_back_for_those_all
     assert!(eventually(20, || !table().contains("Running") && table().lines().count() == 7), "and ends: {}", table());
     assert_eq!(browser.script("return window.airlockMarker;"), "kept", "the page was not reloaded");
 
-    // "Run now" (alice may push): the import runs again (forced) and the page follows it.
+    // "Run now" (alice may push): the import runs again (forced) and the pages follow it: the
+    // imports page shows it running, then the runs table shows it done.
     browser.go(&served.url("/ui/"));
+    browser.script("window.airlockMarker = 'imports';");
+    std::fs::remove_file(dir.path().join("slow")).unwrap();
+    airlock.run(&["import", "-f", file, "--force"]).success();
+    let newest = airlock.run(&["runs", "list", "-f", file, "-o", "json"]).success().json()["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    let imports = || browser.script("return document.getElementById('imports').innerText;").as_str().unwrap_or_default().to_owned();
+    assert!(eventually(20, || imports().contains(&newest)), "the imports page follows new runs ({newest}): {}", imports());
+    assert_eq!(browser.script("return window.airlockMarker;"), "imports", "the imports page was not reloaded");
     browser.click("form[action='/ui/imports/node/run'] button");
     assert!(eventually(10, || browser.current_url().contains("/ui/runs?import=node")), "{}", browser.current_url());
     browser.script("window.airlockMarker = 'kept';");
-    assert!(eventually(30, || !table().contains("Running") && table().lines().count() == 8), "the run from the page ends: {}", table());
+    assert!(eventually(30, || !table().contains("Running") && table().lines().count() == 9), "the run from the page ends: {}", table());
     assert!(table().lines().next().unwrap_or_default().contains("Manual"), "{}", table());
     assert_eq!(browser.script("return window.airlockMarker;"), "kept", "the page was not reloaded");
 
