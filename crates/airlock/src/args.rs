@@ -527,8 +527,9 @@ pub struct RollbackArgs {
 pub struct WatchArgs {
     #[command(flatten)]
     pub gate_file: GateFileArgs,
-    /// Accept registry notifications on this address (`POST /events`), e.g. `127.0.0.1:8787`;
-    /// overrides `watch.listen` of the file.
+    /// Accept registry notifications on this address (`POST /events`), e.g. `127.0.0.1:8787`,
+    /// where `/healthz` and a read-only web page (`/ui/`) are served too; overrides
+    /// `watch.listen` of the file.
     #[arg(long, value_name = "ADDRESS")]
     pub listen: Option<String>,
     /// Poll upstream this often unless an import says otherwise; overrides `watch.interval`.
