@@ -90,6 +90,10 @@ impl GatedMirror {
     pub async fn start(config: MirrorConfig, address: &str) -> Result<GatedMirror, String> {
         let secret = random_secret();
         let mut options = RegistryOptions::new(CredentialFiles::discover(None));
+        // A look upstream is never retried: the next one is an interval away, so a rate-limited
+        // upstream sees at most one request per tag per interval, and its failure is a run
+        // at once. Blob transfers keep the copy engine's own retries.
+        options.retry = airlock_store::remote::RetryPolicy { attempts: 1, ..Default::default() };
         for registry in &config.registries {
             registry.apply_to(&mut options);
         }

@@ -204,4 +204,9 @@ fn containerd_ns_picks_the_upstream_and_a_rate_limited_upstream_is_asked_once_pe
     }
     let asked = limited.log().iter().filter(|l| l.path.contains("/manifests/")).count();
     assert!((1..=5).contains(&asked), "at most one look per second over 4 s, whatever the pulls: {asked}");
+    // The refused looks are runs and counted.
+    let refused = runs(&airlock, &config).into_iter().filter(|r| r["status"] == "error" && r["reason"].as_str().unwrap_or_default().contains("429")).count();
+    assert!(refused >= 1, "{:?}", runs(&airlock, &config));
+    let metrics = crate::harness::http_get(&served.url("/metrics")).1;
+    assert!(!metrics.contains("airlock_mirror_upstream_errors_total 0\n"), "{metrics}");
 }
