@@ -257,27 +257,24 @@ impl RunFilter {
     /// `$N` for PostgreSQL), and the values in order.
     fn conditions(&self, marker: char, first: usize) -> (String, Vec<String>) {
         let mut conditions = vec!["1 = 1".to_owned()];
-        let mut values = Vec::new();
-        let add = |column: &str, value: &str, values: &mut Vec<String>| {
+        let mut values: Vec<String> = Vec::new();
+        // The next parameter's placeholder, for `value`.
+        let mut parameter = |value: &str| {
             values.push(value.to_owned());
-            format!("{column} = {marker}{}", first + values.len() - 1)
+            format!("{marker}{}", first + values.len() - 1)
         };
-        if let Some(import) = &self.import {
-            conditions.push(add("import", import, &mut values));
+        for (column, value) in [("import", &self.import), ("status", &self.status), ("trigger", &self.trigger)] {
+            if let Some(value) = value {
+                conditions.push(format!("{column} = {}", parameter(value)));
+            }
         }
-        if let Some(status) = &self.status {
-            conditions.push(add("status", status, &mut values));
-        }
-        if let Some(trigger) = &self.trigger {
-            conditions.push(add("trigger", trigger, &mut values));
-        }
-        if let Some(imports) = &self.imports {
-            if imports.is_empty() {
-                conditions.push("1 = 0".into());
-            } else {
-                let placeholders: Vec<String> = imports.iter().map(|i| add("", i, &mut values).trim_start_matches(" = ").to_owned()).collect();
+        match &self.imports {
+            Some(imports) if imports.is_empty() => conditions.push("1 = 0".into()),
+            Some(imports) => {
+                let placeholders: Vec<String> = imports.iter().map(|import| parameter(import)).collect();
                 conditions.push(format!("import IN ({})", placeholders.join(", ")));
             }
+            None => {}
         }
         (conditions.join(" AND "), values)
     }
@@ -390,6 +387,15 @@ mod tests {
         assert_eq!(run_id("ca", 1), "ca1");
         assert_eq!(run_id("ca", 35), "caz");
         assert_eq!(run_id("ca", 36), "ca10");
+    }
+
+    #[test]
+    fn filters_become_numbered_parameters() {
+        let filter = RunFilter { imports: Some(vec!["a".into(), "b".into()]), status: Some("Failed".into()), ..RunFilter::default() };
+        let (sql, values) = filter.conditions('$', 1);
+        assert_eq!(sql, "1 = 1 AND status = $1 AND import IN ($2, $3)");
+        assert_eq!(values, ["Failed", "a", "b"]);
+        assert_eq!(RunFilter { imports: Some(Vec::new()), ..RunFilter::default() }.conditions('?', 1).0, "1 = 1 AND 1 = 0");
     }
 
     #[test]
