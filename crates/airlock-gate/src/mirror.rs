@@ -184,11 +184,25 @@ impl Shared {
     }
 
     /// The running import of `key` (`reference` of `import`'s source), or a new one.
-    fn import(self: &Arc<Self>, key: &str, import: Import, reference: &str) -> watch::Receiver<Option<Outcome>> {
+    ///
+    /// A finished answer that could not be served (refused, upstream down) stands for one
+    /// interval: pulls in between get it again instead of asking upstream again.
+    /// `interval: None` (the background look at a served tag, due already) always asks again.
+    fn import(self: &Arc<Self>, key: &str, import: Import, reference: &str, interval: Option<Duration>) -> watch::Receiver<Option<Outcome>> {
         let mut tags = self.tags.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = tags.entry(key.to_owned()).or_default();
-        if let Some(running) = state.running.as_ref().filter(|r| r.borrow().is_none() && r.has_changed().is_ok()) {
-            return running.clone();
+        if let Some(running) = &state.running {
+            let answer = running.borrow().as_ref().map(|outcome| outcome.action);
+            let fresh = interval.is_some_and(|interval| state.checked.is_some_and(|at| at.elapsed() < interval));
+            let standing = match answer {
+                None => running.has_changed().is_ok(),
+                // Another process's import says nothing lasting; a promotion is served from storage.
+                Some("busy" | "promoted" | "up_to_date") => false,
+                Some(_) => fresh,
+            };
+            if standing {
+                return running.clone();
+            }
         }
         state.checked = Some(Instant::now());
         let (sender, receiver) = watch::channel(None);
@@ -257,13 +271,13 @@ impl airlock_registry::mirror::Mirror for GatedMirror {
             // once per interval, in the background, and a change goes through the gates before
             // it is served. Content by digest never changes.
             if !by_digest && shared.due(&key, mirror.interval) {
-                drop(shared.import(&key, import, reference));
+                drop(shared.import(&key, import, reference, None));
             }
             return Answer::Serve;
         }
         mirror_metrics().misses.inc();
         let name = import.name.clone();
-        let mut receiver = shared.import(&key, import, reference);
+        let mut receiver = shared.import(&key, import, reference, Some(mirror.interval));
         let finished: Option<Outcome> = match tokio::time::timeout(mirror.wait, receiver.wait_for(Option::is_some)).await {
             Ok(Ok(outcome)) => outcome.clone(),
             _ => None,

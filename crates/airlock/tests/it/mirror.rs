@@ -120,6 +120,11 @@ fn podman_pulls_through_the_gates_keeps_the_last_good_and_survives_upstream_goin
     let (status, _, message) = pull(&served, "/v2/library/app/manifests/2");
     assert_eq!(status, 404);
     assert!(message.contains(&format!("upstream {proxy_host} is unreachable")), "{message}");
+    // Pulled again within the interval, the same answer stands: no second look, no second run.
+    let errors = || runs(&airlock, &config).iter().filter(|r| r["tag"] == "2").count();
+    let before = errors();
+    assert_eq!(pull(&served, "/v2/library/app/manifests/2").2, message);
+    assert_eq!(errors(), before, "one look per interval");
     assert!(eventually(10, || runs(&airlock, &config).iter().any(|r| r["status"] == "error" && r["tag"] == "1")), "the failed look upstream is a run");
     let metrics = crate::harness::http_get(&served.url("/metrics")).1;
     assert!(metrics.contains("airlock_mirror_upstream_errors_total"), "{metrics}");
