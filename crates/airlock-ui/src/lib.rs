@@ -762,6 +762,22 @@ mod tests {
         assert_ne!(ui.csrf(&Caller::User("alice".into())), ui.csrf(&Caller::Anonymous));
     }
 
+    proptest::proptest! {
+        /// A cookie header and a `next` parameter are the client's: any bytes give anonymous or
+        /// a signed user, and a path of this page, never a panic or another site.
+        #[test]
+        fn any_cookie_or_next_is_harmless(cookie in "[ -~]{0,200}", next in "[ -~]{0,80}") {
+            let ui = Ui::new(None, None, false);
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_str(&cookie) {
+                headers.insert(header::COOKIE, value);
+            }
+            proptest::prop_assert_eq!(ui.caller(&headers), Caller::Anonymous);
+            let target = safe_next(&next);
+            proptest::prop_assert!(target.starts_with("/ui/") && !target.starts_with("/ui//"));
+        }
+    }
+
     #[test]
     fn cross_site_forms_are_refused() {
         let headers = |pairs: &[(&'static str, &'static str)]| {

@@ -178,6 +178,20 @@ mod tests {
         assert!(parse_page("<not xml").is_err());
     }
 
+    proptest::proptest! {
+        /// The bucket's answer is untrusted: any text is a page or an error, never a panic, and
+        /// a page's markers are only given when it says it is truncated.
+        #[test]
+        fn any_answer_is_read_or_refused(text in ".{0,400}", key in "[a-z/.]{0,20}", id in "[a-zA-Z0-9]{0,12}") {
+            let _ = parse_page(&text);
+            let wrapped = format!("<ListMultipartUploadsResult><IsTruncated>false</IsTruncated><Upload><Key>{key}</Key><UploadId>{id}</UploadId><Initiated>{text}</Initiated></Upload></ListMultipartUploadsResult>");
+            if let Ok((uploads, next)) = parse_page(&wrapped) {
+                proptest::prop_assert!(next.is_none());
+                proptest::prop_assert!(uploads.len() <= 1);
+            }
+        }
+    }
+
     #[test]
     fn the_bucket_is_addressed_as_object_store_does() {
         assert_eq!(bucket_url(Some("http://127.0.0.1:9000/"), false, "b", "us-east-1"), "http://127.0.0.1:9000/b");
