@@ -148,8 +148,8 @@ fn the_web_page_shows_imports_runs_and_the_registry_and_rolls_back_for_those_all
     browser.go(&served.url("/ui/runs?status=Failed"));
     assert!(browser.text().contains("1 runs"), "{}", browser.text());
     browser.click("#runs-body a");
-    let text = browser.text();
-    assert!(text.contains("no-red") && text.contains("BACKGROUND_COLOR") && text.contains("failed"), "{text}");
+    let refused_page = |text: &str| text.contains("no-red") && text.contains("BACKGROUND_COLOR") && text.contains("failed");
+    assert!(eventually(10, || refused_page(&browser.text())), "{}", browser.text());
     capture(&browser, &out, "run-refused");
     browser.go(&served.url(&format!("/ui/runs/{first}")));
     assert!(browser.text().contains("Gate report"), "{}", browser.text());
@@ -166,7 +166,7 @@ fn the_web_page_shows_imports_runs_and_the_registry_and_rolls_back_for_those_all
     browser.go(&served.url(&format!("/ui/runs/{first}")));
     browser.click("form[action$='/rollback'] button");
     assert!(eventually(10, || digest() == orange), "the stable tag moved back to {orange}");
-    assert!(browser.text().contains("Rollback"), "{}", browser.text());
+    assert!(eventually(10, || browser.text().contains("Rollback")), "{}", browser.text());
 
     // A run started elsewhere appears and ends on the open runs page, without a reload.
     browser.go(&served.url("/ui/runs"));

@@ -68,9 +68,9 @@ impl Browser {
         call(reqwest::Method::GET, &self.url("/url"), None).as_str().unwrap_or_default().to_owned()
     }
 
-    /// The page's visible text.
+    /// The page's visible text ("" while a navigation has no document yet: callers wait).
     pub fn text(&self) -> String {
-        let body = self.find("body").expect("a body");
+        let Some(body) = self.find("body") else { return String::new() };
         call(reqwest::Method::GET, &self.url(&format!("/element/{body}/text")), None).as_str().unwrap_or_default().to_owned()
     }
 
