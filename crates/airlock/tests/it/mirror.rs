@@ -215,3 +215,42 @@ fn containerd_ns_picks_the_upstream_and_a_rate_limited_upstream_is_asked_once_pe
     let metrics = crate::harness::http_get(&served.url("/metrics")).1;
     assert!(!metrics.contains("airlock_mirror_upstream_errors_total 0\n"), "{metrics}");
 }
+
+#[test]
+fn a_mirrors_rules_apply_to_the_names_clients_use() {
+    let dir = crate::harness::tempdir();
+    let upstream = Registry::start(Auth::None);
+    let airlock = Airlock::new();
+    let images = Upstream::new(dir.path());
+    let digest = images.publish_to(&airlock, &upstream.at("library/app:1"), "Orange");
+    images.publish_to(&airlock, &upstream.at("private/app:1"), "Orange");
+    let htpasswd = dir.path().join("htpasswd");
+    crate::harness::write_htpasswd(&htpasswd, &[("ci", "ci-Secret-1")]);
+    let config = serve_yaml(dir.path(), &[&upstream.host()], "    wait: 30s\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let rules = format!(
+        "auth:\n  htpasswd: {}\n  rules:\n    - repositories: 'library/*'\n      anonymous: [pull]\n    - repositories: 'private/*'\n      users: {{ci: [pull]}}\n",
+        htpasswd.display()
+    );
+    std::fs::write(&config, format!("{rules}{text}")).unwrap();
+    let served = mirror(dir.path(), &config);
+    // Anonymous pulls of what the rules open to anyone go through the gates and are served.
+    let (status, served_digest, message) = pull(&served, "/v2/library/app/manifests/1");
+    assert_eq!((status, served_digest.as_str()), (200, digest.as_str()), "{message}");
+    // Elsewhere a client must authenticate first: nothing is imported for it.
+    let (status, _, _) = pull(&served, "/v2/private/app/manifests/1");
+    assert_eq!(status, 401);
+    let seen = runs(&airlock, &config);
+    assert_eq!(seen.len(), 1, "only the allowed pull started an import: {seen:?}");
+    let authorised = crate::harness::proxy::runtime().block_on(async {
+        let response = reqwest::Client::new()
+            .get(served.url("/v2/private/app/manifests/1"))
+            .basic_auth("ci", Some("ci-Secret-1"))
+            .header("accept", "application/vnd.oci.image.manifest.v1+json")
+            .send()
+            .await
+            .unwrap();
+        response.status().as_u16()
+    });
+    assert_eq!(authorised, 200);
+}
