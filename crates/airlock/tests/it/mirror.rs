@@ -158,6 +158,13 @@ fn twenty_clients_pulling_one_new_tag_start_one_import() {
     }
     let seen = runs(&airlock, &config);
     assert_eq!(seen.len(), 1, "one import for twenty pulls: {seen:?}");
+    // gc keeps what the gates promoted (the stable and the unique tag hold it).
+    let root = dir.path().join("root");
+    airlock.run(&["gc", "--root", root.to_str().unwrap(), "--grace", "0s"]).success();
+    let (status, after, message) = pull(&served, "/v2/library/app/manifests/1");
+    assert_eq!((status, after.as_str()), (200, digest.as_str()), "{message}");
+    let out = crate::harness::tempdir();
+    airlock.run(&["copy", &served.at("library/app:1"), &format!("ocidir://{}:1", out.path().display())]).success();
 }
 
 #[test]
