@@ -129,6 +129,14 @@ impl GatedMirror {
         self.0.pipeline.clone()
     }
 
+    /// The repository a client names (`library/app`), which the registry's rules are written
+    /// for, of one of the mirror's import names (`docker.io/library/app:1`); `None` for others.
+    pub fn client_repository(&self, import: &str) -> Option<String> {
+        let repository = import.rsplit_once('@').map_or_else(|| import.rsplit_once(':').map_or(import, |(r, _)| r), |(r, _)| r);
+        let (_, path) = self.0.decode(repository)?;
+        Some(path.to_owned())
+    }
+
     /// The `Authorization` the private listener must answer (and only it).
     pub fn credential(&self) -> String {
         self.0.credential.clone()

@@ -232,6 +232,8 @@ pub trait RunStore: Send + Sync {
     async fn ping(&self) -> Result<()>;
     /// A page of runs, newest first, and how many match in all (the web page's paged table).
     async fn page(&self, filter: &RunFilter, offset: usize, limit: usize) -> Result<(Vec<Run>, usize)>;
+    /// Every import name that has runs (the gated mirror's are made per tag, not configured).
+    async fn import_names(&self) -> Result<Vec<String>>;
     /// Records when a watch loop looks at `import` next (seconds since the epoch), for the
     /// web page of any process sharing the store.
     async fn set_next_look(&self, import: &str, at: u64) -> Result<()>;

@@ -39,6 +39,9 @@ pub const PAGE_SIZE: usize = 50;
 /// The session cookie.
 const COOKIE: &str = "airlock_ui";
 
+/// Maps a run's import name to the repository the registry's rules apply to.
+pub type RepositoryOf = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// What the pages read.
 pub struct Ui {
     /// The registry (storage and users) when this is `airlock serve`.
@@ -47,6 +50,9 @@ pub struct Ui {
     pub pipeline: Option<Arc<Pipeline>>,
     /// No actions (run now, roll back): the page of `airlock watch`, which has no users.
     read_only: bool,
+    /// The repository the rules apply to for a run of an import that is not configured (the
+    /// gated mirror's, one per tag), when there is a mirror.
+    mirror_repository: Option<RepositoryOf>,
     /// Signs sessions and form tokens; made at start, so signing in again after a restart.
     key: ring::hmac::Key,
     templates: minijinja::Environment<'static>,
@@ -58,14 +64,22 @@ impl Ui {
     pub fn new(registry: Option<Arc<airlock_registry::Registry>>, pipeline: Option<Arc<Pipeline>>, read_only: bool) -> Arc<Ui> {
         let rng = ring::rand::SystemRandom::new();
         let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).expect("the system's randomness");
-        Arc::new(Ui { registry, pipeline, read_only, key, templates: templates() })
+        Arc::new(Ui { registry, pipeline, read_only, mirror_repository: None, key, templates: templates() })
+    }
+
+    /// The same page, also showing runs of the gated mirror's imports to callers the rules let
+    /// pull the repository `repository_of` names for them.
+    pub fn with_mirror(self: Arc<Ui>, repository_of: RepositoryOf) -> Arc<Ui> {
+        let mut ui = Arc::into_inner(self).expect("set up before it is shared");
+        ui.mirror_repository = Some(repository_of);
+        Arc::new(ui)
     }
 
     /// [`Ui::new`] signing sessions with `secret` (from configuration: every replica given the
     /// same one accepts the others' sign-ins, and a restart keeps them).
     pub fn with_key(registry: Option<Arc<airlock_registry::Registry>>, pipeline: Option<Arc<Pipeline>>, read_only: bool, secret: &[u8]) -> Arc<Ui> {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
-        Arc::new(Ui { registry, pipeline, read_only, key, templates: templates() })
+        Arc::new(Ui { registry, pipeline, read_only, mirror_repository: None, key, templates: templates() })
     }
 
     /// Whether `caller` may change what `import` promotes (push on its target).
@@ -443,15 +457,27 @@ fn run_rows(runs: &[Run]) -> Vec<serde_json::Value> {
 }
 
 /// The runs `caller` may see: all without users configured, else those of visible imports.
-fn visible_filter(ui: &Ui, caller: &Caller) -> RunFilter {
-    RunFilter { imports: ui.auth().map(|_| ui.visible_imports(caller).iter().map(|i| i.name.clone()).collect()), ..RunFilter::default() }
+/// (With a mirror, also the runs of its imports whose repository the caller may pull.)
+async fn visible_filter(ui: &Ui, caller: &Caller) -> RunFilter {
+    if ui.auth().is_none() {
+        return RunFilter::default();
+    }
+    let mut names: Vec<String> = ui.visible_imports(caller).iter().map(|i| i.name.clone()).collect();
+    if let (Some(repository_of), Some(pipeline)) = (&ui.mirror_repository, &ui.pipeline) {
+        for name in pipeline.runs.import_names().await.unwrap_or_default() {
+            if repository_of(&name).is_some_and(|repository| ui.allows(caller, &repository, Action::Pull)) {
+                names.push(name);
+            }
+        }
+    }
+    RunFilter { imports: Some(names), ..RunFilter::default() }
 }
 
 async fn runs(State(ui): State<Arc<Ui>>, headers: HeaderMap, Query(query): Query<RunsQuery>) -> Response {
     let caller = ui.caller(&headers);
     let Some(pipeline) = &ui.pipeline else { return ui.message(StatusCode::NOT_FOUND, &caller, "No runs here", "This airlock has no imports configured.") };
     let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
-    let filter = RunFilter { import: nonempty(&query.import), status: nonempty(&query.status), trigger: nonempty(&query.trigger), ..visible_filter(&ui, &caller) };
+    let filter = RunFilter { import: nonempty(&query.import), status: nonempty(&query.status), trigger: nonempty(&query.trigger), ..visible_filter(&ui, &caller).await };
     let page = query.page.unwrap_or(1).max(1);
     let (rows, total) = match pipeline.runs.page(&filter, (page - 1) * PAGE_SIZE, PAGE_SIZE).await {
         Ok(found) => found,
@@ -502,7 +528,11 @@ async fn visible_run<'a>(ui: &'a Ui, caller: &Caller, id: &str) -> Result<(Run, 
     let import = pipeline.config.import(&run.import);
     let visible = match import {
         Some(import) => ui.allows(caller, &repository_of(&import.target), Action::Pull),
-        None => ui.auth().is_none(),
+        None => match &ui.mirror_repository {
+            _ if ui.auth().is_none() => true,
+            Some(repository_of) => repository_of(&run.import).is_some_and(|repository| ui.allows(caller, &repository, Action::Pull)),
+            None => false,
+        },
     };
     if !visible {
         return Err(ui.message(StatusCode::NOT_FOUND, caller, "No such run", &format!("There is no run `{id}` you may see.")));
@@ -616,7 +646,7 @@ async fn events(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let caller = ui.caller(&headers);
     let Some(pipeline) = ui.pipeline.clone() else { return StatusCode::NOT_FOUND.into_response() };
-    let filter = visible_filter(&ui, &caller);
+    let filter = visible_filter(&ui, &caller).await;
     let stream = futures::stream::unfold((pipeline, filter, String::new(), true), |(pipeline, filter, last, first)| async move {
         loop {
             if !first {

@@ -708,6 +708,7 @@ async fn serve(global: &Global, args: &crate::args::ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on `{listen}`"))?;
     let address = listener.local_addr().context("cannot read the bound address")?;
     let mut mirror_pipeline = None;
+    let mut mirror_repository: Option<airlock_ui::RepositoryOf> = None;
     let mirror: Option<std::sync::Arc<dyn airlock_registry::mirror::Mirror>> = match mirrors {
         Some(config) => {
             // The mirror stages and promotes through a private listener on loopback over the
@@ -731,6 +732,8 @@ async fn serve(global: &Global, args: &crate::args::ServeArgs) -> Result<()> {
                 }
             });
             mirror_pipeline = Some(mirror.pipeline());
+            let names = mirror.clone();
+            mirror_repository = Some(std::sync::Arc::new(move |import: &str| names.client_repository(import)));
             Some(std::sync::Arc::new(mirror))
         }
         None => None,
@@ -763,6 +766,12 @@ async fn serve(global: &Global, args: &crate::args::ServeArgs) -> Result<()> {
             airlock_ui::Ui::with_key(Some(registry.clone()), ui_pipeline, false, secret.as_bytes())
         }
         None => airlock_ui::Ui::new(Some(registry.clone()), ui_pipeline, false),
+    };
+    // Runs of the mirror's imports are shown by the rules of the repositories clients name,
+    // when the page shows the mirror's runs.
+    let ui = match mirror_repository {
+        Some(repository_of) if file.ui.as_ref().and_then(|ui| ui.gate_file.as_ref()).is_none() => ui.with_mirror(repository_of),
+        _ => ui,
     };
     let page = airlock_ui::router(ui);
     let app = airlock_registry::router(registry).merge(page);

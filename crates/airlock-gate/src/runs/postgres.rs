@@ -345,6 +345,10 @@ impl RunStore for PostgresRuns {
         self.query_opt("SELECT 1", &[]).await.map(drop)
     }
 
+    async fn import_names(&self) -> Result<Vec<String>> {
+        Ok(self.query("SELECT DISTINCT import FROM airlock_runs ORDER BY import", &[]).await?.iter().map(|row| row.get(0)).collect())
+    }
+
     async fn set_next_look(&self, import: &str, at: u64) -> Result<()> {
         self.execute(
             "INSERT INTO airlock_schedule (import, next_look) VALUES ($1, $2) ON CONFLICT (import) DO UPDATE SET next_look = EXCLUDED.next_look",

@@ -245,6 +245,10 @@ impl RunStore for SqliteRuns {
         self.with(|connection| connection.query_row("SELECT 1", [], |_| Ok(())))
     }
 
+    async fn import_names(&self) -> Result<Vec<String>> {
+        self.with(|connection| connection.prepare("SELECT DISTINCT import FROM runs ORDER BY import")?.query_map([], |row| row.get(0))?.collect())
+    }
+
     async fn set_next_look(&self, import: &str, at: u64) -> Result<()> {
         self.with(|connection| connection.execute("INSERT OR REPLACE INTO schedule (import, next_look) VALUES (?1, ?2)", params![import, at])).map(drop)
     }

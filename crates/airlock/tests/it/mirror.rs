@@ -260,4 +260,9 @@ fn a_mirrors_rules_apply_to_the_names_clients_use() {
         response.status().as_u16()
     });
     assert_eq!(authorised, 200);
+    // The web page shows each mirror run to those the rules let pull its repository.
+    let (status, page) = crate::harness::http_get(&served.url("/ui/runs"));
+    assert_eq!(status, 200, "{page}");
+    // (minijinja writes `/` as `&#x2f;` in text.)
+    assert!(page.contains("library&#x2f;app:1") && !page.contains("private") && page.contains("1 runs"), "{page}");
 }
