@@ -65,6 +65,18 @@ struct Shared {
     tags: Mutex<HashMap<String, TagState>>,
 }
 
+/// How many tags the mirror remembers before it forgets the ones it is done with: clients
+/// choose the names, so the memory must not grow with every name they try.
+const REMEMBERED: usize = 10_000;
+
+/// Forgets, once more than [`REMEMBERED`] tags are known, those whose import is not running
+/// (they are asked about upstream again at their next pull, as after a restart).
+fn forget_old(tags: &mut HashMap<String, TagState>) {
+    if tags.len() >= REMEMBERED {
+        tags.retain(|_, state| state.running.as_ref().is_some_and(|r| r.borrow().is_none() && r.has_changed().is_ok()));
+    }
+}
+
 /// 32 random hex characters.
 fn random_secret() -> String {
     let mut bytes = [0u8; 16];
@@ -198,6 +210,7 @@ impl Shared {
     /// `interval: None` (the background look at a served tag, due already) always asks again.
     fn import(self: &Arc<Self>, key: &str, import: Import, reference: &str, interval: Option<Duration>) -> watch::Receiver<Option<Outcome>> {
         let mut tags = self.tags.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        forget_old(&mut tags);
         let state = tags.entry(key.to_owned()).or_default();
         if let Some(running) = &state.running {
             let answer = running.borrow().as_ref().map(|outcome| outcome.action);
@@ -232,6 +245,7 @@ impl Shared {
     /// Whether `key` is due a look upstream (and marks it looked at).
     fn due(&self, key: &str, interval: Duration) -> bool {
         let mut tags = self.tags.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        forget_old(&mut tags);
         let state = tags.entry(key.to_owned()).or_default();
         let running = state.running.as_ref().is_some_and(|r| r.borrow().is_none());
         let due = !running && state.checked.is_none_or(|at| at.elapsed() >= interval);
@@ -258,31 +272,43 @@ impl airlock_registry::mirror::Mirror for GatedMirror {
         Ok(format!("{}/{path}", mirror.prefix))
     }
 
-    async fn manifest(&self, storage: &Storage, repository: &str, reference: &str) -> Answer {
+    fn admits(&self, repository: &str, reference: &str) -> Result<(), String> {
+        let Some((mirror, path)) = self.0.decode(repository) else { return Err(format!("`{repository}` is not a mirrored repository")) };
+        if airlock_oci::parse_digest(reference).is_err() && !allowed(&mirror.allow_tags, &mirror.deny_tags, reference) {
+            return Err(format!("{}/{path}:{reference} is not mirrored: this mirror's `allow_tags`/`deny_tags` leave it out", mirror.upstream));
+        }
+        Ok(())
+    }
+
+    fn served(&self, repository: &str, reference: &str) {
+        // The last good digest was served at once; upstream is asked about a tag at most once
+        // per interval, in the background, and a change goes through the gates before it is
+        // served. Content by digest never changes.
+        let shared = &self.0;
+        let Some((mirror, path)) = shared.decode(repository) else { return };
+        if airlock_oci::parse_digest(reference).is_ok() {
+            return;
+        }
+        let key = format!("{repository}:{reference}");
+        if shared.due(&key, mirror.interval) {
+            if let Ok(import) = shared.import_of(mirror, path, reference) {
+                drop(shared.import(&key, import, reference, None));
+            }
+        }
+    }
+
+    async fn missing(&self, storage: &Storage, repository: &str, reference: &str) -> Answer {
         let shared = &self.0;
         let Some((mirror, path)) = shared.decode(repository) else {
             return Answer::Unknown(format!("`{repository}` is not a mirrored repository"));
         };
-        let known = storage.resolve(repository, reference).await.is_ok();
         let by_digest = airlock_oci::parse_digest(reference).is_ok();
         let shown = if by_digest { format!("{}/{path}@{reference}", mirror.upstream) } else { format!("{}/{path}:{reference}", mirror.upstream) };
-        if !by_digest && !allowed(&mirror.allow_tags, &mirror.deny_tags, reference) {
-            return Answer::Unknown(format!("{shown} is not mirrored: this mirror's `allow_tags`/`deny_tags` leave it out"));
-        }
         let key = format!("{repository}{}{reference}", if by_digest { "@" } else { ":" });
         let import = match shared.import_of(mirror, path, reference) {
             Ok(import) => import,
             Err(e) => return Answer::Unknown(format!("{shown}: {e}")),
         };
-        if known {
-            // The last good digest is served at once; upstream is asked about a tag at most
-            // once per interval, in the background, and a change goes through the gates before
-            // it is served. Content by digest never changes.
-            if !by_digest && shared.due(&key, mirror.interval) {
-                drop(shared.import(&key, import, reference, None));
-            }
-            return Answer::Serve;
-        }
         mirror_metrics().misses.inc();
         let name = import.name.clone();
         let mut receiver = shared.import(&key, import, reference, Some(mirror.interval));
@@ -330,5 +356,15 @@ mod tests {
         assert!(!allowed(&["library/*".into()], &[], "other/app"));
         assert!(!allowed(&[], &["*/secret*".into()], "team/secret-app"));
         assert_eq!(canonical_host("registry-1.docker.io"), "docker.io");
+    }
+
+    #[test]
+    fn finished_tags_are_forgotten_beyond_the_limit_running_ones_kept() {
+        let mut tags: HashMap<String, TagState> = (0..REMEMBERED).map(|n| (format!("r:{n}"), TagState { checked: Some(Instant::now()), running: None })).collect();
+        let (sender, running) = watch::channel(None);
+        tags.insert("r:running".into(), TagState { checked: None, running: Some(running) });
+        forget_old(&mut tags);
+        assert_eq!(tags.keys().collect::<Vec<_>>(), ["r:running"]);
+        drop(sender);
     }
 }

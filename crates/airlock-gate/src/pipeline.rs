@@ -228,9 +228,10 @@ impl Pipeline {
             Err(e) => {
                 outcome.upstream_unreachable = !e.is_not_found();
                 let reason = format!("cannot resolve {}:{tag}: {e}", import.source.repository_key());
-                // A mirror's look upstream that fails is a run too: `runs` shows that clients
-                // are being served the last good digest because upstream is down.
-                if trigger == Trigger::Pull {
+                // A mirror's look upstream that fails because upstream is down or refusing is a
+                // run too: `runs` shows why clients get the last good digest. (A tag upstream
+                // lacks is no run: clients choose the names, and would fill the table.)
+                if trigger == Trigger::Pull && outcome.upstream_unreachable {
                     if let Ok(run_id) = self.runs.start(&import.name, tag, trigger, None).await {
                         let _ = self.runs.finish(&run_id, &RunEnd::not_promoted(Status::Error, &reason)).await;
                         outcome.run_id = Some(run_id);

@@ -31,6 +31,11 @@ impl RegistryError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", message)
     }
 
+    /// Whether it says the manifest or the repository is not there (what a mirror fills in).
+    pub(crate) fn is_unknown(&self) -> bool {
+        matches!(self.code, "MANIFEST_UNKNOWN" | "NAME_UNKNOWN")
+    }
+
     pub(crate) fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
     }

@@ -28,7 +28,13 @@ pub trait Mirror: Send + Sync {
     /// `name` (containerd names the upstream with `?ns=`); `Err(message)` when no mirror serves
     /// it (`404 NAME_UNKNOWN`).
     fn route(&self, name: &str, ns: Option<&str>) -> Result<String, String>;
-    /// Asked before a manifest of the mirrored `repository` (as [`Mirror::route`] named it) is
-    /// read by tag or digest: the mirror may import it through the gates first, for a while.
-    async fn manifest(&self, storage: &Storage, repository: &str, reference: &str) -> Answer;
+    /// Whether the mirror serves `reference` (a tag or a digest) of the mirrored `repository`
+    /// (as [`Mirror::route`] named it) at all; `Err(message)` is a `404 MANIFEST_UNKNOWN`.
+    fn admits(&self, repository: &str, reference: &str) -> Result<(), String>;
+    /// Told that a manifest was found in storage and served: the mirror may look upstream for a
+    /// newer one, in the background (the request does not wait).
+    fn served(&self, repository: &str, reference: &str);
+    /// Asked when storage lacks the manifest: the mirror may import it through the gates
+    /// first, for a while. Called only on a miss, so a hit costs one storage lookup.
+    async fn missing(&self, storage: &Storage, repository: &str, reference: &str) -> Answer;
 }

@@ -381,12 +381,23 @@ async fn dispatch(State(registry): State<Arc<Registry>>, request: Request) -> Re
                 Err(message) => return RegistryError::new(StatusCode::NOT_FOUND, "NAME_UNKNOWN", message).into_response(),
             };
             if let Resource::Manifest(reference) = &resource {
-                match mirror.manifest(storage, &repository, reference).await {
-                    crate::mirror::Answer::Serve => crate::metrics::mirror_metrics().hits.inc(),
-                    crate::mirror::Answer::Unknown(message) => {
-                        return RegistryError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message).into_response();
+                if let Err(message) = mirror.admits(&repository, reference) {
+                    return RegistryError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message).into_response();
+                }
+                // What the gates promoted is served straight from storage (one lookup); only a
+                // miss waits for the mirror.
+                match get_manifest(storage, &repository, reference, request.headers(), method == Method::GET).await {
+                    Ok(response) => {
+                        crate::metrics::mirror_metrics().hits.inc();
+                        mirror.served(&repository, reference);
+                        return response;
                     }
-                };
+                    Err(error) if error.is_unknown() => {}
+                    Err(error) => return error.into_response(),
+                }
+                if let crate::mirror::Answer::Unknown(message) = mirror.missing(storage, &repository, reference).await {
+                    return RegistryError::new(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", message).into_response();
+                }
             }
             repository
         }

@@ -197,6 +197,19 @@ fn containerd_ns_picks_the_upstream_and_a_rate_limited_upstream_is_asked_once_pe
     assert!(message.contains(&format!("library/app@{red} was refused by airlock's gates (run ")), "{message}");
     let by_digest: Vec<_> = runs(&airlock, &config).into_iter().filter(|r| r["tag"] == blue.as_str() || r["tag"] == red.as_str()).collect();
     assert_eq!(by_digest.len(), 2, "{by_digest:?}");
+    // Names a client makes up cost no run and no memory beyond a bound: a tag upstream lacks
+    // is a 404 saying so, and a path that is no repository name never reaches the mirror.
+    let before = runs(&airlock, &config).len();
+    for n in 0..5 {
+        let (status, _, message) = pull(&served, &format!("/v2/library/app/manifests/made-up-{n}"));
+        assert!(status == 404 && message.contains("not found"), "{message}");
+    }
+    assert_eq!(runs(&airlock, &config).len(), before, "no run for tags upstream lacks");
+    for hostile in ["/v2/library/../etc/manifests/1", "/v2/library/app/manifests/..", "/v2/Library/App/manifests/1"] {
+        let (status, _, message) = pull(&served, hostile);
+        assert!((400..500).contains(&status), "{hostile}: {status} {message}");
+    }
+    assert_eq!(runs(&airlock, &config).len(), before);
     // Blobs and tags come through the same mapping.
     let tags = crate::harness::http_get(&served.url(&format!("/v2/library/app/tags/list?ns={}", limited.host()))).1;
     assert!(tags.contains("\"1\""), "{tags}");
